@@ -1,0 +1,51 @@
+"""lti_reduce: discrete-time balanced truncation, batched, on numpy or torch.
+
+Public API
+----------
+gramians, gramian_factors
+    Discrete Gramians ``P = A P A^H + B B^H``, ``Q = A^H Q A + C^H C`` and square-root factors.
+hankel_singular_values, hankel_norm
+    HSVs ``sqrt(eig(P Q))`` and the largest one.
+balanced_truncation, BalancedTruncationResult
+    Square-root balanced truncation / singular perturbation approximation.
+hinf_norm
+    A-posteriori H-infinity norm on the unit circle.
+rank_for_tol
+    The CompreSSM energy rule from a tolerance to a reduced order.
+DiagonalSystem, modal_form
+    Diagonal (SSM-layer) systems, real-output maps, and back to modal form.
+hsv_perturbation_bound
+    Weyl certificate: how far HSVs can move between two systems.
+discretize
+    Continuous to discrete time (bilinear / zero-order hold).
+UnstableSystemError, LTIInputError
+    Input errors (``ValueError`` subclasses).
+"""
+
+from .balancing import BalancedTruncationResult, balanced_truncation, hankel_singular_values
+from .bounds import hankel_norm, hinf_norm
+from .discretize import discretize
+from .energy import rank_for_tol
+from .errors import LTIInputError, UnstableSystemError
+from .gramians import gramian_factors, gramians
+from .modal import ModalConditioningWarning, modal_form
+from .systems import DiagonalSystem
+
+__all__ = [
+    "BalancedTruncationResult",
+    "DiagonalSystem",
+    "LTIInputError",
+    "ModalConditioningWarning",
+    "UnstableSystemError",
+    "balanced_truncation",
+    "discretize",
+    "gramian_factors",
+    "gramians",
+    "hankel_norm",
+    "hankel_singular_values",
+    "hinf_norm",
+    "modal_form",
+    "rank_for_tol",
+]
+
+__version__ = "0.1.0"

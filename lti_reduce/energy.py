@@ -1,0 +1,58 @@
+"""From a tolerance to a reduced order: the energy rule of CompreSSM.
+
+The rule (CompreSSM, arXiv 2510.02823): keep the smallest number of states whose
+Hankel singular values carry a fraction ``1 - tol`` of the total,
+
+.. math:: r(\\tau) = \\min\\{\\, r \\ge 1 : \\textstyle\\sum_{i \\le r} \\sigma_i \\ge (1 - \\tau) \\sum_i \\sigma_i \\,\\}.
+
+``energy="squared"`` uses ``sigma_i^2`` instead (the squared Hankel/Frobenius energy).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _backend as be
+from .validate import check_choice, check_tol
+
+__all__ = ["rank_for_tol"]
+
+
+def rank_for_tol(hsv, tol, *, energy: str = "sum"):
+    """Smallest order ``r`` whose HSVs keep a fraction ``1 - tol`` of the energy.
+
+    Parameters
+    ----------
+    hsv : array, shape (..., n)
+        Hankel singular values sorted descending (as returned by
+        :func:`hankel_singular_values`).
+    tol : float in (0, 1)
+        Fraction of the HSV sum that may be discarded (the paper's tau).
+    energy : {"sum", "squared"}
+        ``"sum"`` (default, the paper's rule) compares sums of ``sigma_i``;
+        ``"squared"`` compares sums of ``sigma_i^2``.
+
+    Returns
+    -------
+    int or numpy.ndarray of int, shape (...)
+        The order ``r`` in ``1..n`` for each system of the batch (a Python ``int``
+        for a single system).
+
+    Examples
+    --------
+    >>> import numpy as np, lti_reduce as lr
+    >>> lr.rank_for_tol(np.array([4.0, 3.0, 2.0, 1.0]), 0.25)   # keep >= 7.5 of 10
+    3
+    """
+    tol = check_tol(tol)
+    check_choice(energy, "energy", ("sum", "squared"))
+    h = be.to_numpy(hsv).astype(np.float64)
+    if h.ndim < 1 or h.shape[-1] < 1:
+        raise ValueError(f"hsv must have shape (..., n) with n >= 1, got {h.shape}.")
+    if energy == "squared":
+        h = h * h
+    cs = np.cumsum(h, axis=-1)
+    need = (1.0 - tol) * cs[..., -1:]
+    r = np.sum(cs < need, axis=-1) + 1
+    r = np.minimum(r, h.shape[-1])
+    return int(r) if r.ndim == 0 else r.astype(np.int64)

@@ -1,0 +1,130 @@
+"""Back to modal (diagonal) form, for layers that store eigenvalues.
+
+A real system ``(A, B, C, D)`` with ``A = X diag(mu) X^{-1}`` becomes, in modal
+coordinates ``z = X^{-1} x``, ``(diag(mu), X^{-1} B, C X, D)``. Conjugate pairs
+``mu, conj(mu)`` carry conjugate rows/columns, so each pair collapses into one
+complex mode of a real-output system,
+
+.. math:: \\hat c\\, z + \\overline{\\hat c\\, z} = \\operatorname{Re}\\big((2 \\hat c)\\, z\\big),
+
+i.e. ``lam = mu``, ``B = (X^{-1} B)_j``, ``C = 2 (C X)_j``; a real eigenvalue keeps
+one mode with real ``lam``, ``B`` row and ``C`` column. The transfer function is
+unchanged up to round-off amplified by ``cond(X)``, which is returned: a large
+condition number (a nearly defective ``A``) means the modal form is inaccurate.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from . import _backend as be
+from .errors import LTIInputError
+from .systems import DiagonalSystem
+from .validate import dense_system
+
+__all__ = ["modal_form", "ModalConditioningWarning"]
+
+# Eigenvalues are pulled back inside the unit disc by at least this margin, since a
+# layer cannot store |lam| >= 1 (round-off can put a stable pole there).
+_MAX_RADIUS = 1.0 - 1e-9
+
+
+class ModalConditioningWarning(UserWarning):
+    """The eigenvector matrix of a modal conversion is ill-conditioned."""
+
+
+def _modal_single(A, B, C, D, cond_warn):
+    mu, X = np.linalg.eig(A)
+    cond = float(np.linalg.cond(X))
+    if not np.isfinite(cond) or cond > 1.0 / np.finfo(np.float64).eps:
+        raise LTIInputError(
+            f"the reduced state matrix is (numerically) defective: eigenvector condition number {cond:.3e}; "
+            "it has no modal form. Use a smaller rank, or keep the dense realization.")
+    Bm = np.linalg.solve(X, B)
+    Cm = C @ X
+    real_system = not (np.iscomplexobj(A) or np.iscomplexobj(B) or np.iscomplexobj(C))
+    if real_system:
+        # LAPACK's real geev returns exact conjugate pairs (positive imaginary part first)
+        # and exactly zero imaginary parts for real eigenvalues.
+        keep = mu.imag >= 0
+        scale = np.where(mu.imag > 0, 2.0, 1.0)
+        mu, Bm, Cm = mu[keep], Bm[keep, :], Cm[:, keep] * scale[keep]
+        reals = mu.imag == 0
+        Bm[reals] = Bm[reals].real
+        Cm[:, reals] = Cm[:, reals].real
+    radius = np.abs(mu)
+    clamped = radius >= _MAX_RADIUS
+    if np.any(clamped):
+        warnings.warn(f"{int(clamped.sum())} eigenvalue(s) with |lam| = {radius.max():.17g} >= 1 - 1e-9 (round-off "
+                      "on a marginal pole) were pulled back to |lam| = 1 - 1e-9.", RuntimeWarning, stacklevel=3)
+        mu = np.where(clamped, mu / np.where(clamped, radius, 1.0) * _MAX_RADIUS, mu)
+    if cond > cond_warn:
+        warnings.warn(f"modal form: eigenvector condition number {cond:.3e} > {cond_warn:.1e}; the diagonal "
+                      "realization may be inaccurate (frequency response error up to ~cond * eps).",
+                      ModalConditioningWarning, stacklevel=3)
+    return mu, Bm, Cm, D, cond, real_system
+
+
+def modal_form(A, B, C, D=None, *, cond_warn: float = 1e8):
+    """Diagonal (modal) realization of a dense system, collapsing conjugate pairs.
+
+    Parameters
+    ----------
+    A : array, shape (..., r, r)
+        Schur-stable, diagonalizable state matrix.
+    B : array, shape (..., r, m)
+    C : array, shape (..., p, r)
+    D : array, shape (..., p, m), optional
+    cond_warn : float
+        Warn (:class:`ModalConditioningWarning`) when ``cond(X)`` exceeds it.
+
+    Returns
+    -------
+    system : DiagonalSystem
+        For a real system: ``real_output=True`` with one mode per conjugate pair
+        and per real eigenvalue (``k`` modes, ``r/2 <= k <= r``). For a complex
+        system: ``real_output=False`` with ``r`` modes. Same transfer function.
+    cond : float or numpy.ndarray
+        2-norm condition number of the eigenvector matrix (per batch element).
+
+    Raises
+    ------
+    LTIInputError
+        If ``A`` is numerically defective, or, for a batch, if the systems have
+        different numbers of modes (index the batch and convert one at a time).
+
+    Notes
+    -----
+    Runs ``eig`` on the host in float64 (torch inputs are copied there and the result
+    copied back): these are small ``r x r`` matrices. Eigenvalues are never returned
+    with ``|lam| >= 1``: round-off excursions are pulled back to ``1 - 1e-9`` with a warning.
+
+    Examples
+    --------
+    >>> import numpy as np, lti_reduce as lr
+    >>> A = np.array([[0.5, -0.4], [0.4, 0.5]]); B = np.array([[1.0], [0.0]]); C = np.array([[0.0, 1.0]])
+    >>> sys, cond = lr.modal_form(A, B, C)
+    >>> sys.n, sys.real_output
+    (1, True)
+    """
+    sysw = dense_system(A, B, C, D, check_stability=True)
+    Ms = [be.to_numpy(M).reshape((-1,) + tuple(M.shape[-2:])) for M in (sysw.A, sysw.B, sysw.C, sysw.D)]
+    parts = [_modal_single(a, b, c, d, cond_warn) for a, b, c, d in zip(*Ms)]
+    sizes = {p[0].shape[0] for p in parts}
+    if len(sizes) > 1:
+        raise LTIInputError(f"the batch's systems have different numbers of modes {sorted(sizes)} (real eigenvalues "
+                            "use one mode, pairs one); convert them one at a time: modal_form(A[i], B[i], C[i], D[i]).")
+    batch = sysw.batch_shape
+    lam = np.stack([p[0] for p in parts]).reshape(batch + (-1,))
+    Bm = np.stack([p[1] for p in parts]).reshape(batch + parts[0][1].shape)
+    Cm = np.stack([p[2] for p in parts]).reshape(batch + parts[0][2].shape)
+    Dm = np.stack([p[3] for p in parts]).reshape(batch + parts[0][3].shape)
+    cond = np.array([p[4] for p in parts]).reshape(batch)
+    real_output = parts[0][5]
+    xp, like = sysw.xp, sysw.like
+    cdt = {xp.float32: xp.complex64, xp.float64: xp.complex128}.get(sysw.out_dtype, sysw.out_dtype)
+    conv = lambda x, dt: xp.astype(be.from_numpy_like(x, like), dt)  # noqa: E731
+    system = DiagonalSystem(conv(lam, cdt), conv(Bm, cdt), conv(Cm, cdt), conv(Dm, sysw.out_dtype), real_output=real_output)
+    return system, (float(cond) if cond.ndim == 0 else cond)

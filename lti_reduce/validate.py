@@ -1,0 +1,169 @@
+"""Checks of user input, shared by every public function.
+
+Each check raises an :class:`~lti_reduce.errors.LTIInputError` (a ``ValueError``)
+whose message names the argument, the rule it broke and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _backend as be
+from .errors import LTIInputError, UnstableSystemError
+
+__all__: list[str] = []
+
+
+@dataclass(frozen=True)
+class _Dense:
+    """A validated dense system in working precision (float64/complex128), batch broadcast."""
+
+    xp: Any
+    A: Any
+    B: Any
+    C: Any
+    D: Any
+    batch_shape: tuple
+    out_dtype: Any  # dtype results are returned in
+    like: Any  # an input array, for backend/device of the results
+
+    @property
+    def n(self) -> int:
+        return int(self.A.shape[-1])
+
+
+def _shape_str(x) -> str:
+    return "(" + ", ".join(str(int(s)) for s in x.shape) + ")"
+
+
+def check_finite(xp, x, name: str) -> None:
+    if not bool(xp.all(xp.isfinite(x))):
+        raise LTIInputError(f"{name} contains NaN or Inf; clean the input (e.g. check the training run that produced it).")
+
+
+def check_matrix(x, name: str, xp=None):
+    x = be.as_array(x, name)
+    xp = xp or be.namespace(x)
+    if x.ndim < 2:
+        raise LTIInputError(f"{name} must have at least 2 dimensions (..., rows, cols), got shape {_shape_str(x)}; "
+                            f"reshape a vector to a column, e.g. {name}[:, None].")
+    if not (xp.isdtype(x.dtype, ("real floating", "complex floating", "integral")) or x.dtype == xp.bool):
+        raise LTIInputError(f"{name} has dtype {x.dtype}; pass a real or complex floating array.")
+    return x
+
+
+def broadcast_batch(shapes, names) -> tuple:
+    try:
+        return tuple(int(s) for s in np.broadcast_shapes(*[tuple(int(d) for d in s) for s in shapes]))
+    except ValueError:
+        detail = ", ".join(f"{nm} batch {tuple(int(d) for d in s)}" for nm, s in zip(names, shapes))
+        raise LTIInputError(f"leading (batch) dimensions do not broadcast: {detail}; "
+                            "give every matrix the same leading dimensions.") from None
+
+
+def dense_system(A, B, C, D=None, *, check_stability: bool = False) -> _Dense:
+    """Validate ``(A, B, C, D)`` and return them broadcast, in working precision."""
+    arrays = [check_matrix(A, "A"), check_matrix(B, "B"), check_matrix(C, "C")]
+    if D is not None:
+        arrays.append(check_matrix(D, "D"))
+    kinds = {be.is_torch(a) for a in arrays}
+    if len(kinds) > 1:
+        raise LTIInputError("A, B, C, D mix numpy arrays and torch tensors; pass all of one kind.")
+    xp = be.namespace(*arrays)
+    A, B, C = arrays[:3]
+    D = arrays[3] if D is not None else None
+    if be.is_torch(A):
+        devices = {a.device for a in arrays}
+        if len(devices) > 1:
+            raise LTIInputError(f"A, B, C, D live on different devices {sorted(map(str, devices))}; move them to one.")
+    n = int(A.shape[-1])
+    if int(A.shape[-2]) != n:
+        raise LTIInputError(f"A must be square (..., n, n), got shape {_shape_str(A)}.")
+    if n == 0:
+        raise LTIInputError("A has zero states (n = 0); there is nothing to reduce.")
+    if int(B.shape[-2]) != n:
+        raise LTIInputError(f"B must have n = {n} rows to match A {_shape_str(A)}, got shape {_shape_str(B)}.")
+    if int(C.shape[-1]) != n:
+        raise LTIInputError(f"C must have n = {n} columns to match A {_shape_str(A)}, got shape {_shape_str(C)}.")
+    m, p = int(B.shape[-1]), int(C.shape[-2])
+    if D is not None and (int(D.shape[-2]), int(D.shape[-1])) != (p, m):
+        raise LTIInputError(f"D must have shape (..., p, m) = (..., {p}, {m}) to match B and C, got {_shape_str(D)}.")
+    names = ["A", "B", "C", "D"][: len(arrays)]
+    batch = broadcast_batch([a.shape[:-2] for a in arrays], names)
+    for a, nm in zip(arrays, names):
+        check_finite(xp, a, nm)
+    out_dtype = be.result_dtype(xp, *arrays)
+    wdt = be.working_dtype(xp, *arrays)
+
+    def prep(x, rows, cols):
+        x = xp.astype(x, wdt)
+        return xp.broadcast_to(x, batch + (rows, cols))
+
+    A_, B_, C_ = prep(A, n, n), prep(B, n, m), prep(C, p, n)
+    D_ = prep(D, p, m) if D is not None else xp.zeros(batch + (p, m), dtype=wdt, device=_device(A))
+    sysw = _Dense(xp, A_, B_, C_, D_, batch, out_dtype, A)
+    if check_stability:
+        require_stable(sysw)
+    return sysw
+
+
+def _device(x):
+    return x.device if be.is_torch(x) else None
+
+
+def spectral_radius(xp, A):
+    """Spectral radius ``max |eig(A)|`` over the last two axes, shape ``(...)``."""
+    return xp.max(xp.abs(xp.linalg.eigvals(A)), axis=-1)
+
+
+def raise_unstable(xp, A, detail: str = "") -> None:
+    rho = be.to_numpy(spectral_radius(xp, A))
+    worst = float(np.max(rho)) if rho.size else float("nan")
+    where = ""
+    if rho.ndim > 0 and rho.size > 1:
+        idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(rho)), rho.shape))
+        where = f" (batch element {idx})"
+    raise UnstableSystemError(
+        f"A is not Schur stable: spectral radius {worst:.17g}{where} >= 1 - 1e-12; discrete-time Gramians exist "
+        f"only for spectral radius < 1. {detail}Check the time step / discretization, or stabilize the model first."
+    )
+
+
+def require_stable(sysw: _Dense) -> None:
+    rho = be.to_numpy(spectral_radius(sysw.xp, sysw.A))
+    if rho.size and not np.all(rho < 1.0):
+        raise_unstable(sysw.xp, sysw.A)
+
+
+def check_rank_tol(rank, tol, n: int):
+    """Exactly one of ``rank`` (an int in 1..n) and ``tol`` (a float in (0, 1))."""
+    if (rank is None) == (tol is None):
+        raise LTIInputError("give exactly one of rank= (the reduced order) and tol= (the fraction of the HSV sum "
+                            f"that may be discarded); got rank={rank!r}, tol={tol!r}.")
+    if rank is not None:
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+            raise LTIInputError(f"rank must be an integer in 1..{n}, got {rank!r} of type {type(rank).__name__}.")
+        if not 1 <= int(rank) <= n:
+            raise LTIInputError(f"rank must be in 1..n = 1..{n}, got {int(rank)}.")
+        return int(rank), None
+    check_tol(tol)
+    return None, float(tol)
+
+
+def check_tol(tol) -> float:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer)):
+        raise LTIInputError(f"tol must be a float in (0, 1), got {tol!r} of type {type(tol).__name__}.")
+    if not (0.0 < float(tol) < 1.0) or math.isnan(float(tol)):
+        raise LTIInputError(f"tol must lie strictly between 0 and 1 (the fraction of the HSV sum that may be "
+                            f"discarded, e.g. 1e-2), got {tol!r}.")
+    return float(tol)
+
+
+def check_choice(value, name: str, choices) -> str:
+    if value not in choices:
+        raise LTIInputError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}.")
+    return value
