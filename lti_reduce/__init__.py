@@ -23,7 +23,7 @@ UnstableSystemError, LTIInputError
 """
 
 from .balancing import BalancedTruncationResult, balanced_truncation, hankel_singular_values
-from .bounds import hankel_norm, hinf_norm
+from .bounds import HSVPerturbation, hankel_norm, hinf_norm, hsv_perturbation_bound
 from .discretize import discretize
 from .energy import rank_for_tol
 from .errors import LTIInputError, UnstableSystemError
@@ -34,6 +34,7 @@ from .systems import DiagonalSystem
 __all__ = [
     "BalancedTruncationResult",
     "DiagonalSystem",
+    "HSVPerturbation",
     "LTIInputError",
     "ModalConditioningWarning",
     "UnstableSystemError",
@@ -44,6 +45,7 @@ __all__ = [
     "hankel_norm",
     "hankel_singular_values",
     "hinf_norm",
+    "hsv_perturbation_bound",
     "modal_form",
     "rank_for_tol",
 ]

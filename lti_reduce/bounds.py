@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from . import _backend as be
-from .validate import dense_system
+from .errors import LTIInputError
+from .validate import broadcast_batch, dense_system
 
-__all__ = ["hinf_norm", "hankel_norm"]
+__all__ = ["hinf_norm", "hankel_norm", "hsv_perturbation_bound", "HSVPerturbation"]
 
 
 def _bilinear_to_continuous(A, B, C, D):
@@ -151,3 +152,149 @@ def hankel_norm(A, B=None, C=None):
     from .balancing import hankel_singular_values
 
     return hankel_singular_values(A, B, C)[..., 0]
+
+
+class HSVPerturbation:
+    """Weyl certificate for the Hankel singular values of two systems.
+
+    Attributes
+    ----------
+    bound : array, shape (...)
+        ``sigma_1(G1 - G2)``, the Hankel norm of the difference; every HSV moves by at
+        most this much: ``|sigma_i(G1) - sigma_i(G2)| <= bound`` for all ``i``.
+    hsv1, hsv2 : arrays, shape (..., N)
+        HSVs of both systems, zero-padded to a common length ``N``.
+    max_change : array, shape (...)
+        The observed ``max_i |sigma_i(G1) - sigma_i(G2)|`` (never above ``bound``).
+    rank : int or None
+        The order whose ranking is checked.
+    gap : array, shape (...) or None
+        ``sigma_r(G1) - sigma_{r+1}(G1)``.
+    certified : array of bool, shape (...) or None
+        ``gap > 2 * bound``: the ``r`` leading HSVs of ``G2`` are the images of those of
+        ``G1``, so the order-``r`` cut keeps "the same" dominant states.
+    """
+
+    def __init__(self, bound, hsv1, hsv2, rank):
+        xp = be.namespace(hsv1)
+        self.bound, self.hsv1, self.hsv2, self.rank = bound, hsv1, hsv2, rank
+        self.max_change = xp.max(xp.abs(hsv1 - hsv2), axis=-1)
+        if rank is None:
+            self.gap = self.certified = None
+        else:
+            self.gap = hsv1[..., rank - 1] - hsv1[..., rank]
+            self.certified = self.gap > 2.0 * bound
+
+    def __repr__(self) -> str:
+        b = be.to_numpy(self.bound)
+        cert = "" if self.certified is None else f", certified={be.to_numpy(self.certified).tolist()}"
+        return f"HSVPerturbation(bound={b.tolist()}, max_change={be.to_numpy(self.max_change).tolist()}{cert})"
+
+
+def _difference_system(sys1, sys2):
+    """``G1 - G2`` as one system (diagonal if both are, else dense block-diagonal)."""
+    from .systems import DiagonalSystem, _as_dense
+
+    if isinstance(sys1, DiagonalSystem) and isinstance(sys2, DiagonalSystem):
+        if sys1.real_output != sys2.real_output:
+            raise LTIInputError("compare two DiagonalSystems with the same real_output setting.")
+        xp = be.namespace(sys1.lam, sys2.lam)
+        batch = broadcast_batch([sys1.batch_shape, sys2.batch_shape], ["system1", "system2"])
+        bc = lambda x, tail: xp.broadcast_to(x, batch + tail)  # noqa: E731
+        lam = xp.concat([bc(sys1.lam, (sys1.n,)), bc(sys2.lam, (sys2.n,))], axis=-1)
+        _io_match(sys1.B.shape[-1], sys2.B.shape[-1], sys1.C.shape[-2], sys2.C.shape[-2])
+        dt = be.result_dtype(xp, sys1.B, sys2.B, sys1.C, sys2.C)
+        B = xp.concat([bc(xp.astype(sys1.B, dt), tuple(sys1.B.shape[-2:])), bc(xp.astype(sys2.B, dt), tuple(sys2.B.shape[-2:]))], axis=-2)
+        C = xp.concat([bc(xp.astype(sys1.C, dt), tuple(sys1.C.shape[-2:])), -bc(xp.astype(sys2.C, dt), tuple(sys2.C.shape[-2:]))], axis=-1)
+        return (DiagonalSystem(lam, B, C, real_output=sys1.real_output),)
+    mats = []
+    for s in (sys1, sys2):
+        mats.append(_as_dense(s)[:3] if isinstance(s, DiagonalSystem) else tuple(s)[:3])
+    (A1, B1, C1), (A2, B2, C2) = mats
+    w1, w2 = dense_system(A1, B1, C1), dense_system(A2, B2, C2)
+    xp = w1.xp
+    _io_match(B1.shape[-1], B2.shape[-1], C1.shape[-2], C2.shape[-2])
+    batch = broadcast_batch([w1.batch_shape, w2.batch_shape], ["system1", "system2"])
+    n1, n2 = w1.n, w2.n
+    bc = lambda x: xp.broadcast_to(x, batch + tuple(x.shape[-2:]))  # noqa: E731
+    dev = w1.A.device if be.is_torch(w1.A) else None
+    dt = w1.A.dtype if be.is_complex(xp, w1.A) else w2.A.dtype
+    z12 = xp.zeros(batch + (n1, n2), dtype=dt, device=dev)
+    A = xp.concat([xp.concat([bc(xp.astype(w1.A, dt)), z12], axis=-1),
+                   xp.concat([z12.mT, bc(xp.astype(w2.A, dt))], axis=-1)], axis=-2)
+    dtb = be.working_dtype(xp, w1.B, w2.B, w1.C, w2.C, w1.A, w2.A)
+    B = xp.concat([bc(xp.astype(w1.B, dtb)), bc(xp.astype(w2.B, dtb))], axis=-2)
+    C = xp.concat([bc(xp.astype(w1.C, dtb)), -bc(xp.astype(w2.C, dtb))], axis=-1)
+    return (A, B, C)
+
+
+def _io_match(m1, m2, p1, p2):
+    if (int(m1), int(p1)) != (int(m2), int(p2)):
+        raise LTIInputError(f"the two systems must have the same inputs and outputs: (m, p) = ({int(m1)}, {int(p1)}) "
+                            f"vs ({int(m2)}, {int(p2)}).")
+
+
+def hsv_perturbation_bound(system1, system2, *, rank=None):
+    """How far the Hankel singular values can move between two systems (Weyl).
+
+    For the Hankel operators of two stable systems, Weyl's inequality for singular
+    values gives
+
+    .. math:: |\\sigma_i(G_1) - \\sigma_i(G_2)| \\le \\|\\mathcal H_{G_1} - \\mathcal H_{G_2}\\| = \\sigma_1(G_1 - G_2),
+
+    the Hankel norm of the difference system ``(blkdiag(A1, A2), [B1; B2], [C1, -C2])``.
+    If the gap ``sigma_r(G1) - sigma_{r+1}(G1)`` exceeds twice that norm, no HSV can
+    cross the cut: the order-``r`` ranking is *certified stable* between the two.
+
+    Parameters
+    ----------
+    system1, system2 : DiagonalSystem or tuple (A, B, C[, D])
+        Two systems with the same inputs and outputs (e.g. a layer before and after
+        some training steps); orders may differ. ``D`` does not enter Hankel operators.
+    rank : int, optional
+        The cut to certify (``1 <= rank < N``).
+
+    Returns
+    -------
+    HSVPerturbation
+        ``bound``, ``hsv1``, ``hsv2``, ``max_change`` and, with ``rank``, ``gap`` and
+        ``certified``.
+
+    Notes
+    -----
+    The certificate bounds a *change that happened* between two known systems; it
+    does not predict how HSVs evolve under future training steps. Two diagonal
+    systems use the closed-form path (whose accuracy is ``~sqrt(order * eps) * sigma_1``).
+
+    Examples
+    --------
+    >>> import numpy as np, lti_reduce as lr
+    >>> s1 = lr.DiagonalSystem(np.array([0.9, 0.2]), np.ones((2, 1)), np.ones((1, 2)))
+    >>> s2 = lr.DiagonalSystem(np.array([0.9, 0.21]), np.ones((2, 1)), np.ones((1, 2)))
+    >>> cert = lr.hsv_perturbation_bound(s1, s2, rank=1)
+    >>> bool(cert.max_change <= cert.bound), bool(cert.certified)
+    (True, True)
+    """
+    from .balancing import hankel_singular_values
+
+    diff = _difference_system(system1, system2)
+    bound = hankel_singular_values(*diff)[..., 0]
+    hsv = []
+    for s in (system1, system2):
+        hsv.append(hankel_singular_values(s) if not isinstance(s, tuple) else hankel_singular_values(*s[:3]))
+    xp = be.namespace(hsv[0])
+    N = max(int(h.shape[-1]) for h in hsv)
+    padded = []
+    for h in hsv:
+        k = int(h.shape[-1])
+        if k < N:
+            h = xp.concat([h, xp.zeros(tuple(h.shape[:-1]) + (N - k,), dtype=h.dtype,
+                                       device=h.device if be.is_torch(h) else None)], axis=-1)
+        padded.append(h)
+    batch = broadcast_batch([padded[0].shape[:-1], padded[1].shape[:-1]], ["system1", "system2"])
+    h1, h2 = (xp.broadcast_to(h, batch + (N,)) for h in padded)
+    if rank is not None:
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= int(rank) < N:
+            raise LTIInputError(f"rank must be an integer in 1..{N - 1} (a cut with states on both sides), got {rank!r}.")
+        rank = int(rank)
+    return HSVPerturbation(xp.astype(bound, h1.dtype), h1, h2, rank)
