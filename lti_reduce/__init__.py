@@ -22,7 +22,7 @@ UnstableSystemError, LTIInputError
     Input errors (``ValueError`` subclasses).
 """
 
-from .balancing import BalancedTruncationResult, balanced_truncation, hankel_singular_values
+from .balancing import BalancedTruncationResult, balance, balanced_truncation, hankel_singular_values
 from .bounds import HSVPerturbation, hankel_norm, hinf_norm, hsv_perturbation_bound
 from .discretize import discretize
 from .energy import rank_for_tol
@@ -38,6 +38,7 @@ __all__ = [
     "LTIInputError",
     "ModalConditioningWarning",
     "UnstableSystemError",
+    "balance",
     "balanced_truncation",
     "discretize",
     "gramian_factors",

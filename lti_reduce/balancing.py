@@ -46,7 +46,7 @@ from .errors import LTIInputError
 from .gramians import _factor_pair, _no_matrices
 from .validate import _Dense, check_choice, check_rank_tol, dense_system
 
-__all__ = ["balanced_truncation", "hankel_singular_values", "BalancedTruncationResult"]
+__all__ = ["balance", "balanced_truncation", "hankel_singular_values", "BalancedTruncationResult"]
 
 _METHODS = ("truncate", "spa")
 
@@ -64,16 +64,22 @@ def _balancing_svd(xp, Lc, Lo, n):
     return U, s, Vh
 
 
-def _projections(xp, dec: "_Decomposition", r):
-    """Balancing projections ``W, V`` of order r (zero columns for round-off HSVs)."""
-    s = dec.s
-    sr = s[..., :r]
-    keep = sr > s[..., :1] * dec.floor
-    inv_sqrt = xp.where(keep, 1.0 / xp.sqrt(xp.where(keep, sr, 1.0)), 0.0)
+def _projections(xp, dec: "_Decomposition", keep):
+    """Balancing projections ``W, V`` onto the balanced states ``keep``.
+
+    ``keep`` is an int ``r`` (the ``r`` leading states) or a sequence of state
+    indices. States whose HSV is at round-off level get zero columns (decoupled).
+    """
+    s, Mc, Mo = dec.s, dec.Mc, dec.Mo
+    if isinstance(keep, (int, np.integer)):
+        s, Mc, Mo = s[..., :keep], Mc[..., :, :keep], Mo[..., :, :keep]
+    else:
+        idx = xp.asarray(np.asarray(keep, dtype=np.int64), device=s.device if be.is_torch(s) else None)
+        s, Mc, Mo = xp.take(s, idx, axis=-1), xp.take(Mc, idx, axis=-1), xp.take(Mo, idx, axis=-1)
+    nonzero = s > dec.s[..., :1] * dec.floor
+    inv_sqrt = xp.where(nonzero, 1.0 / xp.sqrt(xp.where(nonzero, s, 1.0)), 0.0)
     inv_sqrt = xp.astype(inv_sqrt, dec.Fc.dtype)[..., None, :]
-    V = (dec.Fc @ dec.Mc[..., :, :r]) * inv_sqrt
-    W = (dec.Fo @ dec.Mo[..., :, :r]) * inv_sqrt
-    return W, V
+    return (dec.Fo @ Mo) * inv_sqrt, (dec.Fc @ Mc) * inv_sqrt
 
 
 def _project(sysw: _Dense, W, V):
@@ -107,15 +113,17 @@ class _Decomposition:
         return _Decomposition(sub, self.s[idx], self.Fc[idx], self.Mc[idx], self.Fo[idx], self.Mo[idx], self.floor)
 
 
-def _reduce(dec: _Decomposition, r: int, method: str):
-    """Reduced ``(A_r, B_r, C_r, D_r)`` in working precision."""
+def _reduce(dec: _Decomposition, keep, method: str):
+    """Reduced ``(A_r, B_r, C_r, D_r)`` in working precision; ``keep`` as in `_projections`."""
     sysw = dec.sysw
     xp = sysw.xp
+    r = keep if isinstance(keep, int) else len(keep)
     if method == "truncate" or r == sysw.n:
-        W, V = _projections(xp, dec, r)
+        W, V = _projections(xp, dec, keep)
         Ar, Br, Cr = _project(sysw, W, V)
         return Ar, Br, Cr, sysw.D
-    W, V = _projections(xp, dec, sysw.n)
+    order = keep if isinstance(keep, int) else list(keep) + sorted(set(range(sysw.n)) - set(int(i) for i in keep))
+    W, V = _projections(xp, dec, sysw.n if isinstance(keep, int) else order)
     Ab, Bb, Cb = _project(sysw, W, V)
     A11, A12, A21, A22 = Ab[..., :r, :r], Ab[..., :r, r:], Ab[..., r:, :r], Ab[..., r:, r:]
     B1, B2, C1, C2 = Bb[..., :r, :], Bb[..., r:, :], Cb[..., :, :r], Cb[..., :, r:]
@@ -153,17 +161,35 @@ class BalancedTruncationResult:
     Index a batched result (``res[i]``) to select systems of the batch.
     """
 
-    def __init__(self, dec: _Decomposition, rank: int, method: str):
+    def __init__(self, dec: _Decomposition, rank: int, method: str, states=None):
         self._dec = dec
         self._sysw = sysw = dec.sysw
         self._s = s = dec.s
         self.rank = int(rank)
         self.method = method
+        self.states = None if states is None else tuple(int(i) for i in states)
         xp, dt = sysw.xp, sysw.out_dtype
-        Ar, Br, Cr, Dr = _reduce(dec, self.rank, method)
-        self.A, self.B, self.C, self.D = (xp.astype(M, dt) for M in (Ar, Br, Cr, Dr))
         self.hsv = xp.astype(s, be.real_dtype(xp, dt))
-        self.error_bound = xp.astype(2.0 * xp.sum(s[..., self.rank:], axis=-1), be.real_dtype(xp, dt))
+        if self.states is None:
+            discarded = xp.sum(s[..., self.rank:], axis=-1)
+        else:
+            dropped = sorted(set(range(sysw.n)) - set(self.states))
+            idx = xp.asarray(np.asarray(dropped, dtype=np.int64), device=s.device if be.is_torch(s) else None)
+            discarded = xp.sum(xp.take(s, idx, axis=-1), axis=-1)
+        self.error_bound = xp.astype(2.0 * discarded, be.real_dtype(xp, dt))
+        self._reduced = None
+
+    def _model(self):
+        if self._reduced is None:
+            xp, dt = self._sysw.xp, self._sysw.out_dtype
+            keep = self.rank if self.states is None else self.states
+            self._reduced = tuple(xp.astype(M, dt) for M in _reduce(self._dec, keep, self.method))
+        return self._reduced
+
+    A = property(lambda self: self._model()[0], doc="Reduced state matrix, shape (..., r, r).")
+    B = property(lambda self: self._model()[1], doc="Reduced input matrix, shape (..., r, m).")
+    C = property(lambda self: self._model()[2], doc="Reduced output matrix, shape (..., p, r).")
+    D = property(lambda self: self._model()[3], doc="Reduced feedthrough, shape (..., p, m).")
 
     @property
     def n(self) -> int:
@@ -184,7 +210,7 @@ class BalancedTruncationResult:
         zero = xp.zeros(tuple(s.shape[:-1]) + (1,), dtype=s.dtype, device=s.device if be.is_torch(s) else None)
         return xp.astype(2.0 * xp.concat([tail, zero], axis=-1), be.real_dtype(xp, self._sysw.out_dtype))
 
-    def reduce(self, rank=None, tol=None, method=None) -> "BalancedTruncationResult":
+    def reduce(self, rank=None, tol=None, method=None, *, states=None) -> "BalancedTruncationResult":
         """Another reduced model from the same Gramian factors.
 
         Parameters
@@ -192,12 +218,24 @@ class BalancedTruncationResult:
         rank : int, optional
             Reduced order in ``1..n``.
         tol : float in (0, 1), optional
-            Discarded HSV fraction (see :func:`rank_for_tol`); give exactly one of
-            ``rank`` and ``tol``.
+            Discarded HSV fraction (see :func:`rank_for_tol`).
         method : {"truncate", "spa"}, optional
             Defaults to this result's method.
+        states : sequence of int, optional
+            Keep exactly these balanced states (indices into ``hsv``) instead of the
+            leading ones, e.g. for ablations that keep the *smallest* HSVs. Give
+            exactly one of ``rank``, ``tol`` and ``states``. The bound
+            ``2 * sum(discarded hsv)`` still holds when the kept and discarded HSVs
+            share no value.
         """
         method = self.method if method is None else check_choice(method, "method", _METHODS)
+        if states is not None:
+            if rank is not None or tol is not None:
+                raise LTIInputError("give only one of rank=, tol= and states=.")
+            keep = sorted({int(i) for i in states})
+            if not keep or keep[0] < 0 or keep[-1] >= self.n or len(keep) != len(list(states)):
+                raise LTIInputError(f"states must be distinct indices in 0..{self.n - 1}, got {list(states)!r}.")
+            return BalancedTruncationResult(self._dec, len(keep), method, keep)
         rank = _resolve_rank(self._s, rank, tol, self.n)
         return BalancedTruncationResult(self._dec, rank, method)
 
@@ -205,7 +243,7 @@ class BalancedTruncationResult:
         if not self._sysw.batch_shape:
             raise IndexError("this result holds a single system; there is no batch dimension to index.")
         idx = index if isinstance(index, tuple) else (index,)
-        return BalancedTruncationResult(self._dec[idx], self.rank, self.method)
+        return BalancedTruncationResult(self._dec[idx], self.rank, self.method, self.states)
 
     def __repr__(self) -> str:
         batch = f", batch={self._sysw.batch_shape}" if self._sysw.batch_shape else ""
@@ -236,6 +274,39 @@ def _decompose(A, B, C, D) -> _Decomposition:
     U, s, Vh = _balancing_svd(sysw.xp, Lc, Lo, sysw.n)
     floor = sysw.n * float(np.finfo(np.float64).eps)
     return _Decomposition(sysw, s, Lc, be.mH(Vh), Lo, U, floor)
+
+
+def balance(A, B=None, C=None, D=None) -> BalancedTruncationResult:
+    """Balance a discrete-time system once; cut any order from the result.
+
+    The expensive part of balanced truncation (Gramian factors and the balancing
+    SVD), for when the order is chosen later or many orders are wanted (cf. MATLAB's
+    ``reducespec``, pyMOR's ``BTReductor``).
+
+    Parameters
+    ----------
+    A : array, shape (..., n, n), or DiagonalSystem
+        Schur-stable state matrix (or a :class:`~lti_reduce.DiagonalSystem` alone).
+    B : array, shape (..., n, m)
+    C : array, shape (..., p, n)
+    D : array, shape (..., p, m), optional
+
+    Returns
+    -------
+    BalancedTruncationResult
+        Of full order ``n``: ``.A, .B, .C, .D`` are the balanced realization
+        (formed only when accessed), ``.hsv`` the HSVs, ``.error_bounds()`` the bound
+        for every order, and ``.reduce(rank=|tol=|states=)`` a truncated model.
+
+    Examples
+    --------
+    >>> import numpy as np, lti_reduce as lr
+    >>> bal = lr.balance(np.diag([0.9, 0.5, 0.1]), np.ones((3, 1)), np.ones((1, 3)))
+    >>> [bal.reduce(rank=r).rank for r in (1, 2)]
+    [1, 2]
+    """
+    dec = _decompose(A, B, C, D)
+    return BalancedTruncationResult(dec, dec.sysw.n, "truncate")
 
 
 def hankel_singular_values(A, B=None, C=None):
