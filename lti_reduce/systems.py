@@ -111,7 +111,7 @@ class DiagonalSystem:
         for a, nm in ((lam, "lam"), (B, "B"), (C, "C"), (D, "D")):
             if a is not None:
                 check_finite(xp, a, nm)
-        radius = float(xp.max(xp.abs(lam)))
+        radius = float(be.to_numpy(xp.max(xp.abs(lam))))
         if radius >= 1.0:
             raise UnstableSystemError(
                 f"|lam| must be < 1 for a stable discrete-time system; the largest |lam| is {radius:.17g}. "

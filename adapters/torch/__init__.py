@@ -1,0 +1,37 @@
+"""PyTorch adapter: compress live state-space layers inside a training loop.
+
+``adapters`` is a namespace package (there is no ``adapters/__init__.py``), so this
+module installs beside AdapterHub's distribution of the same top-level name.
+
+Public API
+----------
+LRU
+    Reference Linear Recurrent Unit layer (Orvieto et al. 2023), compressible.
+compress_, CompressionReport, LayerReport
+    Balanced truncation of every compressible layer, batched and atomic, with the optimizer kept consistent.
+CompressionSchedule, RollbackGuard
+    When to cut during training, and undoing a cut that hurt validation.
+hankel_nuclear_norm
+    Differentiable sum of HSVs, a regularizer (the paper's baseline).
+CompressibleLayer, compressible_layers, is_compressible
+    The layer protocol (``state_dim``, ``to_system()``, ``load_system_()``) and discovery.
+"""
+
+from .compress import CompressionReport, LayerReport, compress_
+from .lru import LRU
+from .protocol import CompressibleLayer, compressible_layers, is_compressible
+from .regularizers import hankel_nuclear_norm
+from .schedule import CompressionSchedule, RollbackGuard
+
+__all__ = [
+    "LRU",
+    "CompressibleLayer",
+    "CompressionReport",
+    "CompressionSchedule",
+    "LayerReport",
+    "RollbackGuard",
+    "compress_",
+    "compressible_layers",
+    "hankel_nuclear_norm",
+    "is_compressible",
+]

@@ -1,0 +1,373 @@
+"""The Linear Recurrent Unit (LRU) as a compressible layer.
+
+Orvieto, Smith, Gu, Fernando, Gulcehre, Pascanu, De, "Resurrecting Recurrent Neural Networks for Long
+Sequences", ICML 2023 (arXiv 2303.06349).
+
+The compressible-layer protocol
+-------------------------------
+A layer is compressible by :func:`adapters.torch.compress_` if it has
+
+``state_dim`` (property)
+    Its current size, in the units a user passes as ``rank`` (here: complex modes ``n``).
+``to_system()``
+    Its effective linear time-invariant core as an :class:`lti_reduce.DiagonalSystem`: detached tensors
+    on the layer's device, in the layer's (complex) dtype.
+``load_system_(system)``
+    Writes a (reduced) system of the same kind back in place; parameter objects are *replaced* (shapes
+    change), so whoever holds an optimizer over them must update it (``compress_`` does).
+
+and, so that compressed checkpoints load into a freshly built model, resizes its parameters to the
+checkpoint's shapes inside ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .scan import MODES, linear_recurrence, real_output_response
+
+__all__ = ["LRU"]
+
+# Parameters whose leading (row) axis is the state axis, and those whose trailing axis is.
+_STATE_ROWS = ("nu_log", "theta", "gamma_log", "B_re", "B_im")
+_STATE_COLS = ("C_re", "C_im")
+
+
+class LRU(nn.Module):
+    """Linear Recurrent Unit: ``x_k = diag(lam) x_{k-1} + gamma * B u_k``, ``y_k = Re(C x_k) + D * u_k``.
+
+    Parameters
+    ----------
+    d_model : int
+        Input and output width ``m = p``.
+    d_state : int
+        Number of complex modes ``n`` at construction (:attr:`state_dim` tracks the current number).
+    r_min, r_max : float
+        Eigenvalue moduli are drawn uniformly on the ring ``r_min <= |lam| <= r_max`` (area-uniform, as in
+        the paper), ``0 <= r_min < r_max <= 1``.
+    max_phase : float
+        Eigenvalue phases are drawn uniformly in ``[0, max_phase)``.
+    mode : {"auto", "scan", "chunked", "fft", "sequential"}
+        How the recurrence is computed (see :mod:`adapters.torch.scan`); all agree to round-off.
+    chunk_size : int, optional
+        Chunk length of ``mode="chunked"``.
+    device, dtype
+        Factory arguments; ``dtype`` is the real dtype (float32 or float64); complex quantities use the
+        matching complex dtype.
+
+    Attributes
+    ----------
+    nu_log, theta : Parameter, shape (n,)
+        ``lam = exp(-exp(nu_log) + i theta)``, so ``0 < |lam| < 1`` for every value of the parameters.
+    gamma_log : Parameter, shape (n,)
+        Input normalization ``gamma = exp(gamma_log)``, initialized to ``sqrt(1 - |lam|^2)`` (trainable, as
+        in the paper's code).
+    B_re, B_im : Parameter, shape (n, d_model)
+        Stored input matrix; the effective one is ``diag(gamma) (B_re + i B_im)``.
+    C_re, C_im : Parameter, shape (d_model, n)
+        Output matrix ``C_re + i C_im``.
+    D : Parameter, shape (d_model,)
+        Elementwise skip connection.
+
+    Notes
+    -----
+    *Eigenvalues.* The paper's code stores ``theta_log = log(theta)``, which cannot represent a real
+    positive eigenvalue (``log 0 = -inf``) nor negative phases. A reduction can produce any eigenvalue with
+    ``0 < |lam| < 1`` (real positive, real negative, either sign of phase), so ``theta`` is stored as is;
+    ``nu_log = log(-log|lam|)`` covers every modulus in ``(0, 1)``.
+
+    *Real parameter pairs.* ``B`` and ``C`` are stored as real/imaginary pairs rather than complex
+    parameters: every optimizer, gradient clipping, weight decay, DDP bucketing, AMP grad scaling and
+    ``torch.compile`` handle real tensors, while complex parameters have had gaps in several of them
+    (foreach/fused optimizer kernels, DDP all-reduce, ``clip_grad_norm_``). For Adam-type optimizers real
+    pairs are also exactly what ``view_as_real`` would give, so nothing is lost.
+
+    *Precision.* The layer computes in its parameters' dtype with autocast disabled (complex half precision
+    is not supported by the scan).
+
+    Examples
+    --------
+    >>> import torch
+    >>> layer = LRU(d_model=8, d_state=16)
+    >>> layer(torch.randn(2, 50, 8)).shape
+    torch.Size([2, 50, 8])
+    >>> layer.state_dim
+    16
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int,
+        *,
+        r_min: float = 0.0,
+        r_max: float = 1.0,
+        max_phase: float = 2 * math.pi,
+        mode: str = "auto",
+        chunk_size: int | None = None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if int(d_model) < 1 or int(d_state) < 1:
+            raise ValueError(f"d_model and d_state must be positive integers, got {d_model} and {d_state}")
+        if not 0.0 <= r_min < r_max <= 1.0:
+            raise ValueError(f"need 0 <= r_min < r_max <= 1 for a stable layer, got r_min={r_min}, r_max={r_max}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.d_model = int(d_model)
+        self.mode = mode
+        self.chunk_size = chunk_size
+        factory = {"device": device, "dtype": dtype if dtype is not None else torch.get_default_dtype()}
+        n, m = int(d_state), self.d_model
+
+        # Area-uniform moduli on the ring, uniform phases (the paper's initialization), drawn in float64.
+        u1 = torch.rand(n, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+        u2 = torch.rand(n, dtype=torch.float64)
+        log_modulus = 0.5 * torch.log(u1 * (r_max**2 - r_min**2) + r_min**2)  # log|lam| <= 0
+        log_modulus = log_modulus.clamp(max=-1e-12)  # r_max = 1 must still give |lam| < 1
+        nu_log = torch.log(-log_modulus)
+        self.nu_log = nn.Parameter(nu_log.to(**factory))
+        self.theta = nn.Parameter((max_phase * u2).to(**factory))
+        self.gamma_log = nn.Parameter(_gamma_log(nu_log).to(**factory))
+        self.B_re = nn.Parameter(torch.randn(n, m, **factory) / math.sqrt(2 * m))
+        self.B_im = nn.Parameter(torch.randn(n, m, **factory) / math.sqrt(2 * m))
+        self.C_re = nn.Parameter(torch.randn(m, n, **factory) / math.sqrt(n))
+        self.C_im = nn.Parameter(torch.randn(m, n, **factory) / math.sqrt(n))
+        self.D = nn.Parameter(torch.randn(m, **factory))
+
+    # ----------------------------------------------------------------------------------------------- protocol
+    @property
+    def state_dim(self) -> int:
+        """Current number of complex modes ``n``."""
+        return self.nu_log.shape[0]
+
+    @property
+    def lam(self) -> torch.Tensor:
+        """Eigenvalues ``exp(-exp(nu_log) + i theta)``, shape (n,), differentiable."""
+        return torch.exp(torch.complex(-torch.exp(self.nu_log), self.theta))
+
+    def effective_B(self) -> torch.Tensor:
+        """``diag(gamma) (B_re + i B_im)``, shape (n, d_model), differentiable."""
+        gamma = torch.exp(self.gamma_log).unsqueeze(-1)
+        return torch.complex(gamma * self.B_re, gamma * self.B_im)
+
+    def to_system(self, differentiable: bool = False):
+        """The layer's linear core as ``DiagonalSystem(lam, B, C, D, real_output=True)``.
+
+        Parameters
+        ----------
+        differentiable : bool
+            ``False`` (default): detached copies, for compression. ``True``: tensors still attached to the
+            parameters, for regularizers on the system (e.g. a Hankel nuclear norm).
+
+        Returns
+        -------
+        lti_reduce.DiagonalSystem
+            ``lam`` (n,) complex, ``B = diag(gamma)(B_re + i B_im)`` (n, d_model) complex, ``C = C_re + i C_im``
+            (d_model, n) complex, ``D = diag(self.D)`` (d_model, d_model) real, ``real_output=True``; on the
+            layer's device, complex64 for a float32 layer.
+
+        Notes
+        -----
+        *Time convention.* The layer computes ``x_k = lam x_{k-1} + B u_k``, ``y_k = Re(C x_k) + D u_k``: the
+        input reaches the output in the same step through ``C B``. The returned system, read in the core's
+        convention ``x_{k+1} = lam x_k + B u_k``, ``y_k = Re(C x_k) + D u_k``, is the same map delayed by one
+        step in its strictly proper part: ``G_layer(z) = z (G_sys(z) - D) + D``. Since ``|z| = 1`` on the
+        unit circle, any reduction gives ``||G_layer - G_layer,r||_inf = ||G_sys - G_sys,r||_inf``, so the
+        error bounds computed on this system hold for the layer's map exactly, and no division by ``lam``
+        (which a conversion to the same-step form would need) is ever done. The Hankel singular values are
+        those of this system (Markov parameters ``Re(C lam^(k-1) B)``).
+
+        Raises
+        ------
+        lti_reduce.UnstableSystemError
+            If some ``|lam|`` rounded to 1 in the layer's dtype (possible only for ``nu_log`` below about
+            -16.6 in float32, -36.7 in float64).
+        """
+        from lti_reduce import DiagonalSystem  # the core is imported only when a system is needed
+
+        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+            lam, B = self.lam, self.effective_B()
+            C, D = torch.complex(self.C_re, self.C_im), torch.diag(self.D)
+        if not differentiable:
+            lam, B, C, D = (t.detach().clone() for t in (lam, B, C, D))
+        return DiagonalSystem(lam, B, C, D, real_output=True)
+
+    @torch.no_grad()
+    def load_system_(self, system) -> "LRU":
+        """Replace the layer's core by ``system`` (usually a reduced one), in place.
+
+        Parameters
+        ----------
+        system : DiagonalSystem-like
+            Attributes ``lam`` (r,), ``B`` (r, d_model), ``C`` (d_model, r), ``D`` (d_model, d_model) diagonal,
+            (d_model,), or ``None`` (no feedthrough, sets ``D`` to zero), and ``real_output=True``. Tensors or
+            arrays, any device and dtype; they are converted to the layer's.
+
+        Returns
+        -------
+        LRU
+            ``self``, whose ``state_dim`` is now ``r`` and whose map is ``y = Re(C x) + D u`` of ``system``.
+
+        Raises
+        ------
+        ValueError
+            ``real_output`` is not true, shapes do not fit ``d_model``, an eigenvalue is not finite or has
+            ``|lam| >= 1`` (no LRU parameter represents it), or ``D`` is not diagonal (e.g. after a
+            singular-perturbation reduction: the LRU's skip connection is elementwise).
+
+        Notes
+        -----
+        Every state-shaped parameter (``nu_log, theta, gamma_log, B_re, B_im, C_re, C_im``) is re-created with
+        the new shape (``nn.Parameter`` objects are replaced, keeping ``requires_grad``): an optimizer built
+        over the old ones must be updated by the caller. ``D`` is not re-based by a reduction; it is updated
+        in place, so its Parameter object and optimizer state survive. Conversions,
+        done in float64: ``nu_log = log(-log|lam|)``, ``theta = angle(lam)`` in ``(-pi, pi]`` (0 for real
+        positive, ``pi`` for real negative eigenvalues), ``gamma_log`` reset to ``log sqrt(1 - |lam|^2)`` and
+        ``B_re + i B_im = B / gamma``, so the effective ``B`` is exactly ``system.B``. An eigenvalue that is
+        exactly 0 is stored as the smallest normal modulus of the layer's dtype. All checks run before any
+        parameter changes, so a rejected system leaves the layer untouched.
+        """
+        new = self._parameters_for(system)
+        self.D.copy_(new.pop("D"))  # same shape, same basis: keep the Parameter (and its optimizer state)
+        for name, value in new.items():
+            old = getattr(self, name)
+            setattr(self, name, nn.Parameter(value, requires_grad=old.requires_grad))
+        return self
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """``y = Re(C x) + D * u`` for ``u`` of shape (..., L, d_model); returns (..., L, d_model)."""
+        if u.dim() < 2 or u.shape[-1] != self.d_model:
+            raise ValueError(f"LRU expects input of shape (..., L, {self.d_model}), got {tuple(u.shape)}")
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            u = u.to(self.B_re.dtype)
+            if self.mode == "fft":
+                return real_output_response(
+                    u, self.lam, self.effective_B(), torch.complex(self.C_re, self.C_im), self.D, mode="fft"
+                )
+            n, m = self.B_re.shape
+            # One real matmul gives interleaved (re, im) pairs that view as complex without a copy.
+            gamma = torch.exp(self.gamma_log).unsqueeze(-1)
+            weight_in = torch.stack([gamma * self.B_re, gamma * self.B_im], dim=1).reshape(2 * n, m)
+            bu = torch.view_as_complex(torch.matmul(u, weight_in.mT).unflatten(-1, (n, 2)))
+            x = linear_recurrence(self.lam, bu, mode=self.mode, chunk_size=self.chunk_size)
+            # Re(C x) = C_re Re(x) - C_im Im(x): again one real matmul over interleaved pairs.
+            weight_out = torch.stack([self.C_re, -self.C_im], dim=-1).reshape(m, 2 * n)
+            return torch.matmul(torch.view_as_real(x).flatten(-2), weight_out.mT) + self.D * u
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, state_dim={self.state_dim}, mode={self.mode!r}"
+
+    # ----------------------------------------------------------------------------------------------- loading
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Resize the state-dimension parameters to a checkpoint's ``n`` before the usual copy.
+
+        A compressed checkpoint has fewer modes than a freshly built layer. Only the state axis is resized,
+        and only when every state-shaped entry of the checkpoint agrees on it; anything else is left to the
+        default loader, which reports the size mismatch.
+        """
+        sizes = {
+            state_dict[prefix + name].shape[0 if name in _STATE_ROWS else -1]
+            for name in _STATE_ROWS + _STATE_COLS
+            if prefix + name in state_dict and state_dict[prefix + name].dim() >= 1
+        }
+        if len(sizes) == 1 and (n := int(next(iter(sizes)))) != self.state_dim and n >= 1:
+            m = self.d_model
+            for name in _STATE_ROWS + _STATE_COLS:
+                old = getattr(self, name)
+                shape = (n,) if old.dim() == 1 else ((n, m) if name in _STATE_ROWS else (m, n))
+                key = prefix + name
+                if key in state_dict and tuple(state_dict[key].shape) != shape:
+                    break  # inconsistent checkpoint: let the default loader report it
+            else:
+                for name in _STATE_ROWS + _STATE_COLS:
+                    old = getattr(self, name)
+                    shape = (n,) if old.dim() == 1 else ((n, m) if name in _STATE_ROWS else (m, n))
+                    fresh = torch.zeros(shape, device=old.device, dtype=old.dtype)
+                    setattr(self, name, nn.Parameter(fresh, requires_grad=old.requires_grad))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _parameters_for(self, system) -> dict[str, torch.Tensor]:
+        """Validated new parameter values for :meth:`load_system_` (nothing is modified here)."""
+        if not getattr(system, "real_output", False):
+            raise ValueError(
+                "LRU.load_system_ needs a system with real_output=True (the layer computes y = Re(C x) + D u); "
+                "got real_output=False. Build the system with real_output=True."
+            )
+        ref = self.B_re
+        work = {"device": ref.device, "dtype": torch.complex128}
+        lam = torch.as_tensor(system.lam).to(**work)
+        B = torch.as_tensor(system.B).to(**work)
+        C = torch.as_tensor(system.C).to(**work)
+        m = self.d_model
+        if lam.dim() != 1 or lam.shape[0] < 1:
+            raise ValueError(f"system.lam must have shape (r,) with r >= 1, got {tuple(lam.shape)}")
+        r = lam.shape[0]
+        if tuple(B.shape) != (r, m) or tuple(C.shape) != (m, r):
+            raise ValueError(
+                f"system.B and system.C must have shapes ({r}, {m}) and ({m}, {r}) for d_model={m} and "
+                f"r={r} modes, got {tuple(B.shape)} and {tuple(C.shape)}"
+            )
+        for name, value in (("lam", lam), ("B", B), ("C", C)):
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"system.{name} contains NaN or Inf; refusing to load it into the layer")
+        modulus = lam.abs()
+        if bool((modulus >= 1).any()):
+            raise ValueError(
+                f"system.lam has |lam| up to {modulus.max().item():.6g}, but an LRU represents only "
+                "eigenvalues with |lam| < 1 (a stable system); reduce a stable system"
+            )
+        D = self._diagonal_feedthrough(system)
+        real = ref.dtype
+        modulus = modulus.real.to(torch.float64).clamp(min=torch.finfo(real).tiny)
+        log_modulus = torch.log(modulus)
+        gamma_log = _gamma_log(torch.log(-log_modulus))
+        b_stored = B / torch.exp(gamma_log).unsqueeze(-1)
+        return {
+            "nu_log": torch.log(-log_modulus).to(real),
+            "theta": torch.angle(lam).to(real),
+            "gamma_log": gamma_log.to(real),
+            "B_re": b_stored.real.to(real).contiguous(),
+            "B_im": b_stored.imag.to(real).contiguous(),
+            "C_re": C.real.to(real).contiguous(),
+            "C_im": C.imag.to(real).contiguous(),
+            "D": D.to(real),
+        }
+
+    def _diagonal_feedthrough(self, system) -> torch.Tensor:
+        m = self.d_model
+        ref = self.B_re
+        if getattr(system, "D", None) is None:
+            return torch.zeros(m, device=ref.device, dtype=torch.float64)
+        D = torch.as_tensor(system.D).to(device=ref.device)
+        if D.is_complex():
+            if bool((D.imag != 0).any()):
+                raise ValueError("system.D must be real for an LRU (its skip connection is real)")
+            D = D.real
+        D = D.to(torch.float64)
+        if tuple(D.shape) == (m,):
+            return D
+        if tuple(D.shape) != (m, m):
+            raise ValueError(f"system.D must have shape ({m}, {m}) or ({m},), got {tuple(D.shape)}")
+        diagonal = torch.diagonal(D)
+        off = (D - torch.diag(diagonal)).abs().max()
+        scale = max(1.0, diagonal.abs().max().item())
+        if off.item() > 64 * torch.finfo(ref.dtype).eps * scale:
+            raise ValueError(
+                f"system.D has off-diagonal entries up to {off.item():.3g}, but the LRU's skip connection is "
+                "elementwise (D must be diagonal). Balanced truncation keeps D; singular-perturbation "
+                "approximation changes it, so reduce with truncation for LRU layers."
+            )
+        return diagonal
+
+
+def _gamma_log(nu_log: torch.Tensor) -> torch.Tensor:
+    """``log sqrt(1 - |lam|^2)`` with ``|lam| = exp(-exp(nu_log))``, accurate for ``|lam|`` near 1."""
+    return 0.5 * torch.log(-torch.expm1(-2 * torch.exp(nu_log)))
