@@ -92,7 +92,8 @@ def from_numpy_like(x: np.ndarray, like):
     if is_torch(like):
         import torch  # only reached when the caller already uses torch
 
-        return torch.from_numpy(np.ascontiguousarray(x)).to(like.device)
+        x = np.asarray(x)
+        return torch.from_numpy(np.ascontiguousarray(x).reshape(x.shape)).to(like.device)
     return x
 
 

@@ -56,6 +56,8 @@ def _hinf_single(A, B, C, D, rtol):
         cands.append(float(np.min(np.abs(poles))))
     gamma_lb = float(np.linalg.norm(Dc, 2)) if min(p, m) else 0.0
     w_peak = np.inf
+    # A coarse sweep of the unit circle guards the initial lower bound (theta = 2 atan(w)).
+    cands.extend(np.tan(0.5 * np.linspace(-np.pi, np.pi, 33)[1:-1]).tolist())
     for w in cands:
         g = _sigma_max_c(Ac, Bc, Cc, Dc, w)
         if g > gamma_lb:
@@ -77,7 +79,10 @@ def _hinf_single(A, B, C, D, rtol):
         ws = np.sort(ev[on_axis].imag)
         if ws.size < 2:
             break
-        mids = 0.5 * (ws[:-1] + ws[1:])
+        # Level-set intervals may be unbounded (the peak at z = -1, i.e. w = inf): test
+        # beyond the outermost crossings too.
+        span = max(1.0, float(np.max(np.abs(ws))))
+        mids = np.concatenate([0.5 * (ws[:-1] + ws[1:]), [ws[0] - span, ws[-1] + span]])
         vals = [_sigma_max_c(Ac, Bc, Cc, Dc, w) for w in mids]
         best = int(np.argmax(vals))
         if vals[best] <= gamma_lb:
