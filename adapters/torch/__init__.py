@@ -13,18 +13,42 @@ CompressionSchedule, RollbackGuard
     When to cut during training, and undoing a cut that hurt validation.
 hankel_nuclear_norm
     Differentiable sum of HSVs, a regularizer (the paper's baseline).
+compress_ddp_
+    compress_ inside DistributedDataParallel: unwrap, cut, broadcast from one rank, re-wrap.
+SelectiveSSM, compress_selective_, measure_selective_cut, selective_scan
+    A pure-torch Mamba-style selective SSM block and its state selection by averaged-system HSVs.
 CompressibleLayer, compressible_layers, is_compressible
     The layer protocol (``state_dim``, ``to_system()``, ``load_system_()``) and discovery.
 """
 
 from .compress import CompressionReport, LayerReport, compress_
+from .distributed import compress_ddp_
 from .lru import LRU
+from .mamba import (
+    CutMeasurement,
+    SelectiveCompressionReport,
+    SelectiveLayerReport,
+    SelectiveSSM,
+    compress_selective_,
+    measure_selective_cut,
+    selective_scan,
+    selective_scan_reference,
+)
 from .protocol import CompressibleLayer, compressible_layers, is_compressible
 from .regularizers import hankel_nuclear_norm
 from .schedule import CompressionSchedule, RollbackGuard
 
 __all__ = [
     "LRU",
+    "SelectiveSSM",
+    "CutMeasurement",
+    "SelectiveCompressionReport",
+    "SelectiveLayerReport",
+    "compress_ddp_",
+    "compress_selective_",
+    "measure_selective_cut",
+    "selective_scan",
+    "selective_scan_reference",
     "CompressibleLayer",
     "CompressionReport",
     "CompressionSchedule",

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from .scan import MODES, linear_recurrence, real_output_response
+from .scan import MODES, linear_recurrence
 
 __all__ = ["LRU"]
 
@@ -128,7 +128,8 @@ class LRU(nn.Module):
         u1 = torch.rand(n, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
         u2 = torch.rand(n, dtype=torch.float64)
         log_modulus = 0.5 * torch.log(u1 * (r_max**2 - r_min**2) + r_min**2)  # log|lam| <= 0
-        log_modulus = log_modulus.clamp(max=-1e-12)  # r_max = 1 must still give |lam| < 1
+        # r_max = 1 must still give |lam| < 1 after rounding to the layer's dtype.
+        log_modulus = log_modulus.clamp(max=-torch.finfo(factory["dtype"]).eps)
         nu_log = torch.log(-log_modulus)
         self.nu_log = nn.Parameter(nu_log.to(**factory))
         self.theta = nn.Parameter((max_phase * u2).to(**factory))
@@ -246,10 +247,6 @@ class LRU(nn.Module):
             raise ValueError(f"LRU expects input of shape (..., L, {self.d_model}), got {tuple(u.shape)}")
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = u.to(self.B_re.dtype)
-            if self.mode == "fft":
-                return real_output_response(
-                    u, self.lam, self.effective_B(), torch.complex(self.C_re, self.C_im), self.D, mode="fft"
-                )
             n, m = self.B_re.shape
             # One real matmul gives interleaved (re, im) pairs that view as complex without a copy.
             gamma = torch.exp(self.gamma_log).unsqueeze(-1)

@@ -9,10 +9,13 @@ One recurrence, several algorithms, all computing the same thing to round-off:
     specialised to a time-invariant ``lam``, so the "multiplier" half of the usual ``(a, b)`` pairs is just
     ``lam ** (2 ** level)``.
 ``"chunked"``
-    Time is cut into chunks of ``T`` steps. Inside a chunk ``x_t = sum_{s<=t} lam^{t-s} bu_s`` is one batched
-    matmul with the lower-triangular Toeplitz matrix of powers of ``lam`` (one ``(T, T)`` matrix per state);
-    the chunk-end states are then carried across chunks by the associative scan with multiplier ``lam ** T``.
-    Dense matmuls keep the CPU busy; usually the fastest mode on CPU.
+    Two levels: time is cut into chunks of ``T`` steps; one loop over the ``T`` positions advances *all*
+    chunks at once from a zero state (each step a single fused ``addcmul`` over (batch, L/T, n)); the chunk-end
+    states are carried across chunks (multiplier ``lam ** T``); one in-place pass adds ``lam^(t+1)`` times
+    the carried state. ``O(L n)`` work, about three passes over memory, ``~2T + L/T`` kernel launches and no
+    temporary as large as the input. Usually the fastest mode on CPU. (A closed-form variant that multiplies
+    each chunk by the ``(T, T)`` Toeplitz matrix of powers of ``lam`` does ``T`` times the work and measured
+    2-5x slower on CPU, so it is not offered.)
 ``"fft"``
     The recurrence is a causal convolution of each state channel with the kernel ``lam ** k``, done with FFTs
     (length ``>= 2L - 1``, so the circular convolution is the linear one). Valid because ``lam`` does not
@@ -40,10 +43,8 @@ __all__ = ["MODES", "linear_recurrence", "real_output_response", "lam_powers", "
 
 MODES = ("auto", "scan", "chunked", "fft", "sequential")
 
-# Chunk length of the "chunked" mode. The in-chunk matmul costs T complex MACs per (batch, step, state);
-# the cross-chunk scan and the copies cost O(1) passes. 32 balanced the two on a 2-core AVX2 CPU for
-# L in [256, 4096] and n in [16, 512] (see benchmarks/bench_lru_step.py).
-DEFAULT_CHUNK = 32
+# Below this length "auto" uses the associative scan on CPU too: the chunked loop's fixed cost dominates.
+_CHUNKED_MIN_LENGTH = 64
 
 
 def lam_powers(lam: torch.Tensor, length: int) -> torch.Tensor:
@@ -83,7 +84,7 @@ def choose_mode(bu_shape, device: torch.device) -> str:
     associative scan. On accelerators the associative scan (few, large, memory-bound kernels) is the default.
     """
     length = bu_shape[-2]
-    if device.type == "cpu" and length >= 2 * DEFAULT_CHUNK:
+    if device.type == "cpu" and length >= _CHUNKED_MIN_LENGTH:
         return "chunked"
     return "scan"
 
@@ -107,7 +108,8 @@ def linear_recurrence(
     mode : {"auto", "scan", "chunked", "fft", "sequential"}
         Algorithm (see the module docstring). ``"auto"`` uses :func:`choose_mode`.
     chunk_size : int, optional
-        Chunk length for ``mode="chunked"`` (default :data:`DEFAULT_CHUNK`).
+        Chunk length for ``mode="chunked"``; default about ``sqrt(L)``, the length that minimises the
+        number of Python-level steps ``T + L/T``.
 
     Returns
     -------
@@ -120,6 +122,8 @@ def linear_recurrence(
         Unknown ``mode``, a ``lam`` that is not 1-D, or ``bu`` whose last axis is not ``n``.
     """
     lam, bu, batch_shape = _check(lam, bu, mode)
+    if bu.numel() == 0:
+        return bu.clone().reshape(*batch_shape, *bu.shape[-2:])
     if mode == "auto":
         mode = choose_mode(bu.shape, bu.device)
     if mode == "sequential":
@@ -127,8 +131,8 @@ def linear_recurrence(
     elif mode == "fft":
         x = _fft_states(lam, bu)
     else:
-        chunk = DEFAULT_CHUNK if chunk_size is None else int(chunk_size)
-        if chunk < 1:
+        chunk = 0 if chunk_size is None else int(chunk_size)  # 0: chosen from L in _chunked_scan
+        if chunk_size is not None and chunk < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
         x = _DiagonalRecurrence.apply(lam, bu, mode, chunk, False)
     return x.reshape(*batch_shape, *x.shape[-2:])
@@ -168,25 +172,13 @@ def real_output_response(
 
     Notes
     -----
-    With ``mode="fft"`` the projections and the convolution are done in the frequency domain on the
-    one-sided spectrum of the real ``u``: with ``U = rfft(u)`` and ``G(w) = sum_k lam^k e^{-iwk}``,
-
-    ``Y(w) = 1/2 [C diag(G(w)) B + conj(C) diag(conj G(-w)) conj(B)] U(w)``,
-
-    the real-output system's transfer function (the complex realization ``diag(lam, conj lam)``,
-    ``[B; conj B]``, ``1/2 [C, conj C]``) applied without ever forming the ``(L, p, m)`` kernel: ``O(L n (m + p))``
-    plus FFTs over only ``m`` and ``p`` channels.
+    With ``mode="fft"`` the convolution runs per state channel (``Re(C (lam^k * (B u)))``), never on the
+    ``(L, p, m)`` impulse response ``Re(C diag(lam^k) B)``, whose construction alone would cost ``L p m n``.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "fft":
-        y = _fft_real_output(u, lam, B, C)
-    else:
-        cdtype = torch.promote_types(lam.dtype, B.dtype)
-        bu = torch.matmul(u.to(cdtype), B.to(cdtype).transpose(-1, -2))
-        x = linear_recurrence(lam, bu, mode=mode, chunk_size=chunk_size)
-        y = torch.matmul(x, C.to(x.dtype).transpose(-1, -2)).real
-    y = y.to(u.dtype)
+    cdtype = torch.promote_types(lam.dtype, B.dtype)
+    bu = torch.matmul(u.to(cdtype), B.to(cdtype).transpose(-1, -2))
+    x = linear_recurrence(lam, bu, mode=mode, chunk_size=chunk_size)
+    y = torch.matmul(x, C.to(x.dtype).transpose(-1, -2)).real.to(u.dtype)
     if D is not None:
         y = y + (u * D if D.dim() == 1 else torch.matmul(u, D.to(u.dtype).transpose(-1, -2)))
     return y
@@ -203,7 +195,7 @@ def _check(lam, bu, mode):
         )
     dtype = torch.promote_types(lam.dtype, bu.dtype)
     batch_shape = bu.shape[:-2]
-    bu = bu.to(dtype).reshape(-1, *bu.shape[-2:])
+    bu = bu.to(dtype).reshape(math.prod(batch_shape), *bu.shape[-2:])
     return lam.to(dtype), bu, batch_shape
 
 
@@ -253,25 +245,27 @@ def _chunked_scan(bu, lam, chunk, reverse=False):
     kernel launches: no temporary as large as ``bu`` is allocated.
     """
     batch, length, n = bu.shape
-    chunk = max(1, min(chunk, length))
+    chunk = max(1, min(chunk or _chunk_length(length), length))
     n_chunks = length // chunk
     whole = n_chunks * chunk
     offset = length - whole if reverse else 0
     x = torch.empty_like(bu, memory_format=torch.contiguous_format)  # so the chunk view below is a view
-    b = bu[:, offset : offset + whole].unflatten(1, (n_chunks, chunk))
+    b = bu[:, offset : offset + whole].unflatten(1, (n_chunks, chunk)).unbind(2)
     xc = x[:, offset : offset + whole].unflatten(1, (n_chunks, chunk))  # a view: writes land in x
+    xs = xc.unbind(2)  # one call for all T position views (per-step slicing is the loop's overhead)
     first, last, step = (chunk - 1, 0, -1) if reverse else (0, chunk - 1, 1)
-    xc[:, :, first].copy_(b[:, :, first])
+    xs[first].copy_(b[first])
     for t in range(first + step, last + step, step):
-        torch.addcmul(b[:, :, t], lam, xc[:, :, t - step], out=xc[:, :, t])
+        torch.addcmul(b[t], lam, xs[t - step], out=xs[t])
     if n_chunks > 1:
         powers = lam_powers(lam, chunk + 1)  # lam^0 .. lam^T
-        ends = xc[:, :, last]  # local (zero-start) state at each chunk's end, (batch, C, n)
-        carried = torch.empty_like(ends)
+        ends = xs[last].unbind(1)  # local (zero-start) state at each chunk's end
+        carried = torch.empty_like(xs[last])  # (batch, C, n): true state at each chunk's end
+        hs = carried.unbind(1)
         c_first, c_last = (n_chunks - 1, 0) if reverse else (0, n_chunks - 1)
-        carried[:, c_first].copy_(ends[:, c_first])
+        hs[c_first].copy_(ends[c_first])
         for c in range(c_first + step, c_last + step, step):
-            torch.addcmul(ends[:, c], powers[-1], carried[:, c - step], out=carried[:, c])
+            torch.addcmul(ends[c], powers[-1], hs[c - step], out=hs[c])
         if reverse:  # position t of chunk c receives lam^(T - t) h_{c+1}
             xc[:, :-1].addcmul_(powers[1:].flip(0), carried[:, 1:].unsqueeze(2))
         else:  # position t of chunk c receives lam^(t + 1) h_{c-1}
@@ -280,6 +274,13 @@ def _chunked_scan(bu, lam, chunk, reverse=False):
     for k in leftover:
         torch.addcmul(bu[:, k], lam, x[:, k - step], out=x[:, k])
     return x
+
+
+def _chunk_length(length: int) -> int:
+    """Chunk length minimising the Python-level steps ``T + L // T + L % T`` (near ``sqrt(L)``)."""
+    root = max(1, math.isqrt(length))
+    candidates = range(max(1, root // 2), 2 * root + 1)
+    return min(candidates, key=lambda t: (t + length // t + length % t, t))
 
 
 class _DiagonalRecurrence(torch.autograd.Function):
@@ -322,29 +323,14 @@ def _fft_length(length: int) -> int:
 
 
 def _fft_states(lam, bu):
+    """Causal convolution of each state channel with ``lam ** k``; time is moved last so FFTs are contiguous."""
     length = bu.shape[1]
     nfft = _fft_length(length)
-    powers = lam_powers(lam, length)
+    powers = lam_powers(lam, length).mT  # (n, L)
+    signal = bu.mT  # (batch, n, L)
     if not bu.is_complex():  # real lam and real input: real convolution
-        kernel = torch.fft.rfft(powers, n=nfft, dim=0)
-        return torch.fft.irfft(torch.fft.rfft(bu, n=nfft, dim=1) * kernel, n=nfft, dim=1)[:, :length]
-    kernel = torch.fft.fft(powers, n=nfft, dim=0)  # (nfft, n)
-    return torch.fft.ifft(torch.fft.fft(bu, n=nfft, dim=1) * kernel, dim=1)[:, :length]
-
-
-def _fft_real_output(u, lam, B, C):
-    """``Re(C x)`` by the one-sided-spectrum formula of :func:`real_output_response`."""
-    length = u.shape[-2]
-    nfft = _fft_length(length)
-    cdtype = torch.promote_types(lam.dtype, torch.promote_types(B.dtype, C.dtype))
-    lam, B, C = lam.to(cdtype), B.to(cdtype), C.to(cdtype)
-    spectrum = torch.fft.rfft(u.to(cdtype.to_real()), n=nfft, dim=-2)
-    gain = torch.fft.fft(lam_powers(lam, length), n=nfft, dim=0)  # G at all nfft frequencies
-    half = nfft // 2 + 1
-    gain_pos = gain[:half]  # G(w) for w = 2 pi j / nfft, j = 0 .. nfft/2
-    gain_neg = torch.cat([gain[:1], gain[1:].flip(0)], dim=0)[:half]  # G(-w)
-    spectrum = spectrum.to(cdtype)
-    direct = gain_pos * torch.matmul(spectrum, B.transpose(-1, -2))
-    mirror = gain_neg.conj() * torch.matmul(spectrum, B.conj().transpose(-1, -2))
-    out = 0.5 * (torch.matmul(direct, C.transpose(-1, -2)) + torch.matmul(mirror, C.conj().transpose(-1, -2)))
-    return torch.fft.irfft(out, n=nfft, dim=-2)[..., :length, :]
+        kernel = torch.fft.rfft(powers, n=nfft)
+        x = torch.fft.irfft(torch.fft.rfft(signal, n=nfft) * kernel, n=nfft)
+    else:
+        x = torch.fft.ifft(torch.fft.fft(signal, n=nfft) * torch.fft.fft(powers, n=nfft))
+    return x[..., :length].mT

@@ -1,0 +1,358 @@
+"""The LRU layer and its scans: every scan mode is the same recurrence; the layer protocol round-trips."""
+
+from __future__ import annotations
+
+import cmath
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+from adapters.torch.lru import LRU  # noqa: E402
+from adapters.torch.scan import MODES, lam_powers, linear_recurrence, real_output_response  # noqa: E402
+
+FAST_MODES = [m for m in MODES if m not in ("auto", "sequential")]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+class StandInSystem:
+    """The attributes ``load_system_`` reads, without the core's validation (so invalid systems reach the layer)."""
+
+    def __init__(self, lam, B, C, D=None, real_output=True):
+        self.lam, self.B, self.C, self.D, self.real_output = lam, B, C, D, real_output
+
+
+def random_lam(n, *, generator, dtype=torch.complex128, radius=0.99):
+    modulus = radius * torch.rand(n, generator=generator, dtype=torch.float64)
+    phase = (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1) * math.pi
+    return torch.polar(modulus, phase).to(dtype)
+
+
+def layer_with_modes(lam, *, d_model=3, seed=0, dtype=torch.float64, device="cpu"):
+    """An LRU whose eigenvalues are exactly ``lam`` (complex128), loaded through the protocol."""
+    g = torch.Generator().manual_seed(seed)
+    r = lam.shape[0]
+    B = torch.randn(r, d_model, generator=g, dtype=torch.complex128)
+    C = torch.randn(d_model, r, generator=g, dtype=torch.complex128)
+    D = torch.diag(torch.randn(d_model, generator=g, dtype=torch.float64))
+    layer = LRU(d_model, r, dtype=dtype, device=device)
+    layer.load_system_(StandInSystem(lam, B, C, D))
+    return layer, (lam, B, C, D)
+
+
+# ------------------------------------------------------------------------------------------------ scans
+@pytest.mark.parametrize("mode", FAST_MODES)
+@pytest.mark.parametrize("length", [1, 2, 7, 31, 32, 33, 100])
+def test_scan_mode_matches_sequential_loop_in_complex128(mode, length):
+    g = torch.Generator().manual_seed(length)
+    lam = random_lam(5, generator=g)
+    bu = torch.randn(3, length, 5, generator=g, dtype=torch.complex128)
+    expected = linear_recurrence(lam, bu, mode="sequential")
+    got = linear_recurrence(lam, bu, mode=mode, chunk_size=8)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", FAST_MODES)
+def test_scan_mode_matches_sequential_loop_in_complex64(mode):
+    g = torch.Generator().manual_seed(1)
+    lam = random_lam(16, generator=g, dtype=torch.complex64, radius=0.999)
+    bu = torch.randn(2, 300, 16, generator=g, dtype=torch.complex64)
+    expected = linear_recurrence(lam.to(torch.complex128), bu.to(torch.complex128), mode="sequential")
+    got = linear_recurrence(lam, bu, mode=mode)
+    assert got.dtype == torch.complex64
+    scale = expected.abs().max()
+    assert (got.to(torch.complex128) - expected).abs().max() <= 1e-4 * scale
+
+
+@pytest.mark.parametrize("mode", FAST_MODES)
+def test_scan_of_real_eigenvalues_and_real_inputs_stays_real(mode):
+    g = torch.Generator().manual_seed(2)
+    lam = torch.tensor([0.0, 0.5, -0.9], dtype=torch.float64)
+    bu = torch.randn(2, 40, 3, generator=g, dtype=torch.float64)
+    got = linear_recurrence(lam, bu, mode=mode, chunk_size=6)
+    assert got.dtype == torch.float64
+    assert torch.allclose(got, linear_recurrence(lam, bu, mode="sequential"), rtol=0, atol=1e-12)
+
+
+def test_scan_accepts_any_leading_batch_shape():
+    g = torch.Generator().manual_seed(3)
+    lam = random_lam(4, generator=g)
+    bu = torch.randn(2, 3, 20, 4, generator=g, dtype=torch.complex128)
+    got = linear_recurrence(lam, bu)
+    assert got.shape == bu.shape
+    assert torch.allclose(got[1, 2], linear_recurrence(lam, bu[1, 2], mode="sequential"), atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", FAST_MODES)
+def test_real_output_response_matches_sequential_loop(mode):
+    g = torch.Generator().manual_seed(4)
+    lam = random_lam(6, generator=g)
+    B = torch.randn(6, 4, generator=g, dtype=torch.complex128)
+    C = torch.randn(3, 6, generator=g, dtype=torch.complex128)
+    D = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    u = torch.randn(2, 57, 4, generator=g, dtype=torch.float64)
+    expected = real_output_response(u, lam, B, C, D, mode="sequential")
+    assert torch.allclose(real_output_response(u, lam, B, C, D, mode=mode), expected, rtol=0, atol=1e-10)
+
+
+def test_lam_powers_are_exact_for_zero_and_accurate_near_the_unit_circle():
+    lam = torch.tensor([0.0, -1.0 + 1e-9, cmath.exp(-1e-6 + 2j)], dtype=torch.complex128)
+    powers = lam_powers(lam, 1000)
+    k = torch.arange(1000, dtype=torch.float64)
+    assert powers[0].eq(1).all() and powers[1:, 0].eq(0).all()
+    expected = torch.exp(k[:, None] * torch.log(lam[1:]))  # itself off by about k * eps * |log lam| ~ 7e-13
+    assert torch.allclose(powers[:, 1:], expected, rtol=2e-12, atol=0)
+
+
+@pytest.mark.parametrize("mode", [*FAST_MODES, "sequential"])
+def test_scan_gradients_match_finite_differences(mode):
+    g = torch.Generator().manual_seed(5)
+    lam = random_lam(3, generator=g, radius=0.9).requires_grad_()
+    bu = torch.randn(2, 9, 3, generator=g, dtype=torch.complex128, requires_grad=True)
+    f = lambda lam, bu: linear_recurrence(lam, bu, mode=mode, chunk_size=4)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (lam, bu), fast_mode=True)
+
+
+@pytest.mark.parametrize("mode", ["scan", "chunked"])
+def test_adjoint_scan_is_itself_differentiable(mode):
+    g = torch.Generator().manual_seed(6)
+    lam = random_lam(2, generator=g, radius=0.9).requires_grad_()
+    bu = torch.randn(1, 6, 2, generator=g, dtype=torch.complex128, requires_grad=True)
+    f = lambda lam, bu: linear_recurrence(lam, bu, mode=mode, chunk_size=4)  # noqa: E731
+    assert torch.autograd.gradgradcheck(f, (lam, bu), fast_mode=True)
+
+
+def test_scan_rejects_unknown_mode_and_mismatched_shapes():
+    lam = torch.full((3,), 0.5, dtype=torch.complex128)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        linear_recurrence(lam, torch.zeros(1, 4, 3, dtype=torch.complex128), mode="fast")
+    with pytest.raises(ValueError, match="n = lam.shape"):
+        linear_recurrence(lam, torch.zeros(1, 4, 2, dtype=torch.complex128))
+    with pytest.raises(ValueError, match="1-D"):
+        linear_recurrence(lam[None], torch.zeros(1, 4, 3, dtype=torch.complex128))
+
+
+# ------------------------------------------------------------------------------------------------ layer
+@pytest.mark.parametrize("mode", FAST_MODES)
+def test_layer_modes_agree_with_the_sequential_layer(mode):
+    torch.manual_seed(0)
+    layer = LRU(5, 12, r_min=0.5, r_max=0.999, dtype=torch.float64)
+    u = torch.randn(2, 70, 5, dtype=torch.float64)
+    layer.mode = "sequential"
+    expected = layer(u)
+    layer.mode = mode
+    assert torch.allclose(layer(u), expected, rtol=0, atol=1e-10)
+
+
+def test_layer_in_float32_matches_float64_to_1e_4():
+    torch.manual_seed(1)
+    layer64 = LRU(8, 32, dtype=torch.float64)
+    layer32 = LRU(8, 32, dtype=torch.float32)
+    layer32.load_state_dict(layer64.state_dict())
+    u = torch.randn(2, 200, 8, dtype=torch.float64)
+    expected = layer64(u)
+    got = layer32(u.float())
+    assert got.dtype == torch.float32
+    assert (got.double() - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_layer_computes_the_system_it_reports():
+    torch.manual_seed(2)
+    layer = LRU(4, 6, dtype=torch.float64)
+    system = layer.to_system()
+    u = torch.randn(3, 40, 4, dtype=torch.float64)
+    # y_k = Re(C x_k) + D u_k with x_k = lam x_{k-1} + B u_k, straight from the system's tensors.
+    x = torch.zeros(3, 6, dtype=torch.complex128)
+    outputs = []
+    for k in range(40):
+        x = system.lam * x + u[:, k].to(torch.complex128) @ system.B.T
+        outputs.append((x @ system.C.T).real + u[:, k] @ system.D.T)
+    assert torch.allclose(layer(u), torch.stack(outputs, dim=1), atol=1e-12)
+
+
+def test_layer_gradients_match_finite_differences():
+    torch.manual_seed(3)
+    layer = LRU(2, 3, r_min=0.3, r_max=0.9, dtype=torch.float64)
+    u = torch.randn(2, 11, 2, dtype=torch.float64, requires_grad=True)
+    names = [name for name, _ in layer.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
+
+    def f(u, *values):
+        return torch.func.functional_call(layer, dict(zip(names, values)), (u,))
+
+    for mode in ("chunked", "fft"):
+        layer.mode, layer.chunk_size = mode, 4
+        assert torch.autograd.gradcheck(f, (u, *params), fast_mode=True)
+
+
+def test_every_parameter_gets_a_gradient():
+    torch.manual_seed(4)
+    layer = LRU(4, 8)
+    layer(torch.randn(2, 50, 4)).square().mean().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+@given(
+    nu_log=st.lists(st.floats(-30.0, 5.0), min_size=1, max_size=8),
+    theta=st.floats(-100.0, 100.0),
+)
+def test_eigenvalues_stay_inside_the_unit_disc_for_any_parameter_values(nu_log, theta):
+    layer = LRU(2, len(nu_log), dtype=torch.float64)
+    with torch.no_grad():
+        layer.nu_log.copy_(torch.tensor(nu_log, dtype=torch.float64))
+        layer.theta.fill_(theta)
+    modulus = layer.lam.abs()
+    assert (modulus < 1).all() and (modulus > 0).all()
+
+
+def test_initialization_with_r_max_one_is_still_stable():
+    torch.manual_seed(5)
+    layer = LRU(4, 4096, r_min=0.9, r_max=1.0, dtype=torch.float64)
+    modulus = layer.lam.abs()
+    assert (modulus < 1).all() and (modulus >= 0.9 - 1e-12).all()
+    assert torch.allclose(torch.exp(layer.gamma_log), torch.sqrt(1 - modulus**2))
+
+
+@pytest.mark.parametrize(
+    "lam",
+    [0.5, 0.999999, -0.7, -0.999999, cmath.rect(0.9, -1.2), cmath.rect(0.3, 2.0), cmath.rect(0.95, -math.pi / 2)],
+    ids=["real-positive", "real-positive-near-1", "real-negative", "real-negative-near-1", "negative-phase",
+         "positive-phase", "negative-imaginary"],
+)
+def test_parameterization_round_trips_every_stable_eigenvalue(lam):
+    target = torch.tensor([lam], dtype=torch.complex128)
+    layer, (_, B, C, D) = layer_with_modes(target)
+    assert torch.allclose(layer.lam.detach(), target, rtol=1e-12, atol=0)
+    system = layer.to_system()
+    assert torch.allclose(system.lam, target, rtol=1e-12, atol=0)
+    assert torch.allclose(system.B, B, rtol=1e-12, atol=1e-15)
+    assert torch.equal(system.C, C) and torch.equal(system.D, D)
+
+
+@given(
+    modulus=st.floats(1e-300, 1 - 1e-9),
+    phase=st.floats(-math.pi, math.pi),
+)
+def test_parameterization_round_trips_random_eigenvalues(modulus, phase):
+    target = torch.tensor([cmath.rect(modulus, phase)], dtype=torch.complex128)
+    layer, _ = layer_with_modes(target)
+    assert torch.allclose(layer.lam.detach(), target, rtol=1e-12, atol=1e-300)
+
+
+def test_zero_eigenvalue_is_stored_as_the_smallest_normal_modulus():
+    layer, _ = layer_with_modes(torch.tensor([0.0, 0.5], dtype=torch.complex128))
+    assert layer.lam.abs()[0] <= torch.finfo(torch.float64).tiny * 1.01
+    assert torch.isfinite(layer.nu_log).all() and torch.isfinite(layer.gamma_log).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_to_system_then_load_system_leaves_outputs_unchanged(device, dtype):
+    torch.manual_seed(6)
+    layer = LRU(4, 10, dtype=dtype, device=device)
+    u = torch.randn(2, 64, 4, dtype=dtype, device=device)
+    before = layer(u)
+    system = layer.to_system()
+    assert system.lam.device == before.device and system.B.dtype == (torch.complex64 if dtype == torch.float32
+                                                                       else torch.complex128)
+    layer.load_system_(system)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(layer(u), before, rtol=0, atol=tol * before.abs().max().item())
+
+
+def test_load_system_changes_size_and_keeps_requires_grad_and_D():
+    torch.manual_seed(7)
+    layer = LRU(3, 8, dtype=torch.float64)
+    layer.theta.requires_grad_(False)
+    old_theta, old_D = layer.theta, layer.D
+    system = layer.to_system()
+    keep = slice(0, 5)
+    layer.load_system_(StandInSystem(system.lam[keep], system.B[keep], system.C[:, keep], system.D))
+    assert layer.state_dim == 5 and layer.B_re.shape == (5, 3) and layer.C_im.shape == (3, 5)
+    assert layer.theta is not old_theta and not layer.theta.requires_grad
+    assert layer.D is old_D  # D is not re-based by a reduction: same Parameter, optimizer state survives
+    layer(torch.randn(1, 10, 3, dtype=torch.float64)).sum().backward()
+
+
+def test_load_system_with_real_eigenvalue_dtype_and_numpy_arrays():
+    np = pytest.importorskip("numpy")
+    layer = LRU(2, 4, dtype=torch.float32)
+    lam = np.array([0.5, -0.25])
+    layer.load_system_(StandInSystem(lam, np.ones((2, 2)), np.ones((2, 2)) * 1j, np.eye(2)))
+    assert layer.state_dim == 2 and layer.B_re.dtype == torch.float32
+    assert torch.allclose(layer.lam.detach(), torch.tensor([0.5, -0.25], dtype=torch.complex64))
+
+
+def test_load_system_without_D_means_no_feedthrough():
+    layer, (lam, B, C, _) = layer_with_modes(torch.tensor([0.5j], dtype=torch.complex128))
+    layer.load_system_(StandInSystem(lam, B, C, None))
+    assert torch.equal(layer.D.detach(), torch.zeros(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(real_output=False), "real_output=True"),
+        (dict(lam=torch.tensor([0.5, 1.0], dtype=torch.complex128)), r"\|lam\| < 1"),
+        (dict(lam=torch.tensor([0.5, float("nan")], dtype=torch.complex128)), "NaN"),
+        (dict(D=torch.ones(3, 3, dtype=torch.float64)), "diagonal"),
+        (dict(B=torch.ones(2, 4, dtype=torch.complex128)), "shapes"),
+        (dict(lam=torch.ones(1, 2, dtype=torch.complex128) * 0.5), r"shape \(r,\)"),
+    ],
+    ids=["complex-output", "unstable", "nan", "full-D", "wrong-B", "batched-lam"],
+)
+def test_load_system_rejects_what_an_lru_cannot_represent_and_changes_nothing(change, message):
+    layer, (lam, B, C, D) = layer_with_modes(torch.tensor([0.5, -0.5j], dtype=torch.complex128))
+    before = {name: (p, p.detach().clone()) for name, p in layer.named_parameters()}
+    fields = dict(lam=lam, B=B, C=C, D=D, real_output=True) | change
+    with pytest.raises(ValueError, match=message):
+        layer.load_system_(StandInSystem(**fields))
+    for name, p in layer.named_parameters():
+        assert p is before[name][0] and torch.equal(p.detach(), before[name][1]), name
+
+
+def test_state_dict_of_a_smaller_layer_loads_into_a_larger_fresh_layer():
+    torch.manual_seed(8)
+    small = LRU(4, 16, dtype=torch.float64)
+    system = small.to_system()
+    small.load_system_(StandInSystem(system.lam[:6], system.B[:6], system.C[:, :6], system.D))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4, dtype=torch.float64), small)
+    fresh = torch.nn.Sequential(torch.nn.Linear(4, 4, dtype=torch.float64), LRU(4, 16, dtype=torch.float64))
+    fresh.load_state_dict(model.state_dict())
+    assert fresh[1].state_dim == 6
+    u = torch.randn(2, 30, 4, dtype=torch.float64)
+    assert torch.equal(fresh(u), model(u))
+    # Training resumes on the resized parameters.
+    optimizer = torch.optim.Adam(fresh.parameters(), lr=1e-3)
+    fresh(u).square().mean().backward()
+    optimizer.step()
+
+
+def test_state_dict_with_a_different_d_model_still_fails_loudly():
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        LRU(5, 8).load_state_dict(LRU(4, 6).state_dict())
+
+
+def test_forward_accepts_unbatched_input_and_rejects_the_wrong_width():
+    layer = LRU(3, 4)
+    assert layer(torch.randn(10, 3)).shape == (10, 3)
+    with pytest.raises(ValueError, match=r"\(\.\.\., L, 3\)"):
+        layer(torch.randn(2, 10, 4))
+
+
+def test_constructor_rejects_an_unstable_ring_and_unknown_mode():
+    with pytest.raises(ValueError, match="r_max"):
+        LRU(2, 2, r_max=1.5)
+    with pytest.raises(ValueError, match="mode"):
+        LRU(2, 2, mode="parallel")
+
+
+def test_differentiable_system_carries_gradients_to_the_parameters():
+    layer = LRU(2, 3, dtype=torch.float64)
+    system = layer.to_system(differentiable=True)
+    (system.lam.abs().sum() + system.B.abs().sum() + system.C.abs().sum()).backward()
+    assert layer.nu_log.grad is not None and layer.gamma_log.grad is not None and layer.C_re.grad is not None

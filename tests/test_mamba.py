@@ -1,0 +1,222 @@
+"""SelectiveSSM and compress_selective_: scans, averaged systems, the shared state selection, training on."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from adapters.torch import compress_  # noqa: E402
+from adapters.torch.mamba import (  # noqa: E402
+    SelectiveSSM,
+    compress_selective_,
+    measure_selective_cut,
+    selective_scan,
+    selective_scan_reference,
+)
+
+
+def _scan_inputs(batch=2, length=29, d=3, n=5, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    return (make(batch, length, d), torch.rand(batch, length, d, generator=g, dtype=dtype) * 0.5,
+            -torch.rand(d, n, generator=g, dtype=dtype) * 4, make(batch, length, n), make(batch, length, n), make(d))
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 4, 29, 64])
+def test_chunked_scan_agrees_with_the_reference(chunk_size):
+    args = [t.requires_grad_() for t in _scan_inputs()]
+    ref = selective_scan_reference(*args)
+    fast = selective_scan(*args, chunk_size=chunk_size)
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(ref, args, g), torch.autograd.grad(fast, args, g)):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+
+
+def test_chunked_scan_survives_decays_that_overflow_a_cumulative_product_trick():
+    x, delta, A, B, C, D = _scan_inputs(length=64, dtype=torch.float32)
+    A = A * 50  # delta * A down to -100 per step: exp(+sum) would overflow float32
+    y = selective_scan(x, delta, A, B, C, D, chunk_size=16)
+    assert bool(torch.isfinite(y).all())
+    torch.testing.assert_close(y, selective_scan_reference(x, delta, A, B, C, D), rtol=1e-4, atol=1e-5)
+
+
+def test_block_modes_agree():
+    torch.manual_seed(0)
+    block = SelectiveSSM(6, 8, d_conv=3)
+    u = torch.randn(2, 17, 6)
+    fast = block(u)
+    block.mode = "sequential"
+    torch.testing.assert_close(fast, block(u), rtol=1e-5, atol=1e-6)
+
+
+def test_to_system_is_the_documented_average():
+    torch.manual_seed(1)
+    block = SelectiveSSM(4, 6, expand=1).double()
+    u = torch.randn(3, 11, 4, dtype=torch.float64)
+    system = block.to_system(calibration=u)
+    x, _ = block._inner(u)
+    delta, B, C = block._selective(x)
+    A = -torch.exp(block.A_log)
+    lam = torch.exp(delta.mean((0, 1))[:, None] * A)
+    torch.testing.assert_close(system.lam, lam.detach())
+    torch.testing.assert_close(system.B[..., 0], (delta[..., None] * B[:, :, None, :]).mean((0, 1)).detach())
+    torch.testing.assert_close(system.C[:, 0, :], C.mean((0, 1)).detach().expand(4, -1))
+    assert system.batch_shape == (4,) and system.n == 6 and not system.real_output
+
+
+def test_to_system_without_calibration_explains_what_is_missing():
+    with pytest.raises(ValueError, match="calibration"):
+        SelectiveSSM(4, 6).to_system()
+
+
+def test_cut_keeps_the_same_states_in_every_channel():
+    torch.manual_seed(2)
+    block = SelectiveSSM(4, 16)
+    u = torch.randn(4, 20, 4)
+    A_before = block.A_log.detach().clone()
+    B_before, C_before = block.B_proj.weight.detach().clone(), block.C_proj.weight.detach().clone()
+    report = compress_selective_(block, calibration_inputs=u, rank=5)
+    kept = report.layers[0].kept
+    assert block.state_dim == 5 and len(kept) == 5
+    torch.testing.assert_close(block.A_log.detach(), A_before[:, kept])  # every channel: the same columns
+    torch.testing.assert_close(block.B_proj.weight.detach(), B_before[kept])
+    torch.testing.assert_close(block.C_proj.weight.detach(), C_before[kept])
+    scores = report.layers[0].scores
+    assert min(scores[kept]) >= max(s for i, s in enumerate(scores) if i not in kept)
+
+
+def test_the_cut_is_exact_surgery_on_the_kept_states():
+    torch.manual_seed(3)
+    block = SelectiveSSM(4, 12).double()
+    u = torch.randn(2, 15, 4, dtype=torch.float64)
+    keep = [0, 2, 7, 11]
+    block.calibrate_(u)
+    block._state_mask = torch.zeros(12, dtype=torch.float64)
+    block._state_mask[keep] = 1
+    masked = block(u)
+    block._state_mask = None
+    block.select_states_(keep)
+    torch.testing.assert_close(block(u), masked)
+
+
+def test_measured_output_change_is_reported_next_to_the_averaged_bound():
+    torch.manual_seed(4)
+    block = SelectiveSSM(4, 16)
+    report = compress_selective_(block, calibration_inputs=torch.randn(4, 32, 4), tol=0.2,
+                                 held_out_inputs=torch.randn(4, 32, 4))
+    layer = report.layers[0]
+    assert layer.compressed and layer.measurement is not None
+    m = layer.measurement
+    assert m.measured_gain.shape == m.averaged_bound.shape == (block.d_inner,)
+    for value in (m.ratio_max, m.ratio_median, m.relative_output_change, layer.averaged_bound, layer.hsv_lower):
+        assert math.isfinite(value)
+    assert 0.0 <= m.fraction_within_bound <= 1.0
+    assert "meas/bound" in str(report)
+
+
+def test_measurement_changes_nothing():
+    torch.manual_seed(5)
+    block = SelectiveSSM(4, 8)
+    u = torch.randn(2, 10, 4)
+    block.calibrate_(u)
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    measure_selective_cut(block, [0, 1], torch.randn(2, 10, 4))
+    assert block.state_dim == 8 and block._state_mask is None
+    for k, v in block.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+@pytest.mark.parametrize("optimizer_state", ["slice", "reset"])
+def test_training_works_after_the_cut(optimizer_state):
+    torch.manual_seed(6)
+    model = torch.nn.Sequential(SelectiveSSM(4, 16), torch.nn.Linear(4, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    u = torch.randn(8, 24, 4)
+    target = u.roll(2, dims=1)
+
+    def step():
+        loss = (model(u) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(3):
+        step()
+    old_moment = opt.state[model[0].A_log]["exp_avg"].clone()
+    report = compress_selective_(model, calibration_inputs=u, rank=6, optimizer=opt, optimizer_state=optimizer_state)
+    kept = report.layers[0].kept
+    state = opt.state.get(model[0].A_log, {})
+    if optimizer_state == "slice":
+        torch.testing.assert_close(state["exp_avg"], old_moment[:, kept])
+    else:
+        assert not state
+    losses = [step() for _ in range(15)]
+    assert model[0].state_dim == 6
+    assert losses[-1] < losses[0]
+
+
+def test_compressed_checkpoint_loads_into_a_fresh_block():
+    torch.manual_seed(7)
+    block = SelectiveSSM(4, 16)
+    compress_selective_(block, calibration_inputs=torch.randn(2, 12, 4), rank=5)
+    fresh = SelectiveSSM(4, 16)
+    fresh.load_state_dict(block.state_dict())
+    u = torch.randn(2, 12, 4)
+    assert fresh.state_dim == 5
+    torch.testing.assert_close(fresh(u), block(u))
+
+
+def test_a_failed_swap_leaves_model_and_optimizer_untouched(monkeypatch):
+    torch.manual_seed(8)
+    block = SelectiveSSM(4, 16)
+    opt = torch.optim.Adam(block.parameters())
+    block(torch.randn(2, 8, 4)).sum().backward()
+    opt.step()
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    params_before = [list(g["params"]) for g in opt.param_groups]
+    import adapters.torch.optim as optim_module
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(optim_module, "rebind_parameters_", boom)
+    with pytest.raises(RuntimeError, match="injected"):
+        compress_selective_(block, calibration_inputs=torch.randn(2, 8, 4), rank=4, optimizer=opt)
+    assert block.state_dim == 16
+    assert [list(g["params"]) for g in opt.param_groups] == params_before
+    for k, v in block.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_balanced_truncation_compress_leaves_selective_blocks_alone():
+    from adapters.torch import LRU
+
+    model = torch.nn.Sequential(LRU(4, 8), SelectiveSSM(4, 8))
+    compress_(model, rank=4)
+    assert model[0].state_dim == 4 and model[1].state_dim == 8
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"rank": 2, "tol": 0.1}, "exactly one"), ({"tol": 1.5}, "tol"),
+                                                ({"rank": 0}, "rank"), ({"rank": 2, "optimizer_state": "x"}, "optimizer_state")])
+def test_bad_options_are_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        compress_selective_(SelectiveSSM(4, 8), calibration_inputs=torch.randn(1, 4, 4), **kwargs)
+
+
+def test_a_model_without_selective_blocks_is_rejected():
+    with pytest.raises(ValueError, match="no SelectiveSSM"):
+        compress_selective_(torch.nn.Linear(2, 2), calibration_inputs=torch.randn(1, 2), rank=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_block_and_cut_run_on_cuda():
+    block = SelectiveSSM(4, 16, device="cuda")
+    u = torch.randn(2, 20, 4, device="cuda")
+    report = compress_selective_(block, calibration_inputs=u, rank=6, held_out_inputs=u)
+    assert block.A_log.is_cuda and block.state_dim == 6 and report.compressed
+    block(u).sum().backward()
