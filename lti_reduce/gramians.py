@@ -102,13 +102,15 @@ def _double(xp, Ak, Z, n, eps):
     return Z, done
 
 
-def gramian_factors(A, B, C):
+def gramian_factors(A, B=None, C=None):
     """Square-root factors of the discrete-time controllability and observability Gramians.
 
     Parameters
     ----------
-    A : array, shape (..., n, n)
-        State matrix, Schur stable (spectral radius < 1).
+    A : array, shape (..., n, n), or DiagonalSystem
+        State matrix, Schur stable (spectral radius < 1). A
+        :class:`~lti_reduce.DiagonalSystem` may be given alone: its factors come
+        from the closed-form Gramians (Cholesky, or ``eigh`` when semidefinite).
     B : array, shape (..., n, m)
         Input matrix.
     C : array, shape (..., p, n)
@@ -146,6 +148,13 @@ def gramian_factors(A, B, C):
     >>> bool(np.allclose(P, A @ P @ A.T + B @ B.T))
     True
     """
+    from .systems import DiagonalSystem, _diagonal_factors
+
+    if isinstance(A, DiagonalSystem):
+        _no_matrices(B, C)
+        return _diagonal_factors(A)
+    if B is None or C is None:
+        raise TypeError("gramian_factors(A, B, C) needs B and C (or pass a DiagonalSystem as the only argument).")
     sysw = dense_system(A, B, C)
     Lc, Lo = _factor_pair(sysw)
     xp = sysw.xp

@@ -209,13 +209,28 @@ def _working(sys: DiagonalSystem):
 
 
 def _diagonal_gramians(sys: DiagonalSystem):
-    xp, lam, B, C = _working(sys)
-    P = _closed_form_gramian(xp, lam, B, sys.real_output)
-    Q = _closed_form_gramian(xp, xp.conj(lam), be.mH(C), sys.real_output)
+    xp = be.namespace(sys.lam, sys.B, sys.C)
+    P, Q = _diagonal_gramians_working(sys)
     out = be.result_dtype(xp, sys.lam, sys.B, sys.C, sys.D)
     if sys.real_output:
         out = be.real_dtype(xp, out)
     return xp.astype(P, out), xp.astype(Q, out)
+
+
+def _diagonal_factors(sys: DiagonalSystem):
+    """Square-root factors of the closed-form Gramians (see :func:`_psd_factor`)."""
+    xp = be.namespace(sys.lam, sys.B, sys.C)
+    P, Q = (xp.astype(G, xp.complex128 if not sys.real_output else xp.float64) for G in _diagonal_gramians_working(sys))
+    out = be.result_dtype(xp, sys.lam, sys.B, sys.C, sys.D)
+    if sys.real_output:
+        out = be.real_dtype(xp, out)
+    return xp.astype(_psd_factor(xp, P), out), xp.astype(_psd_factor(xp, Q), out)
+
+
+def _diagonal_gramians_working(sys: DiagonalSystem):
+    xp, lam, B, C = _working(sys)
+    return (_closed_form_gramian(xp, lam, B, sys.real_output),
+            _closed_form_gramian(xp, xp.conj(lam), be.mH(C), sys.real_output))
 
 
 def _psd_factor(xp, P):
@@ -253,9 +268,8 @@ def _diagonal_decompose(sys: DiagonalSystem):
     """
     from .balancing import _Decomposition
 
-    xp, lam, B, C = _working(sys)
-    P = _closed_form_gramian(xp, lam, B, sys.real_output)
-    Q = _closed_form_gramian(xp, xp.conj(lam), be.mH(C), sys.real_output)
+    xp = be.namespace(sys.lam, sys.B, sys.C)
+    P, Q = _diagonal_gramians_working(sys)
     out = be.result_dtype(xp, sys.lam, sys.B, sys.C, sys.D)
     wdt = xp.float64 if sys.real_output else xp.complex128
     A, Bd, Cd, Dd = _as_dense(sys, xp, xp.complex128 if not sys.real_output else xp.float64)
