@@ -12,8 +12,9 @@ the balancing projections of order ``r``
 
     W = L_o U_r \\Sigma_r^{-1/2}, \\qquad V = L_c V_r \\Sigma_r^{-1/2}, \\qquad W^H V = I_r,
 
-so that the reduced system is ``(W^H A V, W^H B, C V, D)``, balanced with both
-Gramians equal to ``Sigma_r`` (Tombs & Postlethwaite, Int. J. Control 46 (1987);
+so that the reduced system is ``(W^H A V, W^H B, C V, D)``. In discrete time the
+truncated model is stable but not exactly balanced (its Gramians are bounded by
+``Sigma_r``), unlike the SPA model, which is balanced (Tombs & Postlethwaite, Int. J. Control 46 (1987);
 Laub, Heath, Paige & Ward, IEEE TAC 32 (1987)). No ``P + eps I`` shift is used:
 states with ``sigma_i`` at round-off level (non-minimal systems) get zero
 projection columns, i.e. they are exactly decoupled.
@@ -385,7 +386,7 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
     Notes
     -----
     Square-root method on directly computed Gramian factors (module docstring);
-    the reduced model is balanced and stable, and
+    the reduced model is stable, and
 
     .. math:: \\sigma_{r+1} \\le \\|G - G_r\\|_{\\mathcal{H}_\\infty} \\le 2 \\sum_{i > r} \\sigma_i .
 

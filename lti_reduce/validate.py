@@ -135,7 +135,7 @@ def raise_unstable(xp, A, detail: str = "") -> None:
 
 def require_stable(sysw: _Dense) -> None:
     rho = be.to_numpy(spectral_radius(sysw.xp, sysw.A))
-    if rho.size and not np.all(rho < 1.0):
+    if rho.size and not np.all(rho < 1.0 - 1e-12):
         raise_unstable(sysw.xp, sysw.A)
 
 

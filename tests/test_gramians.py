@@ -1,0 +1,282 @@
+"""Gramians, their square-root factors and Hankel singular values of discrete-time systems.
+
+Spec: ``P = A P A^H + B B^H``, ``Q = A^H Q A + C^H C``, ``P = Lc Lc^H``, ``Q = Lo Lo^H``,
+``hsv = sqrt(eig(P Q))`` sorted descending; references are SLICOT (``sb03md``, ``sb03od``, ``ab09ad`` with
+``dico='D'``), python-control and scipy (see ``reference.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+
+import lti_reduce as lr
+import reference as ref
+from strategies import batched_systems, build_system, random_state_transformation, seeds, stable_systems
+
+
+def rel_err(X, Y) -> float:
+    """``||X - Y|| / ||Y||`` (Frobenius), 0 when both vanish."""
+    X, Y = ref.as_numpy(X), ref.as_numpy(Y)
+    den = np.linalg.norm(Y)
+    return float(np.linalg.norm(X - Y) / den) if den > 0 else float(np.linalg.norm(X))
+
+
+def stein_residuals(A, B, C, P, Q):
+    """Relative residuals of ``P = A P A^H + B B^H`` and ``Q = A^H Q A + C^H C``."""
+    Ah = A.conj().T
+    rp = np.linalg.norm(P - A @ P @ Ah - B @ B.conj().T) / (np.linalg.norm(P) + np.linalg.norm(B) ** 2)
+    rq = np.linalg.norm(Q - Ah @ Q @ A - C.conj().T @ C) / (np.linalg.norm(Q) + np.linalg.norm(C) ** 2)
+    return rp, rq
+
+
+def hermitian_psd(X, rtol=1e-10) -> bool:
+    X = ref.as_numpy(X)
+    if rel_err(X, X.conj().T) > 1e-13:
+        return False
+    return bool(np.linalg.eigvalsh((X + X.conj().T) / 2).min() >= -rtol * np.linalg.norm(X, 2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gramians
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@given(stable_systems())
+def test_gramians_satisfy_the_discrete_lyapunov_equations(sys):
+    P, Q = lr.gramians(sys.A, sys.B, sys.C)
+    assert P.shape == Q.shape == (sys.n, sys.n)
+    rp, rq = stein_residuals(sys.A, sys.B, sys.C, P, Q)
+    assert rp < 1e-12 and rq < 1e-12, (rp, rq)
+
+
+@given(stable_systems())
+def test_gramians_are_hermitian_positive_semidefinite(sys):
+    P, Q = lr.gramians(sys.A, sys.B, sys.C)
+    assert hermitian_psd(P) and hermitian_psd(Q)
+
+
+@given(stable_systems())
+def test_gramians_match_slicot_sb03md(slycot, sys):
+    P, Q = lr.gramians(sys.A, sys.B, sys.C)
+    P_ref, Q_ref = ref.gramians_sb03md(sys.A, sys.B, sys.C)
+    assert rel_err(P, P_ref) < 1e-8
+    assert rel_err(Q, Q_ref) < 1e-8
+
+
+@given(stable_systems(complex_=False))
+def test_gramians_match_python_control_gram_with_dt_1(control, sys):
+    P, Q = lr.gramians(sys.A, sys.B, sys.C)
+    P_ref, Q_ref = ref.gramians_control(sys.A, sys.B, sys.C)
+    assert rel_err(P, P_ref) < 1e-8
+    assert rel_err(Q, Q_ref) < 1e-8
+
+
+@given(stable_systems(complex_=True))
+def test_complex_gramians_match_scipy_bartels_stewart(sys):
+    P, Q = lr.gramians(sys.A, sys.B, sys.C)
+    assert np.iscomplexobj(P) and np.iscomplexobj(Q)
+    P_ref, Q_ref = ref.gramians_scipy(sys.A, sys.B, sys.C)
+    assert rel_err(P, P_ref) < 1e-8
+    assert rel_err(Q, Q_ref) < 1e-8
+
+
+def test_gramians_of_a_first_order_system_have_the_closed_form():
+    a, b, c = 0.999, 2.0, -3.0
+    P, Q = lr.gramians(np.array([[a]]), np.array([[b]]), np.array([[c]]))
+    np.testing.assert_allclose(P, [[b * b / (1 - a * a)]], rtol=1e-10)
+    np.testing.assert_allclose(Q, [[c * c / (1 - a * a)]], rtol=1e-10)
+
+
+def test_gramians_of_a_complex_diagonal_system_have_the_closed_form():
+    lam = np.array([0.9 * np.exp(0.3j), -0.5 + 0.2j, 0.99j])
+    rng = np.random.default_rng(3)
+    B = rng.standard_normal((3, 2)) + 1j * rng.standard_normal((3, 2))
+    C = rng.standard_normal((2, 3)) + 1j * rng.standard_normal((2, 3))
+    P, Q = lr.gramians(np.diag(lam), B, C)
+    P_ref = (B @ B.conj().T) / (1 - lam[:, None] * lam[None, :].conj())
+    Q_ref = (C.conj().T @ C) / (1 - lam[:, None].conj() * lam[None, :])
+    assert rel_err(P, P_ref) < 1e-12 and rel_err(Q, Q_ref) < 1e-12
+
+
+def test_real_A_with_complex_B_gives_complex_gramians_not_a_silent_cast():
+    rng = np.random.default_rng(0)
+    A = np.diag([0.5, -0.3, 0.8])
+    B = rng.standard_normal((3, 1)) + 1j * rng.standard_normal((3, 1))
+    C = rng.standard_normal((1, 3))
+    P, Q = lr.gramians(A, B, C)
+    assert np.iscomplexobj(P)
+    P_ref, Q_ref = ref.gramians_scipy(A, B, C)
+    assert rel_err(P, P_ref) < 1e-12 and rel_err(Q, Q_ref) < 1e-12
+
+
+def test_gramians_of_a_system_with_zero_input_matrix_are_zero():
+    A = np.array([[0.5, 1.0], [0.0, -0.4]])
+    P, Q = lr.gramians(A, np.zeros((2, 1)), np.array([[1.0, 1.0]]))
+    assert np.all(P == 0)
+    assert np.linalg.norm(Q) > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Factors
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@given(stable_systems())
+def test_gramian_factors_reproduce_the_gramians(sys):
+    Lc, Lo = lr.gramian_factors(sys.A, sys.B, sys.C)
+    assert Lc.shape[-2] == sys.n and Lo.shape[-2] == sys.n
+    P, Q = lr.gramians(sys.A, sys.B, sys.C)
+    assert rel_err(Lc @ Lc.conj().T, P) < 1e-12
+    assert rel_err(Lo @ Lo.conj().T, Q) < 1e-12
+
+
+@given(stable_systems(complex_=False))
+def test_gramian_factors_match_slicot_sb03od_cholesky_factors(slycot, sys):
+    Lc, Lo = lr.gramian_factors(sys.A, sys.B, sys.C)
+    Lc_ref, Lo_ref = ref.gramian_cholesky_factors_sb03od(sys.A, sys.B, sys.C)
+    # Factors are unique only up to a unitary factor on the right: compare the products.
+    assert rel_err(Lc @ Lc.T, Lc_ref @ Lc_ref.T) < 1e-8
+    assert rel_err(Lo @ Lo.T, Lo_ref @ Lo_ref.T) < 1e-8
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hankel singular values
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@given(stable_systems())
+def test_hankel_singular_values_match_slicot_ab09ad(slycot, sys):
+    hsv = ref.as_numpy(lr.hankel_singular_values(sys.A, sys.B, sys.C))
+    hsv_ref = ref.hsv_ab09ad(sys.A, sys.B, sys.C)
+    assert hsv.shape == (sys.n,)
+    np.testing.assert_allclose(hsv, hsv_ref, rtol=0, atol=1e-9 * hsv_ref[0])
+
+
+@given(stable_systems())
+def test_hankel_singular_values_are_real_nonnegative_and_sorted_descending(sys):
+    hsv = lr.hankel_singular_values(sys.A, sys.B, sys.C)
+    assert not np.iscomplexobj(hsv)
+    assert np.all(hsv >= 0)
+    assert np.all(np.diff(hsv) <= 0)
+
+
+@given(stable_systems(), seeds)
+def test_hankel_singular_values_are_invariant_under_state_transformations(sys, seed):
+    T = random_state_transformation(seed, sys.n, complex_=sys.is_complex, cond=10.0)
+    Ti = np.linalg.inv(T)
+    hsv = lr.hankel_singular_values(sys.A, sys.B, sys.C)
+    hsv_t = lr.hankel_singular_values(Ti @ sys.A @ T, Ti @ sys.B, sys.C @ T)
+    np.testing.assert_allclose(hsv_t, hsv, rtol=0, atol=1e-9 * hsv[0])
+
+
+@given(stable_systems(structure=("uncontrollable", "unobservable", "both"), n=(2, 30)))
+def test_non_minimal_systems_have_zero_hankel_singular_values(sys):
+    hsv = lr.hankel_singular_values(sys.A, sys.B, sys.C)
+    P, Q = ref.gramians_scipy(sys.A, sys.B, sys.C)
+    # A zero HSV is computed to O(eps * sqrt(||P|| ||Q||)), which can exceed eps * sigma_1 when P and Q are
+    # badly scaled against each other; the uncontrollable/unobservable states give n - minimal_order of them.
+    scale = np.sqrt(np.linalg.norm(P, 2) * np.linalg.norm(Q, 2))
+    assert sys.minimal_order < sys.n
+    assert np.all(hsv[sys.minimal_order:] <= 1e-10 * scale), (hsv[sys.minimal_order:], scale)
+
+
+def test_hankel_singular_values_of_a_system_with_zero_input_matrix_are_all_zero():
+    A = np.array([[0.5, 1.0], [0.0, -0.4]])
+    hsv = lr.hankel_singular_values(A, np.zeros((2, 1)), np.array([[1.0, 1.0]]))
+    assert hsv.shape == (2,)
+    assert np.all(hsv == 0)
+
+
+def test_hankel_singular_value_of_a_first_order_system_has_the_closed_form():
+    a, b, c = -0.999, 2.0, 0.5
+    hsv = lr.hankel_singular_values(np.array([[a]]), np.array([[b]]), np.array([[c]]))
+    np.testing.assert_allclose(hsv, [abs(b * c) / (1 - a * a)], rtol=1e-10)
+
+
+def test_hankel_singular_values_of_a_complex_system_equal_those_of_its_real_realization_once_each():
+    sys = build_system(11, 6, 2, 2, complex_=True, rho=0.95)
+    hsv = lr.hankel_singular_values(sys.A, sys.B, sys.C)
+    AR, BR, CR, _ = ref.realify_system(sys.A, sys.B, sys.C)
+    hsv_real = lr.hankel_singular_values(AR, BR, CR)
+    np.testing.assert_allclose(hsv_real[::2], hsv, rtol=1e-10)
+    np.testing.assert_allclose(hsv_real[1::2], hsv, rtol=1e-10)
+
+
+@given(stable_systems())
+def test_hankel_norm_is_the_largest_hankel_singular_value(sys):
+    hsv = lr.hankel_singular_values(sys.A, sys.B, sys.C)
+    assert float(lr.hankel_norm(sys.A, sys.B, sys.C)) == pytest.approx(float(hsv[0]), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batches and backends
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@given(batched_systems())
+def test_batched_gramians_equal_a_loop_over_the_batch(sys):
+    P, Q = lr.gramians(sys.A, sys.B, sys.C)
+    hsv = lr.hankel_singular_values(sys.A, sys.B, sys.C)
+    assert P.shape == Q.shape == sys.batch + (sys.n, sys.n)
+    assert hsv.shape == sys.batch + (sys.n,)
+    for idx in np.ndindex(*sys.batch):
+        one = sys[idx]
+        P1, Q1 = lr.gramians(one.A, one.B, one.C)
+        assert rel_err(P[idx], P1) < 1e-12 and rel_err(Q[idx], Q1) < 1e-12
+        h1 = lr.hankel_singular_values(one.A, one.B, one.C)
+        np.testing.assert_allclose(hsv[idx], h1, rtol=0, atol=1e-12 * h1[0])
+
+
+def test_batch_dimensions_broadcast_like_numpy():
+    sys = build_system(5, 4, 2, 1, rho=0.9)
+    A = np.stack([sys.A, 0.5 * sys.A])  # (2, n, n) against unbatched B and C
+    P, Q = lr.gramians(A, sys.B, sys.C)
+    assert P.shape == (2, 4, 4)
+    P1, _ = lr.gramians(0.5 * sys.A, sys.B, sys.C)
+    assert rel_err(P[1], P1) < 1e-12
+
+
+@given(stable_systems(n=(1, 12)))
+def test_torch_input_gives_torch_output_equal_to_numpy(torch, sys):
+    tA, tB, tC = (torch.from_numpy(X) for X in (sys.A, sys.B, sys.C))
+    P, Q = lr.gramians(tA, tB, tC)
+    hsv = lr.hankel_singular_values(tA, tB, tC)
+    Lc, Lo = lr.gramian_factors(tA, tB, tC)
+    for X in (P, Q, Lc, Lo):
+        assert isinstance(X, torch.Tensor) and X.dtype == tA.dtype and X.device == tA.device
+    assert isinstance(hsv, torch.Tensor) and not hsv.is_complex() and hsv.dtype == torch.float64
+    P_np, Q_np = lr.gramians(sys.A, sys.B, sys.C)
+    assert rel_err(P, P_np) < 1e-12 and rel_err(Q, Q_np) < 1e-12
+    hsv_np = lr.hankel_singular_values(sys.A, sys.B, sys.C)
+    np.testing.assert_allclose(hsv.numpy(), hsv_np, rtol=0, atol=1e-12 * hsv_np[0])
+
+
+@given(batched_systems(n=(1, 8)))
+def test_batched_torch_hankel_singular_values_equal_numpy(torch, sys):
+    hsv_t = lr.hankel_singular_values(*(torch.from_numpy(X) for X in (sys.A, sys.B, sys.C)))
+    hsv = lr.hankel_singular_values(sys.A, sys.B, sys.C)
+    assert tuple(hsv_t.shape) == sys.batch + (sys.n,)
+    np.testing.assert_allclose(hsv_t.numpy(), hsv, rtol=0, atol=1e-12 * np.max(hsv))
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+def test_single_precision_torch_input_gives_single_precision_output(complex_, torch):
+    sys = build_system(2, 5, 2, 2, complex_=complex_, rho=0.9)
+    single = torch.complex64 if complex_ else torch.float32
+    tA, tB, tC = (torch.from_numpy(X).to(single) for X in (sys.A, sys.B, sys.C))
+    P, Q = lr.gramians(tA, tB, tC)
+    hsv = lr.hankel_singular_values(tA, tB, tC)
+    assert P.dtype == Q.dtype == single
+    assert hsv.dtype == torch.float32
+    hsv_ref = lr.hankel_singular_values(*(X.to(torch.complex128 if complex_ else torch.float64)
+                                          for X in (tA, tB, tC)))
+    np.testing.assert_allclose(hsv.numpy(), hsv_ref.numpy(), rtol=0, atol=1e-5 * float(hsv_ref[0]))
+
+
+@given(stable_systems(near_unit=True, n=(1, 20)))
+def test_near_unit_spectral_radius_gramians_still_satisfy_the_equations(sys):
+    P, Q = lr.gramians(sys.A, sys.B, sys.C)
+    rp, rq = stein_residuals(sys.A, sys.B, sys.C, P, Q)
+    assert rp < 1e-11 and rq < 1e-11, (rp, rq)

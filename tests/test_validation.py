@@ -1,0 +1,233 @@
+"""Bad input is refused with a ``ValueError`` subclass whose message names the problem (and the fix).
+
+Spec: every input error is a ``ValueError``; an unstable ``A`` (spectral radius >= 1) raises
+``lr.UnstableSystemError`` reporting the spectral radius; NaN/Inf, shape mismatches, ``rank`` outside
+``1..n``, ``tol`` outside ``(0, 1)``, both or neither of ``rank``/``tol`` and unknown methods are refused;
+complex input is never silently cast to real.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import lti_reduce as lr
+from strategies import build_system
+
+SYS = build_system(1, 4, 2, 3, rho=0.9)
+A, B, C, D = SYS.matrices()
+
+ALL_SYSTEM_FUNCTIONS = {
+    "gramians": lambda A, B, C, D: lr.gramians(A, B, C),
+    "gramian_factors": lambda A, B, C, D: lr.gramian_factors(A, B, C),
+    "hankel_singular_values": lambda A, B, C, D: lr.hankel_singular_values(A, B, C),
+    "hankel_norm": lambda A, B, C, D: lr.hankel_norm(A, B, C),
+    "balanced_truncation": lambda A, B, C, D: lr.balanced_truncation(A, B, C, D, rank=1),
+    "balanced_truncation_spa": lambda A, B, C, D: lr.balanced_truncation(A, B, C, D, rank=1, method="spa"),
+    "hinf_norm": lambda A, B, C, D: lr.hinf_norm(A, B, C, D),
+}
+WITH_D = {"balanced_truncation", "balanced_truncation_spa", "hinf_norm"}
+functions = pytest.mark.parametrize("name", sorted(ALL_SYSTEM_FUNCTIONS))
+
+
+def call(name, A=A, B=B, C=C, D=D):
+    return ALL_SYSTEM_FUNCTIONS[name](A, B, C, D)
+
+
+def test_every_input_error_type_is_a_value_error():
+    assert issubclass(lr.UnstableSystemError, ValueError)
+    assert issubclass(lr.LTIInputError, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stability
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@functions
+def test_unstable_A_raises_unstable_system_error_reporting_the_spectral_radius(name):
+    unstable = 1.5 / 0.9 * A  # spectral radius exactly 1.5
+    with pytest.raises(lr.UnstableSystemError, match=r"spectral radius") as info:
+        call(name, A=unstable)
+    assert re.search(r"1\.5\d*", str(info.value)), str(info.value)
+
+
+@functions
+@pytest.mark.parametrize("which", ["rotation", "identity", "minus_identity"])
+def test_spectral_radius_exactly_one_raises_unstable_system_error(name, which):
+    marginal = {
+        "rotation": np.array([[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]]),
+        "identity": np.eye(2),
+        "minus_identity": -np.eye(2),
+    }[which]
+    with pytest.raises(lr.UnstableSystemError, match=r"spectral radius"):
+        call(name, A=marginal, B=np.ones((2, 1)), C=np.ones((1, 2)), D=np.zeros((1, 1)))
+
+
+@functions
+def test_unstable_mode_that_is_uncontrollable_and_unobservable_still_raises(name):
+    # The input never excites x1 and the output never sees it, so a Gramian-based method could converge anyway;
+    # the spec is about A: spectral radius >= 1 is refused, whatever B and C are.
+    unstable = np.diag([1.5, 0.5])
+    with pytest.raises(lr.UnstableSystemError, match=r"1\.5"):
+        call(name, A=unstable, B=np.array([[0.0], [1.0]]), C=np.array([[0.0, 1.0]]), D=np.zeros((1, 1)))
+
+
+def test_unstable_member_of_a_batch_raises():
+    batch = np.stack([A, 1.2 / 0.9 * A])
+    with pytest.raises(lr.UnstableSystemError, match=r"1\.2"):
+        lr.hankel_singular_values(batch, B, C)
+
+
+def test_unstable_system_error_can_be_caught_as_value_error():
+    with pytest.raises(ValueError):
+        lr.gramians(2 * np.eye(2), np.ones((2, 1)), np.ones((1, 2)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NaN / Inf
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, matrix", [(f, m) for f in sorted(ALL_SYSTEM_FUNCTIONS) for m in "ABCD"
+                                           if m != "D" or f in WITH_D])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_nan_or_inf_in_any_matrix_is_refused_naming_the_matrix(name, matrix, bad):
+    mats = dict(A=A.copy(), B=B.copy(), C=C.copy(), D=D.copy())
+    mats[matrix][0, 0] = bad
+    with pytest.raises(ValueError, match=r"(?i)nan|inf|finite") as info:
+        call(name, **mats)
+    assert not isinstance(info.value, lr.UnstableSystemError)
+    assert re.search(rf"\b{matrix}\b", str(info.value)), str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shapes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@functions
+def test_non_square_A_is_refused(name):
+    with pytest.raises(ValueError, match=r"A .*square|square.*A"):
+        call(name, A=np.zeros((4, 3)))
+
+
+@functions
+def test_B_with_the_wrong_number_of_rows_is_refused_naming_both_shapes(name):
+    with pytest.raises(ValueError, match=r"\bB\b") as info:
+        call(name, B=np.ones((3, 2)))
+    assert "(3, 2)" in str(info.value) and "4" in str(info.value)
+
+
+@functions
+def test_C_with_the_wrong_number_of_columns_is_refused(name):
+    with pytest.raises(ValueError, match=r"\bC\b") as info:
+        call(name, C=np.ones((3, 5)))
+    assert "(3, 5)" in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(WITH_D))
+def test_D_of_the_wrong_shape_is_refused(name):
+    with pytest.raises(ValueError, match=r"\bD\b") as info:
+        call(name, D=np.ones((2, 3)))
+    assert "(2, 3)" in str(info.value)
+
+
+@functions
+def test_vector_instead_of_a_matrix_is_refused(name):
+    with pytest.raises(ValueError, match=r"\bB\b"):
+        call(name, B=np.ones(4))
+
+
+def test_batch_dimensions_that_do_not_broadcast_are_refused():
+    with pytest.raises(ValueError, match=r"(?i)batch"):
+        lr.gramians(np.stack([A, A]), np.stack([B, B, B]), C)
+
+
+def test_empty_system_is_refused():
+    with pytest.raises(ValueError):
+        lr.hankel_singular_values(np.zeros((0, 0)), np.zeros((0, 1)), np.zeros((1, 0)))
+
+
+def test_mixing_numpy_and_torch_is_refused(torch):
+    with pytest.raises(ValueError, match=r"(?i)numpy.*torch|torch.*numpy"):
+        lr.gramians(torch.from_numpy(A), B, C)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rank / tol / method
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rank", [0, -1, 5, 100])
+def test_rank_outside_one_to_n_is_refused_naming_the_range(rank):
+    with pytest.raises(ValueError, match=r"rank") as info:
+        lr.balanced_truncation(A, B, C, D, rank=rank)
+    assert "1..4" in str(info.value) or "1 and 4" in str(info.value), str(info.value)
+    assert str(rank) in str(info.value)
+
+
+@pytest.mark.parametrize("rank", [2.0, 2.5, "2", True])
+def test_rank_that_is_not_an_integer_is_refused(rank):
+    with pytest.raises(ValueError, match=r"rank"):
+        lr.balanced_truncation(A, B, C, D, rank=rank)
+
+
+@pytest.mark.parametrize("tol", [0.0, 1.0, -0.1, 1.5, float("nan"), float("inf")])
+def test_tol_outside_the_open_unit_interval_is_refused(tol):
+    with pytest.raises(ValueError, match=r"tol"):
+        lr.balanced_truncation(A, B, C, D, tol=tol)
+    with pytest.raises(ValueError, match=r"tol"):
+        lr.rank_for_tol(np.array([3.0, 2.0, 1.0]), tol)
+
+
+def test_both_rank_and_tol_are_refused():
+    with pytest.raises(ValueError, match=r"rank.*tol|tol.*rank"):
+        lr.balanced_truncation(A, B, C, D, rank=2, tol=0.1)
+
+
+def test_neither_rank_nor_tol_is_refused():
+    with pytest.raises(ValueError, match=r"rank.*tol|tol.*rank"):
+        lr.balanced_truncation(A, B, C, D)
+
+
+@pytest.mark.parametrize("kwargs", [dict(rank=0), dict(rank=5), dict(tol=0.0), dict(rank=1, tol=0.5), dict()])
+def test_reduce_validates_rank_and_tol_like_balanced_truncation(kwargs):
+    res = lr.balanced_truncation(A, B, C, D, rank=2)
+    with pytest.raises(ValueError, match=r"rank|tol"):
+        res.reduce(**kwargs)
+
+
+@pytest.mark.parametrize("method", ["balanced", "SPA ", "", None])
+def test_unknown_method_is_refused_listing_the_valid_ones(method):
+    with pytest.raises(ValueError, match=r"method") as info:
+        lr.balanced_truncation(A, B, C, D, rank=2, method=method)
+    assert "truncate" in str(info.value) and "spa" in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Complex input is never silently cast to real
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("matrix", ["A", "B", "C", "D"])
+def test_a_complex_matrix_makes_the_reduced_model_complex(matrix):
+    mats = dict(A=A, B=B, C=C, D=D)
+    mats[matrix] = mats[matrix] + 0.01j * np.ones_like(mats[matrix])
+    res = lr.balanced_truncation(mats["A"], mats["B"], mats["C"], mats["D"], rank=2)
+    for X in (res.A, res.B, res.C, res.D):
+        assert np.iscomplexobj(X)
+    assert not np.iscomplexobj(res.hsv)
+
+
+def test_complex_gramians_keep_their_imaginary_part():
+    P, _ = lr.gramians(A, B + 0.5j, C)
+    assert np.iscomplexobj(P) and np.abs(P.imag).max() > 0
+
+
+def test_integer_input_is_computed_in_floating_point():
+    res = lr.balanced_truncation(np.array([[0, 0], [1, 0]]), np.array([[1], [0]]), np.array([[0, 1]]), rank=1)
+    assert np.issubdtype(res.A.dtype, np.floating)
+    np.testing.assert_allclose(res.hsv, [1.0, 1.0], atol=1e-12)  # G(z) = z^-2
