@@ -94,7 +94,14 @@ class CompressionReport:
 
     def to_dict(self) -> dict:
         """A JSON-serializable summary (HSVs as lists)."""
-        return {"layers": [{**x.__dict__, "hsv": [float(v) for v in x.hsv]} for x in self.layers],
+        def plain(v):
+            if isinstance(v, np.ndarray):
+                return v.tolist()
+            if hasattr(v, "__dataclass_fields__"):
+                return {k: plain(w) for k, w in v.__dict__.items()}
+            return v
+
+        return {"layers": [plain(x) for x in self.layers],
                 "state_before": self.state_before, "state_after": self.state_after}
 
     def __str__(self) -> str:

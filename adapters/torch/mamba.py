@@ -72,6 +72,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .compress import CompressionReport, _Snapshot
+
 __all__ = [
     "SelectiveSSM",
     "selective_scan",
@@ -590,26 +592,14 @@ class SelectiveLayerReport:
 
 
 @dataclass
-class SelectiveCompressionReport:
-    """Per-block results of :func:`compress_selective_`; ``print(report)`` shows a table."""
+class SelectiveCompressionReport(CompressionReport):
+    """Per-block results of :func:`compress_selective_`; ``print(report)`` shows a table.
+
+    The container behaviour (iteration, ``report[name]``, ``compressed``,
+    ``state_before``/``state_after``) is that of :class:`CompressionReport`.
+    """
 
     layers: list[SelectiveLayerReport]
-
-    def __iter__(self):
-        return iter(self.layers)
-
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def __getitem__(self, name: str) -> SelectiveLayerReport:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(f"no layer named {name!r} in this report; layers: {[x.name for x in self.layers]}")
-
-    @property
-    def compressed(self) -> bool:
-        return any(x.compressed for x in self.layers)
 
     def __str__(self) -> str:
         head = (f"{'layer':<20} {'state':>9} {'energy kept':>12} {'avg bound':>10} {'hsv lower':>10} "
@@ -710,7 +700,6 @@ def compress_selective_(model: nn.Module, *, calibration_inputs, tol: float | No
     """
     import lti_reduce as lr
 
-    from .compress import _Snapshot
     from .optim import check_optimizer_owns, rebind_parameters_
 
     if (tol is None) == (rank is None):
