@@ -77,7 +77,7 @@ def _projections(xp, dec: "_Decomposition", keep):
     else:
         idx = xp.asarray(np.asarray(keep, dtype=np.int64), device=s.device if be.is_torch(s) else None)
         s, Mc, Mo = xp.take(s, idx, axis=-1), xp.take(Mc, idx, axis=-1), xp.take(Mo, idx, axis=-1)
-    nonzero = s > dec.s[..., :1] * dec.floor
+    nonzero = s > dec.floor
     inv_sqrt = xp.where(nonzero, 1.0 / xp.sqrt(xp.where(nonzero, s, 1.0)), 0.0)
     inv_sqrt = xp.astype(inv_sqrt, dec.Fc.dtype)[..., None, :]
     return (dec.Fo @ Mo) * inv_sqrt, (dec.Fc @ Mc) * inv_sqrt
@@ -95,7 +95,8 @@ class _Decomposition:
     The order-r balancing projections are ``V = Fc Mc[:, :r] S_r^{-1/2}`` and
     ``W = Fo Mo[:, :r] S_r^{-1/2}``: from the SVD ``Lo^H Lc = U S Vh`` (dense path:
     ``Fc, Mc, Fo, Mo = Lc, Vh^H, Lo, U``) or from ``Lc^H Q Lc = V S^2 V^H`` (diagonal
-    path: ``Fc, Mc, Fo, Mo = Lc, V, Q Lc, V S^{-1}``). HSVs below ``floor * s_1`` are
+    path: ``Fc, Mc, Fo, Mo = Lc, V, Q Lc, V S^{-1}``). HSVs at or below ``floor``
+    (an absolute threshold, shape ``(..., 1)``, set by the path's accuracy) are
     numerically zero: their states are decoupled instead of amplified.
     """
 
@@ -105,13 +106,13 @@ class _Decomposition:
     Mc: Any
     Fo: Any
     Mo: Any
-    floor: float
+    floor: Any
 
     def __getitem__(self, idx):
         sw = self.sysw
         A = sw.A[idx]
         sub = _Dense(sw.xp, A, sw.B[idx], sw.C[idx], sw.D[idx], tuple(A.shape[:-2]), sw.out_dtype, sw.like)
-        return _Decomposition(sub, self.s[idx], self.Fc[idx], self.Mc[idx], self.Fo[idx], self.Mo[idx], self.floor)
+        return _Decomposition(sub, self.s[idx], self.Fc[idx], self.Mc[idx], self.Fo[idx], self.Mo[idx], self.floor[idx])
 
 
 def _reduce(dec: _Decomposition, keep, method: str):
@@ -240,6 +241,18 @@ class BalancedTruncationResult:
         rank = _resolve_rank(self._s, rank, tol, self.n)
         return BalancedTruncationResult(self._dec, rank, method)
 
+    def to_diagonal(self, *, cond_warn: float = 1e8):
+        """The reduced model in modal (diagonal) form, see :func:`lti_reduce.modal_form`.
+
+        For a real reduced model (e.g. from a ``real_output=True`` :class:`DiagonalSystem`)
+        conjugate pairs collapse into single complex modes of a ``real_output=True``
+        system. Warns when the eigenvector matrix is ill-conditioned. For a batch,
+        every system must give the same number of modes (else index the batch first).
+        """
+        from .modal import modal_form
+
+        return modal_form(self.A, self.B, self.C, self.D, cond_warn=cond_warn)[0]
+
     def __getitem__(self, index) -> "BalancedTruncationResult":
         if not self._sysw.batch_shape:
             raise IndexError("this result holds a single system; there is no batch dimension to index.")
@@ -273,7 +286,7 @@ def _decompose(A, B, C, D) -> _Decomposition:
     sysw = dense_system(A, B, C, D)
     Lc, Lo = _factor_pair(sysw)
     U, s, Vh = _balancing_svd(sysw.xp, Lc, Lo, sysw.n)
-    floor = sysw.n * float(np.finfo(np.float64).eps)
+    floor = s[..., :1] * (sysw.n * float(np.finfo(np.float64).eps))
     return _Decomposition(sysw, s, Lc, be.mH(Vh), Lo, U, floor)
 
 
@@ -409,18 +422,3 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
     dec = _decompose(A, B, C, D)
     r = _resolve_rank(dec.s, rank, tol, dec.sysw.n)
     return BalancedTruncationResult(dec, r, method)
-
-
-def _to_diagonal(self, *, cond_warn: float = 1e8):
-    """The reduced model in modal (diagonal) form, see :func:`lti_reduce.modal_form`.
-
-    For a real reduced model (e.g. from a ``real_output=True`` :class:`DiagonalSystem`)
-    conjugate pairs collapse into single complex modes of a ``real_output=True``
-    system. Warns when the eigenvector matrix is ill-conditioned.
-    """
-    from .modal import modal_form
-
-    return modal_form(self.A, self.B, self.C, self.D, cond_warn=cond_warn)[0]
-
-
-BalancedTruncationResult.to_diagonal = _to_diagonal

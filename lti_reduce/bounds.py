@@ -117,7 +117,7 @@ def _polish(Ac, Bc, Cc, Dc, theta0, h):
     return float(-res.fun)
 
 
-def hinf_norm(A, B, C, D=None, *, rtol: float = 1e-10):
+def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10):
     """H-infinity norm of a stable discrete-time system.
 
     .. math:: \\|G\\|_{\\mathcal{H}_\\infty} = \\sup_{\\theta \\in [0, 2\\pi)} \\sigma_{\\max}\\big(C (e^{i\\theta} I - A)^{-1} B + D\\big).
@@ -160,6 +160,8 @@ def hinf_norm(A, B, C, D=None, *, rtol: float = 1e-10):
 
         _no_matrices(B, C, D)
         A, B, C, D = _as_dense(A)
+    if B is None or C is None:
+        raise TypeError("hinf_norm(A, B, C[, D]) needs B and C (or pass a DiagonalSystem as the only argument).")
     sysw = dense_system(A, B, C, D, check_stability=True)
     As, Bs, Cs, Ds = (be.to_numpy(M).reshape((-1,) + tuple(M.shape[-2:])) for M in (sysw.A, sysw.B, sysw.C, sysw.D))
     out = np.array([_hinf_single(a, b, c, d, rtol) for a, b, c, d in zip(As, Bs, Cs, Ds)]).reshape(sysw.batch_shape)

@@ -133,6 +133,7 @@ class DiagonalSystem:
 
     @property
     def batch_shape(self) -> tuple:
+        """Leading (batch) dimensions, broadcast over ``lam``, ``B``, ``C``, ``D``."""
         shapes = [self.lam.shape[:-1], self.B.shape[:-2], self.C.shape[:-2]]
         if self.D is not None:
             shapes.append(self.D.shape[:-2])
@@ -204,7 +205,10 @@ def _working(sys: DiagonalSystem):
     """Namespace and complex128 copies of ``lam, B, C`` (broadcast)."""
     xp = be.namespace(sys.lam, sys.B, sys.C)
     batch, n = sys.batch_shape, sys.n
-    c = lambda x, shape: xp.broadcast_to(xp.astype(x, xp.complex128), batch + shape)  # noqa: E731
+    # real_output always needs complex arithmetic (B B^T vs B B^H); a real diagonal
+    # system with y = C x stays real.
+    wdt = xp.complex128 if sys.real_output else be.working_dtype(xp, sys.lam, sys.B, sys.C)
+    c = lambda x, shape: xp.broadcast_to(xp.astype(x, wdt), batch + shape)  # noqa: E731
     return xp, c(sys.lam, (n,)), c(sys.B, (n, int(sys.B.shape[-1]))), c(sys.C, (int(sys.C.shape[-2]), n))
 
 
@@ -220,7 +224,7 @@ def _diagonal_gramians(sys: DiagonalSystem):
 def _diagonal_factors(sys: DiagonalSystem):
     """Square-root factors of the closed-form Gramians (see :func:`_psd_factor`)."""
     xp = be.namespace(sys.lam, sys.B, sys.C)
-    P, Q = (xp.astype(G, xp.complex128 if not sys.real_output else xp.float64) for G in _diagonal_gramians_working(sys))
+    P, Q = _diagonal_gramians_working(sys)
     out = be.result_dtype(xp, sys.lam, sys.B, sys.C, sys.D)
     if sys.real_output:
         out = be.real_dtype(xp, out)
@@ -263,16 +267,17 @@ def _diagonal_decompose(sys: DiagonalSystem):
     projections ``V_r = Lc V[:, :r] S_r^{-1/2}``, ``W_r = Q Lc V[:, :r] S_r^{-3/2}``
     (``W_r^H V_r = I``). This costs two matrix products, a Cholesky and one ``eigh``
     of size ``order``, far less than a Lyapunov solve, but HSVs are accurate to
-    ``O(sqrt(order * eps)) * sigma_1`` in absolute terms (the dense path is accurate
-    to ``O(order * eps) * sigma_1``); smaller HSVs are treated as numerically zero.
+    ``O(sqrt(order * eps * ||P|| ||Q||))`` in absolute terms (the dense path is
+    accurate to ``O(order * eps) * sigma_1``); HSVs below that level are returned as
+    zero and their states are decoupled, never kept as noise.
     """
     from .balancing import _Decomposition
 
     xp = be.namespace(sys.lam, sys.B, sys.C)
     P, Q = _diagonal_gramians_working(sys)
     out = be.result_dtype(xp, sys.lam, sys.B, sys.C, sys.D)
-    wdt = xp.float64 if sys.real_output else xp.complex128
-    A, Bd, Cd, Dd = _as_dense(sys, xp, xp.complex128 if not sys.real_output else xp.float64)
+    wdt = xp.float64 if sys.real_output else be.working_dtype(xp, sys.lam, sys.B, sys.C, sys.D)
+    A, Bd, Cd, Dd = _as_dense(sys, xp, wdt)
     sysw = _Dense(xp, A, Bd, Cd, xp.astype(Dd, wdt), sys.batch_shape, be.real_dtype(xp, out) if sys.real_output else out, sys.lam)
     Lc = _psd_factor(xp, P)
     QLc = Q @ Lc
@@ -280,8 +285,13 @@ def _diagonal_decompose(sys: DiagonalSystem):
     w, V = xp.flip(w, axis=-1), xp.flip(V, axis=-1)
     s = xp.sqrt(xp.where(w > 0, w, 0.0))
     order = int(A.shape[-1])
-    floor = float(np.sqrt(order * np.finfo(np.float64).eps))
-    big = s > s[..., :1] * floor
+    # eigh of Lc^H Q Lc is backward stable: its eigenvalues sigma_i^2 carry absolute
+    # errors ~ order * eps * ||P|| ||Q||, so HSVs below ~sqrt of that are noise (kept,
+    # such a state can destabilize the reduced model). Frobenius norms overestimate.
+    norm = lambda M: xp.sqrt(xp.sum(xp.abs(M) ** 2, axis=(-2, -1)))[..., None]  # noqa: E731
+    floor = xp.sqrt(order * float(np.finfo(np.float64).eps) * norm(P) * norm(Q))
+    big = s > floor
+    s = xp.where(big, s, 0.0)  # report noise as the zero it stands for
     s_inv = xp.where(big, 1.0 / xp.where(big, s, 1.0), 0.0)
     Mo = V * xp.astype(s_inv, V.dtype)[..., None, :]
     return _Decomposition(sysw, s, Lc, V, QLc, Mo, floor)

@@ -1,0 +1,404 @@
+"""The ``lti-reduce`` command: a thin shell over the library.
+
+``lti-reduce reduce FILE (--rank R | --tol T) [--dt DT [--discretize bilinear|zoh]] [--method truncate|spa]
+[--out OUT.npz] [--plot PNG]``
+    Reads a state-space model ``(A, B, C[, D])`` from ``.npz`` or MATLAB ``.mat``, optionally
+    discretizes it (:func:`lti_reduce.discretize`), reduces it with
+    :func:`lti_reduce.balanced_truncation`, prints the Hankel singular values and the error
+    bound, and writes the reduced model. Needs only numpy and scipy (matplotlib for
+    ``--plot``).
+
+``lti-reduce train [--dataset mnist1d|smnist|scifar] [--data-dir D] [--tol T] [--cuts STEPS | --schedule K@F]
+[--seed S] [--epochs E | --steps N] [--device auto|cpu|cuda] [--out DIR] [--quick]``
+    Runs CompreSSM's comparison (full-size baseline, in-training compression, from scratch at
+    the compressed size) with :func:`adapters.torch.training.run_comparison`. PyTorch is
+    imported only here.
+
+Errors a user can fix print one line ``lti-reduce: error: ...`` (what went wrong and what
+to do) on stderr and exit with status 1 (2 for a malformed command line); anything else is
+a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+PROG = "lti-reduce"
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (usage is one ``--help`` away)."""
+
+    def error(self, message):
+        hint = f"{self.prog} --help"
+        raise _UsageError(f"{message} (see '{hint}')")
+
+
+class _UsageError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Discrete-time balanced truncation of LTI systems, and in-training "
+                     "compression of state-space models.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{reduce,train}", parser_class=_Parser)
+
+    red = sub.add_parser("reduce", help="reduce a state-space model read from .npz or .mat",
+                         description="Balanced truncation of a discrete-time model (A, B, C, D) read from a .npz file "
+                         "or a MATLAB .mat file. Give --dt to discretize a continuous-time model first.")
+    red.add_argument("file", metavar="FILE", help=".npz with arrays A, B, C (and optional D), or .mat with the same "
+                     "variables (sparse matrices are converted to dense)")
+    size = red.add_mutually_exclusive_group(required=True)
+    size.add_argument("--rank", type=int, metavar="R", help="reduced order")
+    size.add_argument("--tol", type=_open_unit_float, metavar="T",
+                      help="fraction of the Hankel-singular-value sum that may be discarded, in (0, 1)")
+    red.add_argument("--dt", type=_positive_float, metavar="DT",
+                     help="the model is continuous-time: discretize it with step DT first")
+    red.add_argument("--discretize", choices=("bilinear", "zoh"), default="bilinear",
+                     help="discretization for --dt (default: bilinear, which keeps the HSVs and the H-inf norm)")
+    red.add_argument("--method", choices=("truncate", "spa"), default="truncate",
+                     help="balanced truncation or singular perturbation approximation (default: truncate)")
+    red.add_argument("--out", metavar="OUT.npz", help="where to write the reduced model "
+                     "(default: FILE's name with _r<R>.npz, in the current directory)")
+    red.add_argument("--plot", metavar="PNG", help="save a figure of the HSVs and the error bound for every order")
+    red.set_defaults(func=_cmd_reduce)
+
+    tr = sub.add_parser("train", help="train an LRU classifier three ways: full size, compressed in training, "
+                        "small from scratch",
+                        description="CompreSSM's comparison on a sequence-classification task: (1) full-size LRU "
+                        "baseline, (2) the same model cut with balanced truncation a few times early in training, "
+                        "(3) a model trained from scratch at the sizes (2) reached. Prints a table and writes "
+                        "results.json and PNG plots into --out.")
+    tr.add_argument("--dataset", choices=("mnist1d", "smnist", "scifar"), default="mnist1d",
+                    help="mnist1d (default; generated locally, no download), or sequential MNIST / CIFAR-10 read from "
+                    "--data-dir with torchvision")
+    tr.add_argument("--data-dir", metavar="DIR", help="for smnist/scifar: the directory with torchvision's files; for "
+                    "mnist1d: where the generated data are cached (default ~/.cache/lti_reduce)")
+    tr.add_argument("--tol", type=_open_unit_float, metavar="T",
+                    help="fraction of each layer's HSV energy one cut may drop (default 0.05)")
+    cuts = tr.add_mutually_exclusive_group()
+    cuts.add_argument("--cuts", type=_step_list, metavar="STEPS", help="comma-separated steps at which (2) cuts, "
+                      "e.g. 50,100,150")
+    cuts.add_argument("--schedule", type=_schedule, metavar="K@F", help="K cuts spread evenly over the first "
+                      "fraction F of the steps (default 4@0.1, the CompreSSM schedule)")
+    tr.add_argument("--seed", type=int, metavar="S", help="random seed (default 0)")
+    length = tr.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=_positive_int, metavar="E", help="epochs per run")
+    length.add_argument("--steps", type=_positive_int, metavar="N", help="optimizer steps per run")
+    tr.add_argument("--d-state", type=_positive_int, metavar="N", help="initial state size per layer")
+    tr.add_argument("--d-model", type=_positive_int, metavar="H", help="model width")
+    tr.add_argument("--layers", type=_positive_int, metavar="L", help="number of LRU blocks")
+    tr.add_argument("--batch-size", type=_positive_int, metavar="B")
+    tr.add_argument("--lr", type=_positive_float, metavar="LR", help="peak learning rate")
+    tr.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    tr.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for PyTorch")
+    tr.add_argument("--out", metavar="DIR", default="lti_reduce_run", help="output directory (default ./lti_reduce_run)")
+    tr.add_argument("--quick", action="store_true", help="a tiny configuration that runs in seconds (smoke test)")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    tr.set_defaults(func=_cmd_train)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _open_unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1 (e.g. 0.05), got {text!r}")
+    return value
+
+
+def _step_list(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated step numbers like 50,100,150, got {text!r}") from None
+    if not steps or min(steps) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive step numbers like 50,100,150, got {text!r}")
+    return steps
+
+
+def _schedule(text: str) -> tuple[int, float]:
+    try:
+        count, fraction = text.split("@")
+        count, fraction = int(count), float(fraction)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K@F, e.g. 4@0.1 (4 cuts in the first 10% of steps), "
+                                         f"got {text!r}") from None
+    if count < 1 or not 0.0 < fraction <= 1.0:
+        raise argparse.ArgumentTypeError(f"need K >= 1 and 0 < F <= 1 in K@F, got {text!r}")
+    return count, fraction
+
+
+# --------------------------------------------------------------------------------------------------- reduce
+def _load_system(path: Path) -> dict:
+    """``{"A": ..., "B": ..., "C": ..., "D": ... or None}`` as dense float/complex arrays."""
+    import numpy as np
+
+    if not path.exists():
+        raise UserError(f"'{path}' does not exist; check the path.")
+    if not path.is_file():
+        raise UserError(f"'{path}' is not a file; give a .npz or .mat file.")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                raw = {k: f[k] for k in f.files}
+        except Exception as exc:  # zipfile, pickle and format errors all mean "not a readable .npz"
+            raise UserError(f"cannot read '{path}' as a .npz archive ({_short(exc)}); write it with "
+                            "numpy.savez(path, A=A, B=B, C=C, D=D).") from None
+    elif suffix == ".mat":
+        import scipy.io
+
+        try:
+            raw = scipy.io.loadmat(path)
+        except NotImplementedError:
+            raise UserError(f"'{path}' is a MATLAB v7.3 (HDF5) file, which scipy cannot read; re-save it in MATLAB "
+                            "with save(file, 'A', 'B', 'C', 'D', '-v7').") from None
+        except Exception as exc:
+            raise UserError(f"cannot read '{path}' as a MATLAB .mat file ({_short(exc)}); save it with MATLAB's "
+                            "save(file, 'A', 'B', 'C', 'D') or scipy.io.savemat.") from None
+    else:
+        raise UserError(f"'{path}' has an unknown extension '{path.suffix}'; give a .npz (A, B, C[, D]) or a MATLAB "
+                        ".mat file.")
+    found = sorted(k for k in raw if not k.startswith("__"))
+    system = {}
+    for name in ("A", "B", "C", "D"):
+        value = raw.get(name, raw.get(name.lower()))
+        if value is None:
+            if name == "D":
+                system["D"] = None
+                continue
+            raise UserError(f"'{path}' has no matrix {name} (found: {', '.join(found) or 'nothing'}); it needs A, B, C "
+                            "and optionally D.")
+        if hasattr(value, "toarray"):  # scipy.sparse (MATLAB sparse matrices)
+            value = value.toarray()
+        value = np.asarray(value)
+        if value.dtype == object or not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
+            raise UserError(f"matrix {name} in '{path}' is not numeric (dtype {value.dtype}); store plain arrays.")
+        if name == "D" and value.size == 0:
+            system["D"] = None
+            continue
+        if value.ndim == 1:
+            value = value[:, None] if name == "B" else value[None, :] if name == "C" else value
+        if value.ndim != 2:
+            raise UserError(f"matrix {name} in '{path}' must be 2-D, got shape {value.shape}.")
+        system[name] = value.astype(np.complex128 if np.iscomplexobj(value) else np.float64)
+    D = system["D"]
+    p, m = system["C"].shape[0], system["B"].shape[1]
+    if D is not None and D.size == 1 and D.shape != (p, m) and float(np.abs(D).max()) == 0.0:
+        system["D"] = None  # MATLAB's "D = 0" for a MIMO model
+    return system
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _format_values(values, per_line: int = 6) -> list[str]:
+    lines = []
+    for i in range(0, len(values), per_line):
+        chunk = values[i:i + per_line]
+        lines.append(f"  {i + 1:>4}: " + "  ".join(f"{v:.6e}" for v in chunk))
+    return lines
+
+
+def _cmd_reduce(args) -> int:
+    import numpy as np
+
+    import lti_reduce as lr
+
+    path = Path(args.file)
+    system = _load_system(path)
+    A, B, C, D = system["A"], system["B"], system["C"], system["D"]
+    n, m, p = A.shape[-1], B.shape[-1], C.shape[0]
+    if args.dt is not None:
+        A, B, C, D = lr.discretize(A, B, C, D, dt=args.dt, method=args.discretize)
+        time_base = f"discretized from continuous time ({args.discretize}, dt={args.dt:g})"
+    else:
+        time_base = "read as discrete time (give --dt DT for a continuous-time model)"
+    if args.rank is not None and args.rank > n:
+        raise UserError(f"--rank {args.rank} exceeds the model's order n = {n}; give --rank between 1 and {n}.")
+    try:
+        result = lr.balanced_truncation(A, B, C, D, rank=args.rank, tol=args.tol, method=args.method)
+    except lr.UnstableSystemError as exc:
+        hint = ("" if args.dt is not None else " If this is a continuous-time model, give --dt DT to discretize it.")
+        raise UserError(f"{exc}{hint}") from None
+    hsv = np.asarray(result.hsv, dtype=float)
+    r = result.rank
+    bound = float(result.error_bound)
+    bounds = np.asarray(result.error_bounds(), dtype=float)
+
+    print(f"model: {path.name}, n = {n} states, {m} input(s), {p} output(s); {time_base}")
+    print(f"Hankel singular values ({len(hsv)}, descending):")
+    for line in _format_values(hsv):
+        print(line)
+    lower = hsv[r] if r < len(hsv) else 0.0
+    how = f"rank {args.rank}" if args.rank is not None else f"tol {args.tol:g} (keep {1 - args.tol:.4g} of the HSV sum)"
+    print(f"reduced order r = {r} of {n} ({how}, method {args.method})")
+    print(f"error bound: {lower:.6e} = sigma_(r+1) <= ||G - G_r||_inf <= 2 * sum(sigma_i, i > r) = {bound:.6e}")
+    if hsv[0] > 0:
+        print(f"bound relative to the Hankel norm sigma_1: {bound / hsv[0]:.3e}")
+
+    out = Path(args.out) if args.out else Path.cwd() / f"{path.stem}_r{r}.npz"
+    if out.suffix.lower() != ".npz":
+        out = out.with_name(out.name + ".npz")
+    arrays = {"A": np.asarray(result.A), "B": np.asarray(result.B), "C": np.asarray(result.C),
+              "D": np.asarray(result.D), "hsv": hsv, "error_bound": np.asarray(bound), "rank": np.asarray(r),
+              "method": np.asarray(args.method)}
+    if args.dt is not None:
+        arrays["dt"] = np.asarray(args.dt)
+        arrays["discretization"] = np.asarray(args.discretize)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out, **arrays)
+    except OSError as exc:
+        raise UserError(f"cannot write '{out}' ({exc.strerror or exc}); choose another --out.") from None
+    print(f"wrote the reduced model (A, B, C, D, hsv, error_bound) to {out}")
+
+    if args.plot:
+        _plot_reduce(Path(args.plot), hsv, bounds, r, path.name)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _plot_reduce(path: Path, hsv, bounds, r: int, title: str) -> None:
+    import numpy as np
+
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install matplotlib (or drop --plot).") from None
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_h, ax_b = fig.subplots(1, 2)
+    floor = max(float(hsv[0]) * 1e-17, np.finfo(float).tiny) if len(hsv) else 1e-300
+    ax_h.semilogy(np.arange(1, len(hsv) + 1), np.maximum(hsv, floor), ".-", ms=3)
+    ax_h.axvline(r + 0.5, color="tab:red", ls="--", lw=1, label=f"r = {r}")
+    ax_h.set_xlabel("index i")
+    ax_h.set_ylabel(r"Hankel singular value $\sigma_i$")
+    ax_h.set_title(f"{title}: Hankel singular values")
+    ax_h.legend()
+    orders = np.arange(len(bounds))
+    upper = np.maximum(bounds, floor)
+    lower = np.maximum(np.append(hsv, 0.0), floor)
+    ax_b.semilogy(orders, upper, label=r"upper bound $2\sum_{i>r}\sigma_i$")
+    ax_b.semilogy(orders, lower, label=r"lower bound $\sigma_{r+1}$")
+    ax_b.axvline(r, color="tab:red", ls="--", lw=1)
+    ax_b.set_xlabel("reduced order r")
+    ax_b.set_ylabel(r"$\|G - G_r\|_\infty$")
+    ax_b.set_title("error bounds for every order")
+    ax_b.legend(fontsize=8)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot write the plot '{path}' ({_short(exc)}); give a writable .png path.") from None
+
+
+# --------------------------------------------------------------------------------------------------- train
+def _cmd_train(args) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError("the train command needs PyTorch: pip install 'lti-reduce[torch]' (or pip install torch).") \
+            from None
+    from adapters.torch.data import DatasetError
+    from adapters.torch.training import ConfigError, ExperimentConfig, format_table, run_comparison
+
+    overrides = {"dataset": args.dataset, "data_dir": args.data_dir, "out": args.out, "device": args.device,
+                 "progress": not args.no_progress}
+    optional = {"tol": args.tol, "seed": args.seed, "epochs": args.epochs, "steps": args.steps,
+                "d_state": args.d_state, "d_model": args.d_model, "n_layers": args.layers,
+                "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads, "cuts": args.cuts}
+    overrides.update({k: v for k, v in optional.items() if v is not None})
+    if args.epochs is not None:
+        overrides["steps"] = None
+    if args.schedule is not None:
+        overrides["n_cuts"], overrides["cut_window"] = args.schedule
+        overrides["cuts"] = None
+    config = ExperimentConfig.quick(**overrides) if args.quick else ExperimentConfig(**overrides)
+    try:
+        results = run_comparison(config)
+    except (ConfigError, DatasetError) as exc:
+        raise UserError(str(exc)) from None
+    except FloatingPointError as exc:
+        raise UserError(str(exc)) from None
+    print(format_table(results))
+    files = results.get("files", {})
+    print(f"\nwrote {', '.join(Path(f).name for f in files.values())} to {Path(config.out)}")
+    print(f"total wall time {results['wall_time_s']:.1f}s")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    """Entry point of the ``lti-reduce`` console script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return args.func(args)
+    except _UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except UserError as exc:
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except _library_input_errors() as exc:
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _library_input_errors():
+    from .errors import LTIInputError
+
+    return (LTIInputError,)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
