@@ -1,0 +1,71 @@
+"""compress_ on a 6-layer LRU model vs one training step of that model (issue 4).
+
+Model: 6 LRU layers, d_model 512, d_state 384 (the CompreSSM sCIFAR configuration),
+float32, CPU. Baseline: one training step (forward + backward + Adam) at batch 16,
+length 1024. Target: compress_ costs less than one step (ratio < 1).
+
+    python benchmarks/bench_compress.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import adapters.torch as at
+
+
+def make_model(d_model, d_state, layers):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(*[at.LRU(d_model, d_state, r_min=0.5, r_max=0.999) for _ in range(layers)])
+
+
+def time_train_step(model, batch, length, d_model, repeats):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, length, d_model)
+    times = []
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[1:])
+
+
+def time_compress(d_model, d_state, layers, tol, repeats):
+    times, report = [], None
+    for _ in range(repeats):
+        model = make_model(d_model, d_state, layers)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        t = time.perf_counter()
+        report = at.compress_(model, tol=tol, optimizer=opt)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), report
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller length and fewer repeats")
+    args = ap.parse_args()
+    d_model, d_state, layers, batch = 512, 384, 6, 16
+    length = 256 if args.quick else 1024
+    repeats = 1 if args.quick else 3
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU")
+    t_step = time_train_step(make_model(d_model, d_state, layers), batch, length, d_model, repeats)
+    rows = []
+    for tol in (1e-2, 1e-1):
+        t_cmp, report = time_compress(d_model, d_state, layers, tol, repeats)
+        rows.append((tol, t_cmp, report))
+    print(f"\n{layers} x LRU(d_model={d_model}, d_state={d_state}); train step: batch {batch}, length {length}")
+    print(f"{'tol':>6} {'compress_ [s]':>14} {'train step [s]':>15} {'ratio':>7} {'state after':>12}")
+    for tol, t_cmp, report in rows:
+        print(f"{tol:>6g} {t_cmp:>14.3f} {t_step:>15.3f} {t_cmp / t_step:>7.2f} {report.state_after:>12}")
+    print("\ntarget: ratio < 1 (compress_ cheaper than one training step)")
+
+
+if __name__ == "__main__":
+    main()
