@@ -66,6 +66,24 @@ def _compress(xp, Z):
     return be.mH(R)
 
 
+def _compress_triangular(Z, AZ):
+    """``_compress([Z, AZ])`` for a lower-triangular ``Z`` (numpy, one system).
+
+    LAPACK's triangular-pentagonal QR (``xTPQRT``) of ``[Z^H; (A Z)^H]`` skips the
+    zeros of the triangle: about 2 n^3 flops instead of 10/3 n^3, 3x faster here.
+    """
+    from scipy.linalg import lapack
+
+    tpqrt = lapack.ztpqrt if np.iscomplexobj(Z) or np.iscomplexobj(AZ) else lapack.dtpqrt
+    dtype = np.complex128 if tpqrt is lapack.ztpqrt else np.float64
+    R = np.asfortranarray(be.mH(Z), dtype=dtype)
+    X = np.asfortranarray(be.mH(AZ), dtype=dtype)
+    R, _, _, info = tpqrt(0, min(64, R.shape[0]), R, X, overwrite_a=True, overwrite_b=True)
+    if info != 0:  # pragma: no cover - LAPACK argument error
+        raise RuntimeError(f"LAPACK xTPQRT failed with info = {info}")
+    return be.mH(np.triu(R))
+
+
 def _factor_pair(sysw: _Dense, which: str = "both"):
     """Square-root factors by the factored doubling iteration (working precision).
 
@@ -77,13 +95,14 @@ def _factor_pair(sysw: _Dense, which: str = "both"):
     Zc = sysw.B if which in ("both", "c") else None
     Zo = be.mH(sysw.C) if which in ("both", "o") else None
     done_c, done_o = Zc is None, Zo is None
+    tri_c = tri_o = False  # whether the factor is the triangular output of a compression
     Ak = A
     with np.errstate(over="ignore", invalid="ignore"):
         for _ in range(_MAX_DOUBLINGS):
             if not done_c:
-                Zc, done_c = _double(xp, Ak, Zc, n, eps)
+                Zc, done_c, tri_c = _double(xp, Ak, Zc, n, eps, tri_c)
             if not done_o:
-                Zo, done_o = _double(xp, be.mH(Ak), Zo, n, eps)
+                Zo, done_o, tri_o = _double(xp, be.mH(Ak), Zo, n, eps, tri_o)
             # ||A^(2^k)||_F < 1 certifies rho(A) < 1, also for modes that B and C do not
             # touch (the factors converge without them); it usually holds by now.
             if done_c and done_o and _frobenius(xp, Ak) < 1.0:
@@ -94,15 +113,18 @@ def _factor_pair(sysw: _Dense, which: str = "both"):
     raise_unstable(xp, A, "The doubling iteration for the Gramians did not converge. ")
 
 
-def _double(xp, Ak, Z, n, eps):
+def _double(xp, Ak, Z, n, eps, triangular):
+    """One doubling step ``Z <- [Z, A_k Z]`` (compressed); returns ``(Z, converged, triangular)``."""
     AZ = Ak @ Z
     if not bool(xp.all(xp.isfinite(AZ))):
-        return Z, False
+        return Z, False, triangular
     done = _relative_size(xp, AZ, Z) <= eps
+    if triangular and Z.ndim == 2 and be.is_numpy(Z):
+        return _compress_triangular(Z, AZ), done, True
     Z = xp.concat([Z, AZ], axis=-1)
     if Z.shape[-1] > n:
-        Z = _compress(xp, Z)
-    return Z, done
+        return _compress(xp, Z), done, True
+    return Z, done, False
 
 
 def gramian_factors(A, B=None, C=None):
