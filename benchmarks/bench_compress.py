@@ -57,7 +57,7 @@ def main():
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU")
     t_step = time_train_step(make_model(d_model, d_state, layers), batch, length, d_model, repeats)
     rows = []
-    for tol in (1e-2, 1e-1):
+    for tol in (1e-2, 5e-2, 1e-1):
         t_cmp, report = time_compress(d_model, d_state, layers, tol, repeats)
         rows.append((tol, t_cmp, report))
     print(f"\n{layers} x LRU(d_model={d_model}, d_state={d_state}); train step: batch {batch}, length {length}")

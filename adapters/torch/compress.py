@@ -345,12 +345,17 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
 
     # 3. Reduced layer systems (all computed before anything changes).
     plans, reports = [], []
-    for (name, layer), bal, h, order, new_order in zip(layers, balanced, hsvs, orders, new_orders):
+    for (name, layer), bal, h, order, new_order, unit in zip(layers, balanced, hsvs, orders, new_orders, units):
         before, total = layer.state_dim, float(h.sum())
         keep = _kept_states(new_order, order, selection, rng)
         note, new_system, after, bound, kept = "", None, before, 0.0, 1.0
+        # Fewest modes an order-k map can need (k / units, e.g. k/2 complex modes for a
+        # real-output layer): if even that fails the gate, skip the reduction itself.
+        fewest = math.ceil(new_order / unit)
         if new_order >= order:
             note = "nothing to cut"
+        elif fewest > (1.0 - min_shrink) * before:
+            note = f"gate: {before}->{fewest} (at least) shrinks by less than min_shrink={min_shrink:g}"
         else:
             res, new_system = _reduce_layer(bal, new_order, keep, method, rank)
             new_order, keep = res.rank, (None if res.states is None else list(res.states))
