@@ -50,7 +50,11 @@ def time_compress(d_model, d_state, layers, tol, repeats):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller length and fewer repeats")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for both contenders (default 1: steady on a shared 2-core machine; 0 = torch's default)")
     args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     d_model, d_state, layers, batch = 512, 384, 6, 16
     length = 256 if args.quick else 1024
     repeats = 1 if args.quick else 3
