@@ -1,0 +1,241 @@
+"""The ``lti-reduce`` command line: ``reduce`` matches the library, user errors are one line, ``train --quick`` works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+import lti_reduce as lr
+from lti_reduce._cli import main
+
+SLICOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "slicot"
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def frequency_response(A, B, C, D, n_freq=64):
+    """``G(e^{iw}) = C (e^{iw} I - A)^{-1} B + D`` on ``n_freq`` points of the upper unit circle."""
+    eye = np.eye(A.shape[0])
+    return np.stack([C @ np.linalg.solve(np.exp(1j * w) * eye - A, B) + D
+                     for w in np.linspace(0.0, np.pi, n_freq)])
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("lti-reduce: error: ")
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.fixture
+def stable_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    A = np.diag(rng.uniform(-0.9, 0.9, 8)) + 0.02 * rng.standard_normal((8, 8))
+    path = tmp_path / "sys.npz"
+    np.savez(path, A=A, B=rng.standard_normal((8, 2)), C=rng.standard_normal((3, 8)), D=rng.standard_normal((3, 2)))
+    return path
+
+
+# --------------------------------------------------------------------------------------------------- reduce
+@pytest.mark.skipif(not (SLICOT / "CDplayer.mat").exists(), reason="SLICOT benchmark files not present")
+def test_reduce_cdplayer_with_dt_matches_the_library_call(capsys, tmp_path):
+    out = tmp_path / "cd_r12.npz"
+    plot = tmp_path / "cd.png"
+    code, stdout, _ = run_cli(capsys, "reduce", SLICOT / "CDplayer.mat", "--rank", 12, "--dt", 0.01, "--out", out,
+                              "--plot", plot)
+    assert code == 0
+    mat = scipy.io.loadmat(SLICOT / "CDplayer.mat")
+    A = mat["A"].toarray() if hasattr(mat["A"], "toarray") else mat["A"]
+    ref = lr.balanced_truncation(*lr.discretize(A, mat["B"], mat["C"], mat["D"], dt=0.01), rank=12)
+    got = np.load(out)
+    np.testing.assert_allclose(got["hsv"], ref.hsv, rtol=1e-10, atol=1e-12 * float(ref.hsv[0]))
+    assert float(got["error_bound"]) == pytest.approx(float(ref.error_bound), rel=1e-10)
+    G_cli = frequency_response(got["A"], got["B"], got["C"], got["D"])
+    G_lib = frequency_response(ref.A, ref.B, ref.C, ref.D)
+    assert np.abs(G_cli - G_lib).max() <= 1e-8 * np.abs(G_lib).max()
+    assert "Hankel singular values (120" in stdout and "error bound" in stdout and f"{float(ref.error_bound):.6e}" in stdout
+    assert plot.read_bytes()[:8] == PNG_MAGIC and plot.stat().st_size > 1000
+
+
+@pytest.mark.skipif(not (SLICOT / "iss.mat").exists(), reason="SLICOT benchmark files not present")
+def test_reduce_iss_zoh_with_tol_matches_the_library_call(capsys, tmp_path):
+    out = tmp_path / "iss.npz"
+    code, _, _ = run_cli(capsys, "reduce", SLICOT / "iss.mat", "--tol", 0.05, "--dt", 0.05, "--discretize", "zoh",
+                         "--out", out)
+    assert code == 0
+    mat = scipy.io.loadmat(SLICOT / "iss.mat")
+    A, B, C, D = (mat[k].toarray() if hasattr(mat[k], "toarray") else mat[k] for k in "ABCD")
+    ref = lr.balanced_truncation(*lr.discretize(A, B, C, D, dt=0.05, method="zoh"), tol=0.05)
+    got = np.load(out)
+    assert int(got["rank"]) == ref.rank
+    np.testing.assert_allclose(got["hsv"], ref.hsv, rtol=1e-9, atol=1e-12 * float(ref.hsv[0]))
+    G_cli = frequency_response(got["A"], got["B"], got["C"], got["D"])
+    G_lib = frequency_response(ref.A, ref.B, ref.C, ref.D)
+    assert np.abs(G_cli - G_lib).max() <= 1e-8 * np.abs(G_lib).max()
+
+
+def test_reduce_npz_spa_matches_the_library_call(capsys, tmp_path, stable_npz):
+    out = tmp_path / "red.npz"
+    code, stdout, _ = run_cli(capsys, "reduce", stable_npz, "--rank", 3, "--method", "spa", "--out", out)
+    assert code == 0
+    f = np.load(stable_npz)
+    ref = lr.balanced_truncation(f["A"], f["B"], f["C"], f["D"], rank=3, method="spa")
+    got = np.load(out)
+    assert got["A"].shape == (3, 3) and str(got["method"]) == "spa"
+    np.testing.assert_allclose(frequency_response(got["A"], got["B"], got["C"], got["D"]),
+                               frequency_response(ref.A, ref.B, ref.C, ref.D), rtol=1e-9, atol=1e-12)
+    assert "reduced order r = 3 of 8" in stdout
+
+
+def test_reduce_default_output_is_written_to_the_working_directory(capsys, tmp_path, stable_npz, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, _ = run_cli(capsys, "reduce", stable_npz, "--rank", 2)
+    assert code == 0
+    assert (tmp_path / "sys_r2.npz").is_file()
+
+
+# --------------------------------------------------------------------------------------------------- user errors
+def _garbled(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"this is not a matrix file \x00\x01\x02" * 10)
+    return path
+
+
+def _mat_without_b(tmp_path):
+    path = tmp_path / "noB.mat"
+    scipy.io.savemat(path, {"A": -np.eye(3), "C": np.ones((1, 3))})
+    return path
+
+
+def _npz_without_c(tmp_path):
+    path = tmp_path / "noC.npz"
+    np.savez(path, A=0.5 * np.eye(3), B=np.ones((3, 1)))
+    return path
+
+
+def _unstable(tmp_path):
+    path = tmp_path / "unstable.npz"
+    np.savez(path, A=np.diag([1.5, 0.2]), B=np.ones((2, 1)), C=np.ones((1, 2)))
+    return path
+
+
+@pytest.mark.parametrize("make, extra, needles", [
+    (lambda t: t / "missing.npz", ["--rank", "2"], ["does not exist"]),
+    (lambda t: _garbled(t, "bad.npz"), ["--rank", "2"], ["cannot read", ".npz"]),
+    (lambda t: _garbled(t, "bad.mat"), ["--rank", "2"], ["cannot read", ".mat"]),
+    (_mat_without_b, ["--rank", "1"], ["no matrix B", "found: A, C"]),
+    (_npz_without_c, ["--rank", "1"], ["no matrix C"]),
+    (lambda t: _garbled(t, "model.txt"), ["--rank", "2"], ["unknown extension"]),
+    (_unstable, ["--rank", "1"], ["not Schur stable", "--dt"]),
+    (_unstable, ["--rank", "5"], ["--rank 5 exceeds", "order n = 2"]),
+    (_unstable, ["--tol", "1.5"], ["--tol", "between 0 and 1"]),
+    (_unstable, [], ["--rank", "--tol", "required"]),
+    (_unstable, ["--rank", "1", "--dt", "-1"], ["--dt", "positive"]),
+])
+def test_reduce_user_errors_are_one_line_with_a_fix(capsys, tmp_path, make, extra, needles):
+    code, _, err = run_cli(capsys, "reduce", make(tmp_path), *extra)
+    assert_one_line_error(code, err, *needles)
+
+
+@pytest.mark.skipif(not (SLICOT / "CDplayer.mat").exists(), reason="SLICOT benchmark files not present")
+def test_continuous_model_without_dt_is_an_error_that_suggests_dt(capsys):
+    code, _, err = run_cli(capsys, "reduce", SLICOT / "CDplayer.mat", "--rank", 10)
+    assert_one_line_error(code, err, "Schur stable", "--dt")
+
+
+def test_process_exit_status_and_stderr_for_a_user_error(tmp_path):
+    """The real process (not just main()): non-zero status, one line on stderr, no traceback."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "lti_reduce._cli", "reduce", str(tmp_path / "nope.mat"), "--rank",
+                           "3"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1
+    assert_one_line_error(proc.returncode, proc.stderr, "does not exist")
+    assert proc.stdout == ""
+
+
+# --------------------------------------------------------------------------------------------------- train
+def test_train_on_an_unavailable_device_is_a_one_line_error(capsys, tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is available here")
+    code, _, err = run_cli(capsys, "train", "--quick", "--device", "cuda", "--out", tmp_path / "run")
+    assert_one_line_error(code, err, "cuda", "--device cpu")
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["--dataset", "smnist", "--data-dir", "/nonexistent/mnist"], ["does not exist", "--data-dir"]),
+    (["--dataset", "scifar"], ["--data-dir"]),
+    (["--cuts", "5,100000"], ["cut steps", "1..39"]),
+    (["--schedule", "4"], ["K@F"]),
+    (["--device", "tpu"], ["unknown device", "--device cpu" if False else "cpu"]),
+])
+def test_train_user_errors_are_one_line_with_a_fix(capsys, tmp_path, extra, needles):
+    pytest.importorskip("torch")
+    code, _, err = run_cli(capsys, "train", "--quick", "--no-progress", "--out", tmp_path / "run", *extra)
+    assert_one_line_error(code, err, *needles)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One ``lti-reduce train --quick`` run shared by the checks below."""
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("quick")
+    cache = tmp_path_factory.getbasetemp() / "mnist1d-cache"
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with redirect_stdout(stdout), redirect_stderr(stderr):
+        code = main(["train", "--quick", "--out", str(out), "--data-dir", str(cache), "--seed", "3"])
+    return code, stdout.getvalue(), stderr.getvalue(), out
+
+
+def test_train_quick_prints_the_comparison_table(quick_run):
+    code, stdout, _, _ = quick_run
+    assert code == 0
+    for title in ("(1) baseline", "(2) compressed in training", "(3) from scratch"):
+        assert title in stdout
+    assert "test acc" in stdout and "speedup" in stdout and "phases of (2)" in stdout
+
+
+def test_train_quick_writes_sane_results_json(quick_run):
+    _, _, _, out = quick_run
+    results = json.loads((out / "results.json").read_text())
+    runs = results["runs"]
+    assert set(runs) == {"baseline", "compressed", "scratch"}
+    config = results["config"]
+    assert config["seed"] == 3 and results["dataset"]["name"] == "mnist1d"
+    for r in runs.values():
+        assert 0.0 <= r["test_accuracy"] <= 1.0
+        assert r["train_time_s"] > 0 and len(r["loss"]) == results["steps"]
+        assert len(r["state_dims"]) == config["n_layers"]
+    assert runs["baseline"]["state_dims"] == [config["d_state"]] * config["n_layers"]
+    assert runs["compressed"]["total_state"] < runs["baseline"]["total_state"]
+    assert runs["scratch"]["state_dims"] == runs["compressed"]["state_dims"]
+    assert [c["step"] for c in runs["compressed"]["cuts"]] == results["cut_steps"] == config["cuts"]
+    assert results["speedup"]["baseline"] == pytest.approx(1.0)
+    assert set(results["targets"]) == {"compressed_within_1pt_of_baseline", "compressed_beats_scratch",
+                                       "compressed_2x_faster_than_baseline"}
+
+
+def test_train_quick_writes_png_plots(quick_run):
+    _, _, _, out = quick_run
+    for name in ("hsv_spectra.png", "state_size.png", "accuracy_vs_state.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 1000, name
