@@ -10,12 +10,21 @@ length 1024. Target: compress_ costs less than one step (ratio < 1).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
-import torch
+# numpy's OpenBLAS (used by the core's modal form) reads its thread count at import:
+# match it to --threads (default 1) before anything imports numpy.
+_threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
+if _threads != "0":
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = _threads
 
-import adapters.torch as at
+import torch  # noqa: E402
+
+import adapters.torch as at  # noqa: E402
 
 
 def make_model(d_model, d_state, layers):
