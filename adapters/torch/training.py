@@ -103,10 +103,10 @@ class ExperimentConfig:
     dataset: str = "mnist1d"
     data_dir: str | None = None
     out: str = "lti_reduce_run"
-    d_model: int = 64
+    d_model: int = 32
     d_state: int = 256
-    n_layers: int = 4
-    dropout: float = 0.1
+    n_layers: int = 2
+    dropout: float = 0.0
     r_min: float = 0.0
     r_max: float = 0.99
     max_phase: float = 2 * math.pi
@@ -700,7 +700,7 @@ def save_plots(results: dict, out: Path) -> dict:
             ax.set_title(cuts[0]["layers"][li]["name"], fontsize=9)
             ax.set_xlabel("balanced state (real order)")
             ax.set_ylabel("HSV / max HSV")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper right")
         for ax in axes[n_layers:]:
             ax.set_visible(False)
         fig.suptitle(f"Hankel singular values at each cut (tol={results['config']['tol']:g}; dashed: kept order)")
