@@ -31,7 +31,7 @@ import platform
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +39,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .compress import compress_
 from .data import SequenceDataset, load_dataset
 from .lru import LRU
+from .protocol import compressible_layers
+from .scan import MODES
+from .schedule import CompressionSchedule
 
-__all__ = ["ConfigError", "ExperimentConfig", "LRUBlock", "LRUClassifier", "RUNS", "cut_steps", "evaluate",
-           "format_table", "resolve_device", "run_comparison", "save_plots", "train_run"]
+__all__ = ["ConfigError", "ExperimentConfig", "LRUBlock", "LRUClassifier", "RUNS", "build_model", "cut_steps",
+           "default_chunk_size", "evaluate", "format_table", "resolve_device", "run_comparison", "save_plots",
+           "train_run"]
 
 RUNS = ("baseline", "compressed", "scratch")
 RUN_TITLES = {"baseline": "(1) baseline, full size", "compressed": "(2) compressed in training",
@@ -62,42 +65,44 @@ class ConfigError(ValueError):
 class ExperimentConfig:
     """Everything that defines one comparison; the defaults are the README's run.
 
-    Model
-    -----
+    The defaults were tuned on a 2-core CPU so that the three runs together take about
+    5 minutes (measured: 4-5 minutes on a quiet machine, up to about 11 on one shared with
+    other jobs) and show the CompreSSM effect on MNIST-1D; see ``lti-reduce train --help``.
+
+    Attributes
+    ----------
+    dataset, data_dir, out
+        Dataset name (:data:`adapters.torch.data.DATASETS`), its directory (the cache for
+        ``mnist1d``), and the output directory for ``results.json`` and the plots.
     d_model, d_state, n_layers, dropout
-        Width, initial LRU state size (complex modes per layer), number of blocks.
+        Width, initial LRU state size (complex modes per layer), number of blocks, dropout.
     r_min, r_max, max_phase
         LRU eigenvalue initialization (moduli on a ring, phases in ``[0, max_phase)``).
     mode, chunk_size
-        LRU recurrence algorithm (see :mod:`adapters.torch.scan`) and chunk length of the
-        ``"chunked"`` mode (``None``: :func:`default_chunk_size` of the sequence length).
-
-    Optimization
-    ------------
-    epochs or steps
+        LRU recurrence algorithm (see :mod:`adapters.torch.scan`; ``None``: ``"chunked"`` on a
+        CPU, the fastest there for short sequences, and the layer's ``"auto"`` elsewhere) and
+        the chunk length of ``"chunked"`` (``None``: :func:`default_chunk_size`).
+    epochs, steps
         Length of every run (``steps`` wins when given).
     batch_size, lr, ssm_lr, weight_decay, warmup_frac, grad_clip
         AdamW; ``ssm_lr`` for the LRU's ``nu_log, theta, gamma_log`` (no weight decay);
         linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0.
-
-    Compression
-    -----------
     tol
         Fraction of each layer's HSV sum that one cut may drop (``compress_(tol=)``).
-    cuts
-        Explicit steps at which (2) cuts; if ``None``, ``n_cuts`` steps spread evenly over
-        the first ``cut_window`` fraction of the run (the CompreSSM schedule).
+    cuts, n_cuts, cut_window
+        Explicit steps at which (2) cuts; if ``cuts`` is ``None``, ``n_cuts`` steps spread
+        evenly over the first ``cut_window`` fraction of the run (the CompreSSM schedule).
     min_shrink
         A layer is cut only if it shrinks by at least this fraction.
     rewarm_steps
         After a cut, the learning rate of the replaced (LRU) parameters ramps up again over
         this many steps (their Adam moments restart; see :func:`_lr_lambdas`).
-
-    Run
-    ---
-    seed, device ("auto": CUDA when available), threads (CPU threads, ``None`` = torch's
-    default), out (output directory), progress (tqdm bars), runs (which of
-    ``baseline, compressed, scratch``), n_train/n_test (use only the first examples).
+    seed, device, threads
+        Random seed; ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda[:N]"``; CPU threads
+        (``None``: torch's default; the previous value is restored afterwards).
+    progress, runs, n_train, n_test
+        tqdm bars; which of ``baseline, compressed, scratch`` to run; use only the first
+        ``n_train``/``n_test`` examples.
     """
 
     dataset: str = "mnist1d"
@@ -110,7 +115,7 @@ class ExperimentConfig:
     r_min: float = 0.0
     r_max: float = 0.99
     max_phase: float = 2 * math.pi
-    mode: str = "chunked"
+    mode: str | None = None
     chunk_size: int | None = None
     epochs: int = 40
     steps: int | None = None
@@ -210,24 +215,30 @@ class LRUClassifier(nn.Module):
         return self.decoder(self.norm(h).mean(dim=-2))
 
 
-def build_model(config: ExperimentConfig, data: SequenceDataset, d_state=None) -> LRUClassifier:
-    """The classifier of ``config`` for ``data`` (``d_state`` overrides the configured size)."""
+def build_model(config: ExperimentConfig, data: SequenceDataset, d_state=None, *,
+                device: torch.device | str = "cpu") -> LRUClassifier:
+    """The classifier of ``config`` for ``data`` (``d_state`` overrides the configured size).
+
+    ``device`` only picks the LRU's default ``mode``; the model is built on the CPU.
+    """
+    mode = config.mode or ("chunked" if torch.device(device).type == "cpu" else "auto")
     return LRUClassifier(data.in_features, data.n_classes, d_model=config.d_model,
                          d_state=config.d_state if d_state is None else d_state,
                          n_layers=config.n_layers if d_state is None or isinstance(d_state, int) else None,
                          dropout=config.dropout, r_min=config.r_min, r_max=config.r_max,
-                         max_phase=config.max_phase, mode=config.mode,
+                         max_phase=config.max_phase, mode=mode,
                          chunk_size=config.chunk_size or default_chunk_size(data.seq_len))
 
 
 def default_chunk_size(length: int) -> int:
     """Chunk length of the LRU's ``"chunked"`` scan for sequences of ``length`` steps.
 
-    A divisor of ``length`` (no ragged tail, which runs step by step) near ``sqrt(2 L)``,
-    between 4 and 32. Measured on a 2-core CPU for L = 40 (batch 64, d_model 64, forward +
-    backward of one layer): chunk 10 takes 2.9 / 5.0 / 11 / 29 ms at 8 / 32 / 64 / 256 modes,
-    against 3.8 / 5.6 / 14 / 47 ms for the associative scan and 3.4 / 7.3 / 10 / 35 ms for
-    the default chunk of 32; for long sequences this gives about the layer's default (32).
+    A divisor of ``length`` (a ragged tail runs step by step) near ``sqrt(2 L)``, between
+    4 and 32; long sequences get about the layer's own default (32). Measured on the 2-core
+    CPU this was tuned on, L = 40 (MNIST-1D), batch 64, d_model 64, forward + backward of one
+    layer at 8 / 32 / 64 / 256 modes: chunk 8: 4.3 / 5.1 / 12.8 / 26.4 ms; chunk 10:
+    2.9 / 5.0 / 11.3 / 29.1 ms; chunk 32 (the layer's default): 3.4 / 7.3 / 10.3 / 35.0 ms;
+    the associative scan (``mode="auto"`` at this length): 3.8 / 5.6 / 13.6 / 47.0 ms.
     """
     target = math.sqrt(2 * length)
     divisors = [d for d in range(4, 33) if length % d == 0]
@@ -239,11 +250,12 @@ def default_chunk_size(length: int) -> int:
 def _param_groups(model: nn.Module, config: ExperimentConfig) -> list[dict]:
     """AdamW groups: weight decay on matrices only; the LRU's parameters in groups of their own.
 
-    The LRU groups (``"lru"``, ``"lru_no_decay"``, ``"lru_recurrent"``) are the parameters a cut
+    The ``"lru*"`` groups hold the parameters of the compressible layers, which a cut
     replaces; their learning rate is warmed up again after every cut (see :func:`_lr_lambdas`).
+    ``nu_log, theta, gamma_log`` (the LRU's recurrence) get ``ssm_lr`` and no weight decay.
     """
     groups = {"decay": [], "no_decay": [], "lru": [], "lru_no_decay": [], "lru_recurrent": []}
-    lru_params = {id(p) for module in model.modules() if isinstance(module, LRU) for p in module.parameters()}
+    lru_params = {id(p) for _, layer in compressible_layers(model) for p in layer.parameters()}
     for name, p in model.named_parameters():
         prefix = "lru" if id(p) in lru_params else ""
         if name.rsplit(".", 1)[-1] in _RECURRENT and prefix:
@@ -271,19 +283,19 @@ def _lr_lambdas(groups: list[dict], steps: int, config: ExperimentConfig, cuts) 
     cuts = sorted(cuts)
     rewarm = max(0, int(config.rewarm_steps))
 
-    def schedule(step: int) -> float:
+    def warmup_cosine(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
 
     def after_cut(step: int) -> float:
-        factor = schedule(step)
+        factor = warmup_cosine(step)
         last = max((c for c in cuts if c <= step), default=None)
         if last is not None and rewarm:
             factor *= min(1.0, (step - last + 1) / rewarm)
         return factor
 
-    return [after_cut if g["name"].startswith("lru") else schedule for g in groups]
+    return [after_cut if g["name"].startswith("lru") else warmup_cosine for g in groups]
 
 
 # --------------------------------------------------------------------------------------------------- setup
@@ -294,7 +306,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto.") from exc
+        raise ConfigError(f"unknown device {name!r}; use --device cpu, cuda, cuda:N or auto.") from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device {name!r} is not available (this PyTorch {torch.__version__} sees no CUDA GPU); "
@@ -306,23 +318,23 @@ def resolve_device(name: str) -> torch.device:
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise ConfigError(f"device {name!r} is not available; use --device cpu.")
     elif device.type != "cpu":
-        raise ConfigError(f"device {name!r} is not supported here; use cpu, cuda or auto.")
+        raise ConfigError(f"device {name!r} is not supported here; use --device cpu, cuda or auto.")
     return device
 
 
 def total_steps(config: ExperimentConfig, n_train: int) -> int:
-    """Optimizer steps of every run: ``steps``, or ``epochs`` over ``n_train`` examples."""
+    """Optimizer steps of every run: ``steps``, or ``epochs`` passes of full batches over ``n_train`` examples."""
     if config.steps is not None:
         return int(config.steps)
-    return int(config.epochs) * max(1, math.ceil(n_train / config.batch_size))
+    return int(config.epochs) * max(1, n_train // min(config.batch_size, n_train))  # full batches only
 
 
 def cut_steps(config: ExperimentConfig, steps: int) -> list[int]:
-    """Steps (0-based, before that step's update) at which the compressed run cuts.
+    """Steps at which the compressed run cuts (after that many optimizer updates).
 
-    The CompreSSM schedule: ``n_cuts`` steps spread evenly over the first
-    ``cut_window * steps`` steps (the last one at the window's end), unless ``cuts``
-    lists them explicitly.
+    The CompreSSM schedule of :class:`adapters.torch.CompressionSchedule`: ``n_cuts``
+    cuts spread evenly over the first ``cut_window * steps`` steps (the last one at the
+    window's end), unless ``cuts`` lists them explicitly.
     """
     if config.cuts is not None:
         cuts = sorted({int(c) for c in config.cuts})
@@ -331,9 +343,10 @@ def cut_steps(config: ExperimentConfig, steps: int) -> list[int]:
             raise ConfigError(f"cut steps must lie in 1..{steps - 1} (the run has {steps} steps), got {bad}; "
                               "choose earlier cuts or more steps.")
         return cuts
-    window = max(1, int(round(config.cut_window * steps)))
-    cuts = sorted({max(1, int(round(window * (i + 1) / config.n_cuts))) for i in range(config.n_cuts)})
-    return [c for c in cuts if c < steps]
+    if config.n_cuts == 0:
+        return []
+    schedule = CompressionSchedule(steps, window=config.cut_window, num_cuts=config.n_cuts, tol=config.tol)
+    return [c for c in schedule.steps if c < steps]
 
 
 def _check_config(config: ExperimentConfig) -> None:
@@ -354,6 +367,8 @@ def _check_config(config: ExperimentConfig) -> None:
         raise ConfigError(f"runs must be a non-empty subset of {', '.join(RUNS)}, got {list(config.runs)}.")
     if "scratch" in config.runs and "compressed" not in config.runs:
         raise ConfigError("the scratch run is built at the sizes the compressed run reaches; include 'compressed'.")
+    if config.mode is not None and config.mode not in MODES:
+        raise ConfigError(f"mode must be one of {MODES} or None, got {config.mode!r}.")
     if config.threads is not None and config.threads < 1:
         raise ConfigError(f"threads must be a positive integer, got {config.threads!r}.")
 
@@ -398,8 +413,8 @@ def train_run(model: LRUClassifier, data: SequenceDataset, config: ExperimentCon
         Optimizer, batch size, seed (for the batch order), ``tol`` and ``min_shrink``.
     steps : int
     cuts : list of int
-        Steps at which ``compress_(model, tol=config.tol, optimizer=...)`` runs, before that
-        step's update.
+        After this many optimizer updates, a :class:`adapters.torch.CompressionSchedule`
+        calls ``compress_(model, tol=config.tol, optimizer=..., min_shrink=config.min_shrink)``.
     label : str
         Progress-bar label.
 
@@ -419,7 +434,7 @@ def train_run(model: LRUClassifier, data: SequenceDataset, config: ExperimentCon
     n = len(data.y_train)
     bs = min(config.batch_size, n)
     per_epoch = n // bs  # drop the last partial batch: every step has the same cost
-    cut_set = set(cuts)
+    schedule = CompressionSchedule(steps, steps=cuts, tol=config.tol, min_shrink=config.min_shrink) if cuts else None
     losses: list[float] = []
     cut_records, phases = [], []
     state_history = [[0, model.state_dims]]
@@ -439,12 +454,12 @@ def train_run(model: LRUClassifier, data: SequenceDataset, config: ExperimentCon
     phase_step = 0
     perm = None
     for step in range(steps):
-        if step in cut_set:
+        if schedule is not None and schedule.should_cut(step):  # ``step`` updates are done
             _sync(device)
             now = time.perf_counter()
             phases.append({"start_step": phase_step, "end_step": step, "state_dims": model.state_dims,
                            "time_s": now - phase_start})
-            report = compress_(model, tol=config.tol, optimizer=optimizer, min_shrink=config.min_shrink)
+            report = schedule.step(step, model, optimizer)
             _sync(device)
             took = time.perf_counter() - now
             compress_time += took
@@ -534,7 +549,8 @@ def _run_comparison(config: ExperimentConfig, data: SequenceDataset | None, devi
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create the output directory '{out}' ({exc.strerror}); choose another --out.") from exc
+        raise ConfigError(f"cannot create the output directory '{out}' ({exc.strerror}); "
+                          "choose another --out.") from exc
 
     if data is None:
         data = load_dataset(config.dataset, config.data_dir)
@@ -559,7 +575,7 @@ def _run_comparison(config: ExperimentConfig, data: SequenceDataset | None, devi
 
     def one_run(name: str, d_state, run_cuts):
         _seed_everything(config.seed)
-        model = build_model(config, data, d_state).to(device)
+        model = build_model(config, data, d_state, device=device).to(device)
         record = train_run(model, data, config, steps=steps, cuts=run_cuts, label=RUN_TITLES[name], device=device)
         acc, loss = evaluate(model, data.x_test, data.y_test)
         record.update({"test_accuracy": acc, "test_loss": loss, "state_dims": model.state_dims,
@@ -752,14 +768,3 @@ def save_plots(results: dict, out: Path) -> dict:
     ax.legend(fontsize=8)
     save(fig, "accuracy_vs_state.png")
     return files
-
-
-def config_from_dict(values: dict) -> ExperimentConfig:
-    """An :class:`ExperimentConfig` from a dict (e.g. ``results["config"]``), ignoring unknown keys."""
-    names = {f.name for f in fields(ExperimentConfig)}
-    kept = {k: v for k, v in values.items() if k in names}
-    for key in ("cuts", "runs"):
-        if kept.get(key) is not None:
-            kept[key] = tuple(kept[key])
-    return replace(ExperimentConfig(), **kept)
-
