@@ -35,45 +35,149 @@ class ModalConditioningWarning(UserWarning):
     """The eigenvector matrix of a modal conversion is ill-conditioned."""
 
 
-def _modal_single(A, B, C, D, cond_warn):
+def _real_eig(A):
+    """Eigenvalues and real eigenvector matrix of a real square ``A`` (LAPACK ``dgeev``).
+
+    Parameters
+    ----------
+    A : float64 ndarray, shape (r, r)
+
+    Returns
+    -------
+    mu : complex128 ndarray, shape (r,)
+        Eigenvalues; a conjugate pair is stored consecutively, positive imaginary part
+        first, and a real eigenvalue has an exactly zero imaginary part.
+    V : float64 ndarray, shape (r, r)
+        LAPACK's real eigenvector storage: for a pair ``mu_j, mu_{j+1} = conj(mu_j)``,
+        ``x_j = V[:, j] + i V[:, j+1]`` and ``x_{j+1} = conj(x_j)``; a real eigenvalue's
+        eigenvector is ``V[:, j]``. Each ``x_j`` has unit Euclidean norm.
+
+    Notes
+    -----
+    The same decomposition as ``numpy.linalg.eig`` (which calls ``dgeev`` and expands
+    ``V`` to the complex ``X``), kept real so that the inverse and the products with
+    ``B`` and ``C`` cost a quarter of their complex counterparts.
+    """
+    from scipy.linalg import lapack
+
+    r = int(A.shape[0])
+    lwork, info = lapack.dgeev_lwork(r, compute_vl=0, compute_vr=1)
+    if info != 0:  # pragma: no cover - a workspace query does not fail
+        lwork = 4 * r
+    wr, wi, _, V, info = lapack.dgeev(A, compute_vl=0, compute_vr=1, lwork=max(int(lwork), 4 * r, 1),
+                                      overwrite_a=0)
+    if info > 0:  # QR iteration did not converge: numpy's eig raises LinAlgError here as well
+        raise np.linalg.LinAlgError(f"eigenvalue computation did not converge (dgeev info = {info})")
+    return wr + 1j * wi, V
+
+
+def _modal_real(A, B, C, D, cond_warn):
+    """Modal form of a real system in real arithmetic; see :func:`modal_form`.
+
+    With ``A = X diag(mu) X^{-1}`` and LAPACK's real eigenvector matrix ``V`` (``X = V S``
+    with ``S = [[1, 1], [i, -i]]`` on each conjugate pair's two columns, identity
+    elsewhere), ``X^{-1} = S^{-1} V^{-1}`` and ``S^{-1} = [[1, -i], [1, i]] / 2``: the
+    pair's modal input row is ``(Z_j - i Z_{j+1}) / 2`` for ``Z = V^{-1} B`` and its output
+    column ``(C V)_j + i (C V)_{j+1}``, doubled since the pair collapses into one mode.
+    Only the real ``r x r`` LU/inverse and real products are formed; the 1-norm
+    condition number of the complex ``X`` is recovered exactly from ``V`` and ``V^{-1}``.
+    """
+    from scipy.linalg import lapack
+
+    mu, V = _real_eig(A)
+    _check_radius(mu)
+    lu, piv, info = lapack.dgetrf(V)
+    if info == 0:
+        lwork = max(int(lapack.dgetri_lwork(V.shape[0])[0]), 1)
+        V_inv, info = lapack.dgetri(lu, piv, lwork=lwork)
+    pair = mu.imag > 0  # first column of each pair: x_j = V[:, j] + i V[:, j+1]
+    second = np.zeros_like(pair)
+    second[1:] = pair[:-1]
+    real = ~(pair | second)
+    if info != 0:
+        cond = np.inf
+    else:
+        # ||X||_1 = max_j sum_i |x_ij| (both columns of a pair have the moduli of x_j);
+        # ||X^{-1}||_1 = max_k sum_i |(X^{-1})_ik|: a pair's rows (V_inv_j -/+ i V_inv_{j+1}) / 2
+        # add up to |V_inv_jk + i V_inv_{j+1,k}|.
+        jp = np.flatnonzero(pair)
+        col = np.abs(V).sum(axis=0)
+        col[jp] = col[jp + 1] = np.hypot(V[:, jp], V[:, jp + 1]).sum(axis=0)
+        rows = np.abs(V_inv)
+        rows[jp] = np.hypot(V_inv[jp], V_inv[jp + 1])
+        rows[jp + 1] = 0.0
+        cond = float(col.max() * rows.sum(axis=0).max())
+    _check_defective(cond)
+    Z = V_inv @ B
+    CV = C @ V
+    keep = pair | real
+    nxt = np.flatnonzero(keep) + 1  # the pair's second column (ignored for real eigenvalues)
+    nxt = np.minimum(nxt, V.shape[0] - 1)
+    is_pair = pair[keep]
+    Bm = Z[keep].astype(np.complex128)
+    Bm[is_pair] = 0.5 * (Z[keep][is_pair] - 1j * Z[nxt[is_pair]])
+    Cm = CV[:, keep].astype(np.complex128)
+    Cm[:, is_pair] = 2.0 * (CV[:, keep][:, is_pair] + 1j * CV[:, nxt[is_pair]])
+    mu = _clamp(mu[keep])
+    _warn_conditioning(cond, cond_warn)
+    return mu, Bm, Cm, D, cond, True
+
+
+def _modal_complex(A, B, C, D, cond_warn):
+    """Modal form of a complex system (``r`` modes); see :func:`modal_form`."""
     mu, X = np.linalg.eig(A)
-    radius = np.abs(mu)
-    if radius.size and radius.max() >= 1.0 + np.sqrt(np.finfo(np.float64).eps):
-        raise UnstableSystemError(f"the state matrix is unstable: spectral radius {radius.max():.17g} > 1; a stable "
-                                  "system is needed for a modal form a layer can store.")
+    _check_radius(mu)
     try:
         X_inv = np.linalg.inv(X)
     except np.linalg.LinAlgError:
         X_inv = np.full_like(X, np.inf)
     # 1-norm condition number from the inverse we need anyway (an SVD would cost as much as eig).
     cond = float(np.linalg.norm(X, 1) * np.linalg.norm(X_inv, 1))
+    _check_defective(cond)
+    Bm = X_inv @ B
+    Cm = C @ X
+    mu = _clamp(mu)
+    _warn_conditioning(cond, cond_warn)
+    return mu, Bm, Cm, D, cond, False
+
+
+def _check_radius(mu):
+    radius = np.abs(mu)
+    if radius.size and radius.max() >= 1.0 + np.sqrt(np.finfo(np.float64).eps):
+        raise UnstableSystemError(f"the state matrix is unstable: spectral radius {radius.max():.17g} > 1; a stable "
+                                  "system is needed for a modal form a layer can store.")
+
+
+def _check_defective(cond):
     if not np.isfinite(cond) or cond > 1.0 / np.finfo(np.float64).eps:
         raise LTIInputError(
             f"the reduced state matrix is (numerically) defective: eigenvector condition number {cond:.3e}; "
             "it has no modal form. Use a smaller rank, or keep the dense realization.")
-    Bm = X_inv @ B
-    Cm = C @ X
-    real_system = not (np.iscomplexobj(A) or np.iscomplexobj(B) or np.iscomplexobj(C))
-    if real_system:
-        # LAPACK's real geev returns exact conjugate pairs (positive imaginary part first)
-        # and exactly zero imaginary parts for real eigenvalues.
-        keep = mu.imag >= 0
-        scale = np.where(mu.imag > 0, 2.0, 1.0)
-        mu, Bm, Cm = mu[keep], Bm[keep, :], Cm[:, keep] * scale[keep]
-        reals = mu.imag == 0
-        Bm[reals] = Bm[reals].real
-        Cm[:, reals] = Cm[:, reals].real
+
+
+def _clamp(mu):
+    """Pull eigenvalues with ``|mu| >= 1 - 1e-9`` (round-off on a marginal pole) back to that radius."""
     radius = np.abs(mu)
     clamped = radius >= _MAX_RADIUS
     if np.any(clamped):
         warnings.warn(f"{int(clamped.sum())} eigenvalue(s) with |lam| = {radius.max():.17g} >= 1 - 1e-9 (round-off "
-                      "on a marginal pole) were pulled back to |lam| = 1 - 1e-9.", RuntimeWarning, stacklevel=3)
+                      "on a marginal pole) were pulled back to |lam| = 1 - 1e-9.", RuntimeWarning, stacklevel=4)
         mu = np.where(clamped, mu / np.where(clamped, radius, 1.0) * _MAX_RADIUS, mu)
+    return mu
+
+
+def _warn_conditioning(cond, cond_warn):
     if cond > cond_warn:
         warnings.warn(f"modal form: eigenvector condition number {cond:.3e} > {cond_warn:.1e}; the diagonal "
                       "realization may be inaccurate (frequency response error up to ~cond * eps).",
-                      ModalConditioningWarning, stacklevel=3)
-    return mu, Bm, Cm, D, cond, real_system
+                      ModalConditioningWarning, stacklevel=4)
+
+
+def _modal_single(A, B, C, D, cond_warn):
+    if np.iscomplexobj(A) or np.iscomplexobj(B) or np.iscomplexobj(C):
+        return _modal_complex(A, B, C, D, cond_warn)
+    return _modal_real(np.asarray(A, dtype=np.float64), np.asarray(B, dtype=np.float64),
+                       np.asarray(C, dtype=np.float64), D, cond_warn)
 
 
 def modal_form(A, B, C, D=None, *, cond_warn: float = 1e8):
