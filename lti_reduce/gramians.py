@@ -66,6 +66,14 @@ def _compress(xp, Z):
     return be.mH(R)
 
 
+def _tpqrt_block(n: int) -> int:
+    """Block size for ``xTPQRT`` on ``n x n`` blocks: 16 below n = 384, else 32.
+
+    Measured (OpenBLAS, 1 thread) against 64: 40% faster at n = 64..128, 20% at 256-512.
+    """
+    return min(n, 16 if n < 384 else 32)
+
+
 def _compress_triangular(Z, AZ):
     """``_compress([Z, AZ])`` for a lower-triangular ``Z`` (numpy, one system).
 
@@ -78,7 +86,7 @@ def _compress_triangular(Z, AZ):
     dtype = np.complex128 if tpqrt is lapack.ztpqrt else np.float64
     R = np.asfortranarray(be.mH(Z), dtype=dtype)
     X = np.asfortranarray(be.mH(AZ), dtype=dtype)
-    R, _, _, info = tpqrt(0, min(64, R.shape[0]), R, X, overwrite_a=True, overwrite_b=True)
+    R, _, _, info = tpqrt(0, _tpqrt_block(R.shape[0]), R, X, overwrite_a=True, overwrite_b=True)
     if info != 0:  # pragma: no cover - LAPACK argument error
         raise RuntimeError(f"LAPACK xTPQRT failed with info = {info}")
     return be.mH(np.triu(R))
@@ -124,7 +132,13 @@ def _factor_pair_numpy(sysw: _Dense):
     factor), and ``[R; X]`` is compressed by ``xTPQRT`` without any copy or transpose
     in between. The block that meets the stopping test (``||X||_F <= eps ||R||_F``)
     is left out: it changes the Gramian by at most ``eps^2 ||P||``. At ``n = 64`` this
-    halves the time of the generic path, which spends it in array-API bookkeeping.
+    takes 30% less time than the generic path, which spends it in array-API bookkeeping.
+
+    When a symmetric permutation makes ``A`` block diagonal with small blocks (as in
+    modal-form models, e.g. the SLICOT CD player and ISS models: 2 x 2 blocks), the
+    iteration runs in the permuted coordinates, where ``A_k = A^(2^k)`` stays block
+    diagonal: squaring it and applying it cost ``O(sum b_i^3)`` and ``O(n k b)``
+    instead of ``2 n^3`` each, and only the QR compressions remain ``O(n^3)``.
     """
     from scipy.linalg import lapack
 
@@ -134,24 +148,28 @@ def _factor_pair_numpy(sysw: _Dense):
     dtype = np.complex128 if cplx else np.float64
     tpqrt = lapack.ztpqrt if cplx else lapack.dtpqrt
     A = np.asarray(A, dtype=dtype)
+    B, C = np.asarray(sysw.B, dtype=dtype), np.asarray(sysw.C, dtype=dtype)
+    Ak = _BlockDiagonal.detect(A)
+    if Ak is not None:
+        B, C = B[Ak.perm], C[:, Ak.perm]
+    else:
+        Ak = _Dense2D(A)
     # R^H R = Z Z^H: controllability starts from Z = B (R = B^H), observability from Z = C^H (R = C).
-    state = {"c": [np.conj(np.asarray(sysw.B, dtype=dtype).T), False, False],
-             "o": [np.array(sysw.C, dtype=dtype), False, False]}  # [R, triangular, done]
-    Ak = A
+    state = {"c": [np.conj(B.T), False, False], "o": [np.array(C), False, False]}  # [R, triangular, done]
     with np.errstate(over="ignore", invalid="ignore"):
         for _ in range(_MAX_DOUBLINGS):
             for key, st in state.items():
                 R, tri, done = st
                 if done:
                     continue
-                X = R @ (np.conj(Ak.T) if key == "c" else Ak)
+                X = Ak.rmul(R, adjoint=(key == "c"))
                 normX = np.linalg.norm(X)
                 if not np.isfinite(normX):  # rho(A) >= 1: A_k overflows next
                     continue
                 if normX <= eps * np.linalg.norm(R):
                     st[2] = True
                 elif tri:
-                    R, _, _, info = tpqrt(0, min(64, n), np.asfortranarray(R), np.asfortranarray(X),
+                    R, _, _, info = tpqrt(0, _tpqrt_block(n), np.asfortranarray(R), np.asfortranarray(X),
                                           overwrite_a=True, overwrite_b=True)
                     if info != 0:  # pragma: no cover - LAPACK argument error
                         raise RuntimeError(f"LAPACK xTPQRT failed with info = {info}")
@@ -162,12 +180,96 @@ def _factor_pair_numpy(sysw: _Dense):
                         st[0], st[1] = np.linalg.qr(R, mode="r"), True
                     else:
                         st[0] = R
-            if state["c"][2] and state["o"][2] and np.linalg.norm(Ak) < 1.0:
-                return np.conj(state["c"][0].T), np.conj(state["o"][0].T)
-            Ak = Ak @ Ak
-            if not np.all(np.isfinite(Ak)):
+            # ||A^(2^k)||_F < 1 certifies rho(A) < 1 (see _factor_pair).
+            if state["c"][2] and state["o"][2] and Ak.norm() < 1.0:
+                Lc, Lo = np.conj(state["c"][0].T), np.conj(state["o"][0].T)
+                return Ak.unpermute(Lc), Ak.unpermute(Lo)
+            Ak = Ak.square()
+            if not Ak.finite():
                 break
     raise_unstable(sysw.xp, sysw.A, "The doubling iteration for the Gramians did not converge. ")
+
+
+class _Dense2D:
+    """A dense ``(n, n)`` numpy matrix ``M`` with the operations the doubling loop needs."""
+
+    def __init__(self, M):
+        self.M = M
+
+    def rmul(self, R, adjoint: bool):
+        """``R M^H`` (``adjoint``) or ``R M``."""
+        return R @ (np.conj(self.M.T) if adjoint else self.M)
+
+    def square(self):
+        return _Dense2D(self.M @ self.M)
+
+    def norm(self) -> float:
+        return float(np.linalg.norm(self.M))
+
+    def finite(self) -> bool:
+        return bool(np.all(np.isfinite(self.M)))
+
+    def unpermute(self, L):
+        return L
+
+
+class _BlockDiagonal(_Dense2D):
+    """``P^T M P = blockdiag(M_1, ..., M_q)`` for a permutation ``P``, blocks grouped by size.
+
+    ``perm`` orders the states so that the blocks are contiguous, ascending in size;
+    ``groups`` holds ``(start, stop, blocks)`` with ``blocks`` of shape ``(count, b, b)``.
+    """
+
+    def __init__(self, perm, groups):
+        self.perm, self.groups = perm, groups
+
+    @staticmethod
+    def detect(A, max_cost: float = 1 / 8):
+        """The block-diagonal form of ``A`` if its blocks cost at most ``max_cost * n^3``; else None."""
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        n = A.shape[0]
+        pattern = A != 0
+        if n < 8 or np.count_nonzero(pattern) > n * n // 4:
+            return None
+        count, labels = connected_components(csr_matrix(pattern | pattern.T), directed=False)
+        sizes = np.bincount(labels)
+        if count == 1 or float(np.sum(sizes.astype(float) ** 3)) > max_cost * float(n) ** 3:
+            return None
+        # states ordered by (block size, block label): equal-size blocks are contiguous
+        perm = np.lexsort((np.arange(n), labels, sizes[labels]))
+        groups, start = [], 0
+        for b in np.unique(sizes):
+            stop = start + int(np.sum(sizes == b)) * int(b)
+            idx = perm[start:stop].reshape(-1, b)
+            groups.append((start, stop, A[idx[:, :, None], idx[:, None, :]]))
+            start = stop
+        return _BlockDiagonal(perm, groups)
+
+    def rmul(self, R, adjoint: bool):
+        out = np.empty_like(R, dtype=np.result_type(R, self.groups[0][2]))
+        k = R.shape[0]
+        for start, stop, blocks in self.groups:
+            q, b, _ = blocks.shape
+            Rg = R[:, start:stop].reshape(k, q, b).transpose(1, 0, 2)  # (q, k, b)
+            M = np.conj(blocks.transpose(0, 2, 1)) if adjoint else blocks
+            out[:, start:stop] = (Rg @ M).transpose(1, 0, 2).reshape(k, stop - start)
+        return out
+
+    def square(self):
+        return _BlockDiagonal(self.perm, [(a, z, blocks @ blocks) for a, z, blocks in self.groups])
+
+    def norm(self) -> float:
+        return float(np.sqrt(sum(np.sum(np.abs(blocks) ** 2) for _, _, blocks in self.groups)))
+
+    def finite(self) -> bool:
+        return all(bool(np.all(np.isfinite(blocks))) for _, _, blocks in self.groups)
+
+    def unpermute(self, L):
+        out = np.empty_like(L)
+        out[self.perm] = L
+        return out
 
 
 def _double(xp, Ak, Z, n, eps, triangular):

@@ -10,10 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 import lti_reduce as lr
 import reference as ref
-from strategies import batched_systems, build_system, random_state_transformation, seeds, stable_systems
+from strategies import (batched_systems, build_system, random_state_transformation, seeds, spectral_radii,
+                        stable_systems)
 
 
 def rel_err(X, Y) -> float:
@@ -280,3 +282,68 @@ def test_near_unit_spectral_radius_gramians_still_satisfy_the_equations(sys):
     P, Q = lr.gramians(sys.A, sys.B, sys.C)
     rp, rq = stein_residuals(sys.A, sys.B, sys.C, P, Q)
     assert rp < 1e-11 and rq < 1e-11, (rp, rq)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Permuted block-diagonal A (modal-form models): the doubling runs on the blocks
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def permuted_block_diagonal_system(seed: int, n_blocks: int, complex_: bool, rho: float, m: int = 2, p: int = 3):
+    """``A = Pi^T blockdiag(A_1, ..., A_q) Pi`` with blocks of order 1..3 and a random permutation ``Pi``."""
+    import scipy.linalg
+
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for size in rng.integers(1, 4, n_blocks):
+        M = rng.standard_normal((size, size)) + (1j * rng.standard_normal((size, size)) if complex_ else 0)
+        blocks.append(M * (rng.uniform(0.1, 1.0) * rho / ref.spectral_radius(M)))
+    blocks[0] = blocks[0] * (rho / ref.spectral_radius(blocks[0]))
+    A = scipy.linalg.block_diag(*blocks)
+    perm = rng.permutation(A.shape[0])
+    A = A[np.ix_(perm, perm)]
+    n = A.shape[0]
+    B, C = rng.standard_normal((n, m)), rng.standard_normal((p, n))
+    return A, B, C
+
+
+def _block_path_taken(A) -> bool:
+    import importlib
+
+    return importlib.import_module("lti_reduce.gramians")._BlockDiagonal.detect(np.asarray(A)) is not None
+
+
+@given(seeds, st.integers(8, 24), st.booleans(), spectral_radii())
+def test_block_diagonal_path_solves_the_stein_equations_and_matches_scipy(seed, n_blocks, complex_, rho):
+    A, B, C = permuted_block_diagonal_system(seed, n_blocks, complex_, rho)
+    assert _block_path_taken(A)  # 8+ blocks of order <= 3 always qualify
+    P, Q = lr.gramians(A, B, C)
+    rp, rq = stein_residuals(A, B, C, P, Q)
+    assert rp < 1e-12 and rq < 1e-12, (rp, rq)
+    P_ref, Q_ref = ref.gramians_scipy(A, B, C)
+    assert rel_err(P, P_ref) < 1e-9 and rel_err(Q, Q_ref) < 1e-9
+    # the batched call takes the generic dense path: the two paths agree
+    Pb, Qb = lr.gramians(A[None], B[None], C[None])
+    assert rel_err(P, Pb[0]) < 1e-12 and rel_err(Q, Qb[0]) < 1e-12
+
+
+@given(seeds, st.integers(8, 24), spectral_radii())
+def test_block_diagonal_path_hankel_singular_values_match_slicot_ab09ad(slycot, seed, n_blocks, rho):
+    A, B, C = permuted_block_diagonal_system(seed, n_blocks, False, rho)
+    hsv = lr.hankel_singular_values(A, B, C)
+    hsv_ref = ref.hsv_ab09ad(A, B, C)
+    np.testing.assert_allclose(hsv, hsv_ref, rtol=0, atol=1e-9 * hsv_ref[0])
+
+
+def test_block_diagonal_path_is_taken_for_the_modal_form_and_rejects_an_untouched_unstable_block():
+    A, B, C = permuted_block_diagonal_system(3, 20, False, 0.95)
+    assert _block_path_taken(A)
+    # an unstable 1x1 block that neither B nor C touches: the factors converge without it
+    n = A.shape[0]
+    A2 = np.zeros((n + 1, n + 1))
+    A2[:n, :n] = A
+    A2[n, n] = 1.5
+    B2, C2 = np.vstack([B, np.zeros((1, B.shape[1]))]), np.hstack([C, np.zeros((C.shape[0], 1))])
+    assert _block_path_taken(A2)
+    with pytest.raises(lr.UnstableSystemError, match="spectral radius 1.5"):
+        lr.gramian_factors(A2, B2, C2)
