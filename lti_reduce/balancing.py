@@ -211,12 +211,19 @@ class BalancedTruncationResult:
             discarded = xp.sum(xp.take(s, idx, axis=-1), axis=-1)
         self.error_bound = xp.astype(2.0 * discarded, be.real_dtype(xp, dt))
         self._reduced = None
+        self._reduced_w = None
+
+    def _working_model(self):
+        """The reduced ``(A_r, B_r, C_r, D_r)`` in working precision (float64/complex128), cached."""
+        if self._reduced_w is None:
+            keep = self.rank if self.states is None else self.states
+            self._reduced_w = _reduce(self._dec, keep, self.method)
+        return self._reduced_w
 
     def _model(self):
         if self._reduced is None:
             xp, dt = self._sysw.xp, self._sysw.out_dtype
-            keep = self.rank if self.states is None else self.states
-            self._reduced = tuple(xp.astype(M, dt) for M in _reduce(self._dec, keep, self.method))
+            self._reduced = tuple(xp.astype(M, dt, copy=False) for M in self._working_model())
         return self._reduced
 
     A = property(lambda self: self._model()[0], doc="Reduced state matrix, shape (..., r, r).")
@@ -279,10 +286,16 @@ class BalancedTruncationResult:
         conjugate pairs collapse into single complex modes of a ``real_output=True``
         system. Warns when the eigenvector matrix is ill-conditioned. For a batch,
         every system must give the same number of modes (else index the batch first).
-        """
-        from .modal import modal_form
 
-        return modal_form(self.A, self.B, self.C, self.D, cond_warn=cond_warn)[0]
+        The conversion starts from the reduced model in working precision (float64 /
+        complex128, before the cast to the input's precision), so single-precision
+        inputs lose nothing to an intermediate rounding of ``A_r``; the result is
+        returned in the input's precision, backend and device.
+        """
+        from . import modal  # looked up at call time: modal.modal_form is the single entry point
+
+        system = modal.modal_form(*self._working_model(), cond_warn=cond_warn)[0]
+        return modal._as_precision(system, self._sysw.out_dtype)
 
     def __getitem__(self, index) -> "BalancedTruncationResult":
         if not self._sysw.batch_shape:

@@ -244,3 +244,21 @@ def modal_form(A, B, C, D=None, *, cond_warn: float = 1e8):
     conv = lambda x, dt: xp.astype(be.from_numpy_like(x, like), dt)  # noqa: E731
     system = DiagonalSystem(conv(lam, cdt), conv(Bm, cdt), conv(Cm, cdt), conv(Dm, sysw.out_dtype), real_output=real_output)
     return system, (float(cond) if cond.ndim == 0 else cond)
+
+
+def _as_precision(system: DiagonalSystem, out_dtype) -> DiagonalSystem:
+    """``system`` with ``lam, B, C`` cast to the complex counterpart of ``out_dtype`` and ``D`` to ``out_dtype``.
+
+    Parameters
+    ----------
+    system : DiagonalSystem
+        A modal form computed in working precision (complex128 / float64).
+    out_dtype : dtype of ``system``'s backend
+        A real or complex floating dtype (float32 for a single-precision real-output layer).
+    """
+    xp = be.namespace(system.lam)
+    cdt = {xp.float32: xp.complex64, xp.float64: xp.complex128}.get(out_dtype, out_dtype)
+    if system.lam.dtype == cdt and system.D.dtype == out_dtype:
+        return system
+    return DiagonalSystem(xp.astype(system.lam, cdt), xp.astype(system.B, cdt), xp.astype(system.C, cdt),
+                          xp.astype(system.D, out_dtype), real_output=system.real_output)

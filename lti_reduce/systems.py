@@ -217,14 +217,19 @@ def _closed_form_gramian(xp, lam, B, real_output: bool):
     Bs = xp.concat([xp.real(B), xp.imag(B)], axis=-2)
     G = Bs @ Bs.mT
     Grr, Gri, Gir, Gii = G[..., :n, :n], G[..., :n, n:], G[..., n:, :n], G[..., n:, n:]
-    # complex(x, y) without a complex matmul: x + 1j * y promotes to complex128 elementwise
-    P1 = ((Grr + Gii) + 1j * (Gir - Gri)) / (1.0 - lam_c * xp.conj(lam)[..., None, :])
-    P2 = ((Grr - Gii) + 1j * (Gir + Gri)) / (1.0 - lam_c * lam[..., None, :])
-    Sr, Si = xp.real(P1 + P2), xp.imag(P2 - P1)
-    Dr = xp.real(P1 - P2)
-    top = xp.concat([Sr, Si], axis=-1)
-    bot = xp.concat([Si.mT, Dr], axis=-1)
-    return 0.5 * xp.concat([top, bot], axis=-2)
+    # P_1 = H_1 K_1, P_2 = H_2 K_2 entrywise with H_1 = B B^H, H_2 = B B^T and the kernels
+    # K_1 = 1 / (1 - lam_i conj(lam_j)), K_2 = 1 / (1 - lam_i lam_j), in real arithmetic.
+    K1 = 1.0 / (1.0 - lam_c * xp.conj(lam)[..., None, :])
+    K2 = 1.0 / (1.0 - lam_c * lam[..., None, :])
+    k1r, k1i, k2r, k2i = xp.real(K1), xp.imag(K1), xp.real(K2), xp.imag(K2)
+    h1r, h1i = Grr + Gii, Gir - Gri
+    h2r, h2i = Grr - Gii, Gir + Gri
+    p1r, p1i = h1r * k1r - h1i * k1i, h1r * k1i + h1i * k1r
+    p2r, p2i = h2r * k2r - h2i * k2i, h2r * k2i + h2i * k2r
+    Si = 0.5 * (p2i - p1i)
+    top = xp.concat([0.5 * (p1r + p2r), Si], axis=-1)
+    bot = xp.concat([Si.mT, 0.5 * (p1r - p2r)], axis=-1)
+    return xp.concat([top, bot], axis=-2)
 
 
 def _working(sys: DiagonalSystem):

@@ -167,6 +167,47 @@ def test_complex_systems_give_real_output_false_with_one_mode_per_state(sys, dat
     assert relative_response_error(modal_response(modal), G_dense) < 1e-10 * max(1.0, cond)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_real_modal_form_equals_the_complex_eigendecomposition(seed):
+    # Reference: numpy's complex eig with X^{-1} B and C X, pairs collapsed by hand; the modal form works on
+    # LAPACK's real eigenvector matrix instead. Residues C_j B_j are independent of eigenvector scaling.
+    rng = np.random.default_rng(seed)
+    r, m, p = 90, 3, 2
+    A = rng.standard_normal((r, r))
+    A *= 0.9 / np.max(np.abs(np.linalg.eigvals(A)))
+    B, C, D = rng.standard_normal((r, m)), rng.standard_normal((p, r)), rng.standard_normal((p, m))
+    modal, cond = modal_quietly(A, B, C, D)
+    mu, X = np.linalg.eig(A)
+    X_inv = np.linalg.inv(X)
+    assert cond == pytest.approx(np.linalg.norm(X, 1) * np.linalg.norm(X_inv, 1), rel=1e-8)
+    keep = mu.imag >= 0
+    assert np.any(mu.imag == 0) and np.any(mu.imag > 0)  # both kinds of mode occur
+    scale = np.where(mu.imag > 0, 2.0, 1.0)
+    res_ref = np.einsum("pj,jm->jpm", (C @ X)[:, keep] * scale[keep], (X_inv @ B)[keep])
+    lam, Bm, Cm = modal.lam, modal.B, modal.C
+    assert lam.shape == (int(keep.sum()),)
+    match = [int(np.argmin(np.abs(mu[keep] - z))) for z in lam]
+    assert sorted(match) == list(range(len(lam)))
+    np.testing.assert_allclose(lam, mu[keep][match], rtol=0, atol=1e-12)
+    res = np.einsum("pj,jm->jpm", Cm, Bm)
+    assert np.max(np.abs(res - res_ref[match])) < 1e-12 * cond * np.max(np.abs(res_ref))
+    real = lam.imag == 0
+    assert np.all(Bm[real].imag == 0) and np.all(Cm[:, real].imag == 0)
+
+
+def test_to_diagonal_of_a_complex64_layer_matches_the_double_precision_reduced_model():
+    # to_diagonal starts from the reduced model before its cast to single precision.
+    sys = build_diagonal_system(2, 24, 3, 3, rho=0.99, real_output=True, with_D=True, gamma_normalized=True)
+    single = lr.DiagonalSystem(sys.lam.astype(np.complex64), sys.B.astype(np.complex64),
+                               sys.C.astype(np.complex64), sys.D.astype(np.float32), real_output=True)
+    modal = quiet_to_diagonal(lr.balanced_truncation(single, rank=20))
+    assert modal.lam.dtype == modal.B.dtype == modal.C.dtype == np.complex64 and modal.D.dtype == np.float32
+    double = lr.DiagonalSystem(*(np.asarray(X, np.complex128) for X in (single.lam, single.B, single.C)),
+                               np.asarray(single.D, np.float64), real_output=True)
+    res = lr.balanced_truncation(double, rank=20)
+    assert relative_response_error(modal_response(modal), ref.freqresp(res.A, res.B, res.C, res.D, GRID)) < 1e-5
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # conditioning
 # ---------------------------------------------------------------------------------------------------------------
