@@ -347,3 +347,53 @@ def test_block_diagonal_path_is_taken_for_the_modal_form_and_rejects_an_untouche
     assert _block_path_taken(A2)
     with pytest.raises(lr.UnstableSystemError, match="spectral radius 1.5"):
         lr.gramian_factors(A2, B2, C2)
+
+
+@given(seeds, st.integers(1, 30), st.integers(1, 5), spectral_radii(), st.integers(0, 3))
+def test_generalized_schur_factor_of_a_cauchy_like_gramian_matches_the_closed_form(seed, n, m, rho, n_zero_rows):
+    from lti_reduce._cauchy import diagonal_stein_factor
+
+    rng = np.random.default_rng(seed)
+    lam = rho * rng.uniform(0.0, 1.0, n) ** 0.25 * np.exp(2j * np.pi * rng.uniform(size=n))
+    G = rng.standard_normal((n, m)) + 1j * rng.standard_normal((n, m))
+    G[rng.permutation(n)[:n_zero_rows]] = 0.0  # modes the input does not reach
+    L = diagonal_stein_factor(lam, G)
+    P = (G @ G.conj().T) / (1.0 - lam[:, None] * lam.conj()[None, :])  # P_ij = g_i g_j^H / (1 - lam_i conj(lam_j))
+    assert L.shape == (n, n) and np.allclose(L, np.tril(L), atol=0)
+    assert rel_err(L @ L.conj().T, P) < 1e-12
+
+
+def test_generalized_schur_factor_compresses_a_wide_generator():
+    from lti_reduce._cauchy import diagonal_stein_factor
+
+    rng = np.random.default_rng(5)
+    lam = 0.9 * np.exp(2j * np.pi * rng.uniform(size=6))
+    G = rng.standard_normal((6, 40))
+    P = (G @ G.T) / (1.0 - lam[:, None] * lam.conj()[None, :])
+    assert rel_err(diagonal_stein_factor(lam, G) @ diagonal_stein_factor(lam, G).conj().T, P) < 1e-13
+
+
+def test_modal_path_is_used_for_well_conditioned_blocks_and_not_for_nearly_defective_ones():
+    import importlib
+
+    g = importlib.import_module("lti_reduce.gramians")
+    A, B, C = permuted_block_diagonal_system(11, 16, False, 0.99)
+    from lti_reduce.validate import dense_system
+
+    sysw = dense_system(A, B, C)
+    blocks = g._BlockDiagonal.detect(A)
+    assert g._modal_factor_pair(sysw, blocks, B[blocks.perm], C[:, blocks.perm], real=True) is not None
+    # a nearly defective 2x2 block (a Jordan block perturbed by 1e-10): eigenvectors with cond ~ 1e5 or worse
+    J = np.array([[0.8, 1.0], [1e-10, 0.8]])
+    A2 = np.zeros((A.shape[0] + 2,) * 2)
+    A2[:-2, :-2], A2[-2:, -2:] = A, J
+    B2 = np.vstack([B, np.ones((2, B.shape[1]))])
+    C2 = np.hstack([C, np.ones((C.shape[0], 2))])
+    blocks2 = g._BlockDiagonal.detect(A2)
+    assert blocks2 is not None
+    sysw2 = dense_system(A2, B2, C2)
+    assert g._modal_factor_pair(sysw2, blocks2, B2[blocks2.perm], C2[:, blocks2.perm], real=True) is None
+    # ... and the doubling on the blocks takes over, with the same accuracy
+    P, Q = lr.gramians(A2, B2, C2)
+    rp, rq = stein_residuals(A2, B2, C2, P, Q)
+    assert rp < 1e-12 and rq < 1e-12, (rp, rq)

@@ -1,0 +1,86 @@
+"""Cholesky factors of the Gramians of diagonal systems, by the generalized Schur algorithm.
+
+For a diagonal ``Lambda = diag(lam)`` with ``|lam_i| < 1`` and a generator ``G`` of shape
+``(n, m)``, the Stein equation
+
+.. math:: P - \\Lambda P \\Lambda^H = G G^H
+
+has the Cauchy-like solution ``P_ij = g_i g_j^H / (1 - lam_i conj(lam_j))`` (``g_i`` the rows
+of ``G``). Its Cholesky factor ``P = L L^H`` is computed here *without forming P*, one
+column per step, by the generalized Schur algorithm (Hammarling's method for a diagonal
+``A``): at step ``j``, with ``beta = ||g_j||``, ``alpha = sqrt(1 - |lam_j|^2)``,
+``e = g_j^H / beta`` and ``w_i = g_i e``,
+
+.. math::
+
+    L_{jj} = \\beta / \\alpha, \\qquad
+    L_{ij} = \\frac{\\alpha\\, w_i}{1 - \\lambda_i \\bar\\lambda_j}, \\qquad
+    g_i \\leftarrow g_i + \\big((\\lambda_j - 1) w_i - \\alpha \\lambda_i L_{ij}\\big) e^H ,
+
+and the updated rows generate the Schur complement ``P_22 - L_2 L_2^H`` in the same way
+(displacement rank ``m``) for the next step. The cost is ``O(n^2 m)`` flops in ``n``
+vectorized steps, against ``O(n^3 log(1/(1-rho)))`` for the doubling iteration on a dense
+``A``. No ``1/beta`` survives in ``L`` (``w_i / beta`` is bounded by ``||g_i||``) and the
+only other divisor, ``1 - lam_i conj(lam_j)``, is at least ``1 - rho^2``; like SLICOT's
+Hammarling solver the recursion does not pivot (diagonal pivoting, which would make the
+factor rank revealing, cost up to 4x more in this vectorized form and did not change the
+Hankel singular values of the SLICOT models measurably). A generator with more columns
+than rows is first compressed to ``n`` columns (``G G^H = R^H R``). See M. Gu, "Stable
+and efficient algorithms for structured systems of linear equations", SIAM J. Matrix
+Anal. Appl. 19 (1998), and S. J. Hammarling, IMA J. Numer. Anal. 2 (1982) and 11 (1991),
+for the (discrete) Lyapunov case.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__: list[str] = []
+
+
+def diagonal_stein_factor(lam, G):
+    """Cholesky factor of ``P = diag(lam) P diag(lam)^H + G G^H`` (numpy, one system).
+
+    Parameters
+    ----------
+    lam : ndarray, shape (n,)
+        Eigenvalues, ``|lam_i| < 1`` (not checked here).
+    G : ndarray, shape (n, m)
+        Generator (the input matrix in modal coordinates).
+
+    Returns
+    -------
+    L : ndarray, shape (n, n), complex
+        Lower triangular, ``P = L L^H``; column ``j`` is zero where the generator row
+        ``j`` of the current Schur complement vanishes (an uncontrollable mode).
+    """
+    lam = np.asarray(lam, dtype=np.complex128)
+    G = np.asarray(G)
+    n = lam.shape[0]
+    if G.shape[1] > n:  # G G^H = R^H R with R = qr(G^H): n columns carry the same Gramian
+        G = np.conj(np.linalg.qr(np.conj(G.T), mode="r").T)
+    H = np.array(G.T, dtype=np.complex128)  # (m, n): the updates run along contiguous rows
+    alpha_all = np.sqrt(1.0 - (lam.real ** 2 + lam.imag ** 2))
+    lam_conj = lam.conj()
+    Lt = np.zeros((n, n), dtype=np.complex128)  # L^T: column t of L is the row Lt[t]
+    outer = np.multiply.outer
+    for t in range(n):
+        g = H[:, t]
+        beta = float(np.vdot(g, g).real) ** 0.5
+        if beta == 0.0:
+            continue
+        alpha = float(alpha_all[t])
+        Lt[t, t] = beta / alpha
+        if t + 1 == n:
+            break
+        h = g * (1.0 / beta)  # e^H, a unit row
+        rest = H[:, t + 1:]
+        lam_rest = lam[t + 1:]
+        w = h.conj() @ rest  # w_i = g_i e
+        u = (alpha * w) / (1.0 - lam_rest * lam_conj[t])
+        Lt[t, t + 1:] = u
+        u *= lam_rest  # the generator update (lam_t - 1) w - alpha lam_i u_i, in place
+        u *= -alpha
+        u += (lam[t] - 1.0) * w
+        rest += outer(h, u)
+    return Lt.T
