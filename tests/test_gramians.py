@@ -397,3 +397,28 @@ def test_modal_path_is_used_for_well_conditioned_blocks_and_not_for_nearly_defec
     P, Q = lr.gramians(A2, B2, C2)
     rp, rq = stein_residuals(A2, B2, C2, P, Q)
     assert rp < 1e-12 and rq < 1e-12, (rp, rq)
+
+
+def test_block_detection_falls_back_to_scipy_for_long_chains_and_agrees_with_it():
+    import importlib
+
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    g = importlib.import_module("lti_reduce.gramians")
+    rng = np.random.default_rng(2)
+    n = 52
+    A = np.diag(rng.uniform(-0.9, 0.9, n))
+    A[np.arange(11), np.arange(1, 12)] = 0.05  # a 12-state chain: 11 label-propagation sweeps
+    perm = rng.permutation(n)
+    A = A[np.ix_(perm, perm)]
+    pattern = (A != 0) | (A != 0).T
+    assert g._small_components(pattern) is None
+    blocks = g._BlockDiagonal.detect(A)
+    assert blocks is not None
+    sizes = sorted(int(b.shape[1]) for _, _, grp in blocks.groups for b in grp)
+    ref_sizes = sorted(np.bincount(connected_components(csr_matrix(pattern), directed=False)[1]).tolist())
+    assert sizes == ref_sizes == [1] * 40 + [12]
+    B, C = rng.standard_normal((n, 2)), rng.standard_normal((2, n))
+    rp, rq = stein_residuals(A, B, C, *lr.gramians(A, B, C))
+    assert rp < 1e-12 and rq < 1e-12
