@@ -19,6 +19,11 @@
 
 (c) The diagonal path (as in (a)) on torch CPU tensors, complex128 and complex64.
 
+(d) ``--breakdown``: where the time of (a) goes, complex128, per stage summed over the layers: ours (the batched
+    balancing, the per-layer reduced models, the dense ``eig`` of each reduced model alone, the rest of the modal
+    form) and the published algorithm (Gramians, ``eig(P Q)``, ``sqrtm``, SVD, balancing transform, ``eig`` of the
+    reduced model).
+
 Times are medians of ``--repeats`` runs (interleaved in (a) and (b)), measured with ``time.perf_counter``.
 
 Run:  ``python benchmarks/bench_diagonal.py``  (several minutes on 2 cores),  ``--quick`` (2 small layers; seconds).
@@ -42,6 +47,7 @@ _parser.add_argument("--threads", type=int, default=1,
                           "machine; 0 keeps the environment's setting)")
 _parser.add_argument("--skip-dense", action="store_true", help="skip (b), the slow dense path")
 _parser.add_argument("--skip-torch", action="store_true", help="skip (c)")
+_parser.add_argument("--breakdown", action="store_true", help="also print (d), the per-stage times of (a)")
 ARGS = _parser.parse_args() if __name__ == "__main__" else _parser.parse_args([])
 
 # numpy's OpenBLAS reads these at load time: set before the first import.
@@ -118,6 +124,53 @@ def compressm_layer(lam, B, C, tol):
 
 def published(lam, B, C, tol):
     return [compressm_layer(lam[i], B[i], C[i], tol) for i in range(lam.shape[0])]
+
+
+def breakdown(lam, B, C, D, tol, repeats):
+    """Per-stage times of ``ours`` and ``published`` (medians of ``repeats``, summed over the layers)."""
+    stages = {}
+
+    def clock(name, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        stages.setdefault(name, []).append(time.perf_counter() - t0)
+        return out
+
+    layers = int(lam.shape[0])
+    for rep in range(repeats):
+        res = clock("ours: balance all layers (Gramians, Cholesky, L^H Q L, eigh)",
+                    lambda: lr.balanced_truncation(lr.DiagonalSystem(lam, B, C, D, real_output=True), tol=tol))
+        for i in range(layers):
+            sub = res[i]
+            red = clock("ours: reduced models (projections, W^H A V, W^H B, C V)", lambda: (sub.A, sub.B, sub.C))
+            clock("ours: modal form, its dense eig alone", lambda: np.linalg.eig(red[0]))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", lr.ModalConditioningWarning)
+                clock("ours: modal form, total", lambda: lr.modal_form(sub.A, sub.B, sub.C, sub.D))
+        for i in range(layers):
+            l, b, c = lam[i], B[i], C[i]
+            P, Q = clock("published: Gramians", lambda: (
+                (b @ b.conj().T) / (1 - l[:, None] * l.conj()[None, :]),
+                (c.conj().T @ c) / (1 - l.conj()[:, None] * l[None, :])))
+            hsv = clock("published: eig(P Q)", lambda: np.sort(np.sqrt(np.abs(np.linalg.eig(P @ Q)[0])))[::-1])
+            energy = np.cumsum(hsv)
+            rank = int(np.searchsorted(energy, (1.0 - tol) * energy[-1]) + 1)
+            root = clock("published: sqrtm(P)", lambda: scipy.linalg.sqrtm(P))
+            U, S, _ = clock("published: svd", lambda: np.linalg.svd(root @ Q @ root))
+
+            def transform():
+                T = (root @ U) * S ** -0.25
+                T_inv = np.linalg.inv(T)
+                return T_inv @ (l[:, None] * T), T_inv @ b, c @ T
+
+            A_bal, B_bal, _ = clock("published: balancing transform", transform)
+
+            def rediag():
+                lam_r, V = np.linalg.eig(A_bal[:rank, :rank])
+                return np.linalg.solve(V, B_bal[:rank])
+
+            clock("published: eig of the reduced model", rediag)
+    return {k: float(np.median(np.asarray(v).reshape(repeats, -1).sum(axis=1))) for k, v in stages.items()}
 
 
 def dense_path(lam, B, C, D, rank):
@@ -204,6 +257,13 @@ def main() -> int:
                 "" if t_dense / t_diag >= SPEEDUP_VS_DENSE else "*", f"{err:.1e}", f"{err_big:.1e}")])
         print(f"(HSV error: max |hsv_diagonal - hsv_dense| / sigma_1 over the batch; the diagonal path's documented "
               f"accuracy is sqrt(order * eps) = {np.sqrt(2 * n * np.finfo(float).eps):.1e}.)")
+
+    # (d) where the time goes
+    if ARGS.breakdown:
+        lam, B, C, D = lru_layers(0, layers, n, m, p, np.complex128)
+        times = breakdown(lam, B, C, D, ARGS.tol, repeats)
+        table(f"(d) where the time of (a) goes, complex128, summed over {layers} layers (the modal form's total includes "
+              "its eig)", [("stage", 70), ("t [s]", 9)], [(k, f"{v:.2f}") for k, v in times.items()])
 
     # (c) torch CPU
     if not ARGS.skip_torch:
