@@ -60,27 +60,43 @@ def diagonal_stein_factor(lam, G):
     if G.shape[1] > n:  # G G^H = R^H R with R = qr(G^H): n columns carry the same Gramian
         G = np.conj(np.linalg.qr(np.conj(G.T), mode="r").T)
     H = np.array(G.T, dtype=np.complex128)  # (m, n): the updates run along contiguous rows
-    alpha_all = np.sqrt(1.0 - (lam.real ** 2 + lam.imag ** 2))
-    lam_conj = lam.conj()
-    Lt = np.zeros((n, n), dtype=np.complex128)  # L^T: column t of L is the row Lt[t]
+    alpha = np.sqrt(1.0 - (lam.real ** 2 + lam.imag ** 2))
+    Lt = np.zeros((n, n), dtype=np.complex128)  # L^T; first W[t, i] = w_i at step t (i > t)
+    # L_it = alpha_t w_i / (1 - lam_i conj(lam_t)) = U_ti w_i, and the generator update is
+    # (lam_t - 1) w_i - alpha_t lam_i L_it = K_ti w_i. For small n the coefficient matrices
+    # are formed up front (fewer calls per step); for large n the per-step work dwarfs the
+    # call overhead and n x n temporaries would cost more, so each step forms its row.
+    upfront = n <= _UPFRONT_MAX
+    if upfront:
+        U = alpha[:, None] / (1.0 - np.multiply.outer(lam.conj(), lam))
+        K = (lam - 1.0)[:, None] - U * (alpha[:, None] * lam[None, :])
     outer = np.multiply.outer
-    for t in range(n):
+    for t in range(n - 1):
         g = H[:, t]
-        beta = float(np.vdot(g, g).real) ** 0.5
-        if beta == 0.0:
+        b = float(np.vdot(g, g).real) ** 0.5
+        Lt[t, t] = b
+        if b == 0.0:
             continue
-        alpha = float(alpha_all[t])
-        Lt[t, t] = beta / alpha
-        if t + 1 == n:
-            break
-        h = g * (1.0 / beta)  # e^H, a unit row
+        h = g * (1.0 / b)  # e^H, a unit row
         rest = H[:, t + 1:]
-        lam_rest = lam[t + 1:]
         w = h.conj() @ rest  # w_i = g_i e
-        u = (alpha * w) / (1.0 - lam_rest * lam_conj[t])
-        Lt[t, t + 1:] = u
-        u *= lam_rest  # the generator update (lam_t - 1) w - alpha lam_i u_i, in place
-        u *= -alpha
-        u += (lam[t] - 1.0) * w
-        rest += outer(h, u)
+        if upfront:
+            Lt[t, t + 1:] = w
+            coef = w * K[t, t + 1:]
+        else:
+            lam_rest = lam[t + 1:]
+            u = (alpha[t] * w) / (1.0 - lam_rest * lam[t].conjugate())
+            Lt[t, t + 1:] = u
+            coef = (lam[t] - 1.0) * w - alpha[t] * lam_rest * u
+        rest += outer(h, coef)
+    if n:
+        Lt[n - 1, n - 1] = float(np.vdot(H[:, n - 1], H[:, n - 1]).real) ** 0.5
+    beta = Lt.diagonal().real.copy()
+    if upfront:
+        Lt *= U  # W -> L^T above the diagonal
+    Lt[np.diag_indices(n)] = beta / alpha  # L_tt = beta_t / alpha_t
     return Lt.T
+
+
+# Orders up to which the coefficient matrices are formed before the loop (2 x 4 MiB at 512).
+_UPFRONT_MAX = 512
