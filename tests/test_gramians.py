@@ -422,3 +422,19 @@ def test_block_detection_falls_back_to_scipy_for_long_chains_and_agrees_with_it(
     B, C = rng.standard_normal((n, 2)), rng.standard_normal((2, n))
     rp, rq = stein_residuals(A, B, C, *lr.gramians(A, B, C))
     assert rp < 1e-12 and rq < 1e-12
+
+
+def test_generalized_schur_factor_per_step_coefficients_equal_the_upfront_ones(monkeypatch):
+    import importlib
+
+    cauchy = importlib.import_module("lti_reduce._cauchy")
+    rng = np.random.default_rng(9)
+    lam = 0.99 * rng.uniform(0, 1, 40) * np.exp(2j * np.pi * rng.uniform(size=40))
+    G = rng.standard_normal((40, 3)) + 1j * rng.standard_normal((40, 3))
+    G[7] = 0.0
+    upfront = cauchy.diagonal_stein_factor(lam, G)
+    monkeypatch.setattr(cauchy, "_UPFRONT_MAX", 0)  # the large-n branch
+    per_step = cauchy.diagonal_stein_factor(lam, G)
+    assert np.abs(per_step - upfront).max() <= 1e-13 * np.abs(upfront).max()
+    P = (G @ G.conj().T) / (1.0 - lam[:, None] * lam.conj()[None, :])
+    assert rel_err(per_step @ per_step.conj().T, P) < 1e-13
