@@ -27,8 +27,8 @@ factor rank revealing, cost up to 4x more in this vectorized form and did not ch
 Hankel singular values of the SLICOT models measurably). A generator with more columns
 than rows is first compressed to ``n`` columns (``G G^H = R^H R``). See M. Gu, "Stable
 and efficient algorithms for structured systems of linear equations", SIAM J. Matrix
-Anal. Appl. 19 (1998), and S. J. Hammarling, IMA J. Numer. Anal. 2 (1982) and 11 (1991),
-for the (discrete) Lyapunov case.
+Anal. Appl. 19 (1998), and S. J. Hammarling, IMA J. Numer. Anal. 2 (1982) and Systems &
+Control Letters 17 (1991), for the (discrete) Lyapunov case.
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ from .validate import _Dense, check_choice, check_rank_tol, dense_system
 __all__ = ["balance", "balanced_truncation", "hankel_singular_values", "BalancedTruncationResult"]
 
 _METHODS = ("truncate", "spa")
+_PROJECTIONS = ("sr", "bfsr")
 
 
 def _balancing_svd(xp, Lc, Lo, n):
@@ -81,6 +82,28 @@ def _projections(xp, dec: "_Decomposition", keep):
     inv_sqrt = xp.where(nonzero, 1.0 / xp.sqrt(xp.where(nonzero, s, 1.0)), 0.0)
     inv_sqrt = xp.astype(inv_sqrt, dec.Fc.dtype)[..., None, :]
     return (dec.Fo @ Mo) * inv_sqrt, (dec.Fc @ Mc) * inv_sqrt
+
+
+def _bfsr_projections(xp, dec: "_Decomposition", keep):
+    """Balancing-free square-root projections ``W, V`` (Varga 1991) onto the states ``keep``.
+
+    ``V = orth(Fc Mc_r)`` and ``W = orth(Fo Mo_r) E^{-H}`` with ``E = orth(Fo Mo_r)^H V``,
+    so that ``W^H V = I``: the same subspaces, hence the same reduced transfer function, as
+    the balanced square-root projections, but with an orthonormal ``V`` instead of one
+    scaled by ``S_r^{-1/2}``, which keeps the projection well conditioned for badly
+    scaled systems (the reduced realization is then not balanced).
+    """
+    s, Mc, Mo = dec.s, dec.Mc, dec.Mo
+    if isinstance(keep, (int, np.integer)):
+        s, Mc, Mo = s[..., :keep], Mc[..., :, :keep], Mo[..., :, :keep]
+    else:
+        idx = xp.asarray(np.asarray(keep, dtype=np.int64), device=s.device if be.is_torch(s) else None)
+        s, Mc, Mo = xp.take(s, idx, axis=-1), xp.take(Mc, idx, axis=-1), xp.take(Mo, idx, axis=-1)
+    V = xp.linalg.qr(dec.Fc @ Mc)[0]
+    Qo = xp.linalg.qr(dec.Fo @ Mo)[0]
+    E = be.mH(Qo) @ V
+    W = be.mH(xp.linalg.solve(E, be.mH(Qo)))
+    return W, V
 
 
 def _project(sysw: _Dense, W, V, dec: "_Decomposition | None" = None):
@@ -146,11 +169,15 @@ class _Decomposition:
                               None if self.lam is None else self.lam[idx], self.real_output)
 
 
-def _reduce(dec: _Decomposition, keep, method: str):
+def _reduce(dec: _Decomposition, keep, method: str, projection: str = "sr"):
     """Reduced ``(A_r, B_r, C_r, D_r)`` in working precision; ``keep`` as in `_projections`."""
     sysw = dec.sysw
     xp = sysw.xp
     r = keep if isinstance(keep, int) else len(keep)
+    if projection == "bfsr":
+        W, V = _bfsr_projections(xp, dec, keep)
+        Ar, Br, Cr = _project(sysw, W, V, dec)
+        return Ar, Br, Cr, sysw.D
     if method == "truncate" or r == sysw.n:
         W, V = _projections(xp, dec, keep)
         Ar, Br, Cr = _project(sysw, W, V, dec)
@@ -183,6 +210,10 @@ class BalancedTruncationResult:
         The reduced order ``r``.
     method : str
         ``"truncate"`` or ``"spa"``.
+    projection : str
+        ``"sr"`` (balanced square root: the reduced realization is balanced) or
+        ``"bfsr"`` (balancing-free square root: same transfer function, orthonormal
+        right projection).
     error_bound : array, shape (...)
         A-priori bound ``2 * sum(hsv[r:])`` on ``||G - G_r||_inf`` (both methods).
 
@@ -194,12 +225,13 @@ class BalancedTruncationResult:
     Index a batched result (``res[i]``) to select systems of the batch.
     """
 
-    def __init__(self, dec: _Decomposition, rank: int, method: str, states=None):
+    def __init__(self, dec: _Decomposition, rank: int, method: str, states=None, projection: str = "sr"):
         self._dec = dec
         self._sysw = sysw = dec.sysw
         self._s = s = dec.s
         self.rank = int(rank)
         self.method = method
+        self.projection = projection
         self.states = None if states is None else tuple(int(i) for i in states)
         xp, dt = sysw.xp, sysw.out_dtype
         self.hsv = xp.astype(s, be.real_dtype(xp, dt))
@@ -210,6 +242,15 @@ class BalancedTruncationResult:
             idx = xp.asarray(np.asarray(dropped, dtype=np.int64), device=s.device if be.is_torch(s) else None)
             discarded = xp.sum(xp.take(s, idx, axis=-1), axis=-1)
         self.error_bound = xp.astype(2.0 * discarded, be.real_dtype(xp, dt))
+        if projection == "bfsr":
+            kept = s[..., :self.rank] if self.states is None else xp.take(
+                s, xp.asarray(np.asarray(self.states, dtype=np.int64), device=s.device if be.is_torch(s) else None),
+                axis=-1)
+            if not bool(xp.all(kept > dec.floor)):
+                raise LTIInputError(
+                    "projection='bfsr' needs every kept state to have a nonzero Hankel singular value, but the "
+                    f"{int(kept.shape[-1])} kept states include some at round-off level (a non-minimal system); keep "
+                    "fewer states, or use projection='sr', which decouples them.")
         self._reduced = None
         self._reduced_w = None
 
@@ -217,7 +258,7 @@ class BalancedTruncationResult:
         """The reduced ``(A_r, B_r, C_r, D_r)`` in working precision (float64/complex128), cached."""
         if self._reduced_w is None:
             keep = self.rank if self.states is None else self.states
-            self._reduced_w = _reduce(self._dec, keep, self.method)
+            self._reduced_w = _reduce(self._dec, keep, self.method, self.projection)
         return self._reduced_w
 
     def _model(self):
@@ -250,7 +291,7 @@ class BalancedTruncationResult:
         zero = xp.zeros(tuple(s.shape[:-1]) + (1,), dtype=s.dtype, device=s.device if be.is_torch(s) else None)
         return xp.astype(2.0 * xp.concat([tail, zero], axis=-1), be.real_dtype(xp, self._sysw.out_dtype))
 
-    def reduce(self, rank=None, tol=None, method=None, *, states=None) -> "BalancedTruncationResult":
+    def reduce(self, rank=None, tol=None, method=None, *, states=None, projection=None) -> "BalancedTruncationResult":
         """Another reduced model from the same Gramian factors.
 
         Parameters
@@ -267,17 +308,21 @@ class BalancedTruncationResult:
             exactly one of ``rank``, ``tol`` and ``states``. The bound
             ``2 * sum(discarded hsv)`` still holds when the kept and discarded HSVs
             share no value.
+        projection : {"sr", "bfsr"}, optional
+            Defaults to this result's projection (see :func:`balanced_truncation`).
         """
         method = self.method if method is None else check_choice(method, "method", _METHODS)
+        projection = self.projection if projection is None else projection
+        _check_projection(projection, method)
         if states is not None:
             if rank is not None or tol is not None:
                 raise LTIInputError("give only one of rank=, tol= and states=.")
             keep = sorted({int(i) for i in states})
             if not keep or keep[0] < 0 or keep[-1] >= self.n or len(keep) != len(list(states)):
                 raise LTIInputError(f"states must be distinct indices in 0..{self.n - 1}, got {list(states)!r}.")
-            return BalancedTruncationResult(self._dec, len(keep), method, keep)
+            return BalancedTruncationResult(self._dec, len(keep), method, keep, projection)
         rank = _resolve_rank(self._s, rank, tol, self.n)
-        return BalancedTruncationResult(self._dec, rank, method)
+        return BalancedTruncationResult(self._dec, rank, method, projection=projection)
 
     def to_diagonal(self, *, cond_warn: float = 1e8):
         """The reduced model in modal (diagonal) form, see :func:`lti_reduce.modal_form`.
@@ -301,13 +346,23 @@ class BalancedTruncationResult:
         if not self._sysw.batch_shape:
             raise IndexError("this result holds a single system; there is no batch dimension to index.")
         idx = index if isinstance(index, tuple) else (index,)
-        return BalancedTruncationResult(self._dec[idx], self.rank, self.method, self.states)
+        return BalancedTruncationResult(self._dec[idx], self.rank, self.method, self.states, self.projection)
 
     def __repr__(self) -> str:
         batch = f", batch={self._sysw.batch_shape}" if self._sysw.batch_shape else ""
         bound = be.to_numpy(self.error_bound)
         b = f"{float(bound):.3e}" if bound.ndim == 0 else f"max {float(bound.max()):.3e}"
-        return f"BalancedTruncationResult(n={self.n} -> rank={self.rank}, method={self.method!r}{batch}, error_bound={b})"
+        proj = "" if self.projection == "sr" else f", projection={self.projection!r}"
+        return (f"BalancedTruncationResult(n={self.n} -> rank={self.rank}, method={self.method!r}{proj}{batch}, "
+                f"error_bound={b})")
+
+
+def _check_projection(projection, method: str) -> str:
+    check_choice(projection, "projection", _PROJECTIONS)
+    if projection == "bfsr" and method != "truncate":
+        raise LTIInputError("projection='bfsr' (balancing-free square root) is implemented for method='truncate' "
+                            "only; use projection='sr' with method='spa'.")
+    return projection
 
 
 def _resolve_rank(s, rank, tol, n: int) -> int:
@@ -403,7 +458,8 @@ def hankel_singular_values(A, B=None, C=None):
     return xp.astype(dec.s, be.real_dtype(xp, dec.sysw.out_dtype))
 
 
-def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, method: str = "truncate"):
+def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, method: str = "truncate",
+                        projection: str = "sr"):
     """Reduce a discrete-time system by square-root balanced truncation (or SPA).
 
     Parameters
@@ -425,6 +481,14 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
     method : {"truncate", "spa"}
         Balanced truncation (exact at high frequency, ``z -> inf``) or singular
         perturbation approximation (exact DC gain ``G(1)``).
+    projection : {"sr", "bfsr"}
+        ``"sr"``: square-root projections ``V = L_c V_r S_r^{-1/2}``,
+        ``W = L_o U_r S_r^{-1/2}``; the reduced realization is balanced (SLICOT
+        ``JOB='B'``). ``"bfsr"``: balancing-free square root (A. Varga, 1991; SLICOT
+        ``JOB='N'``, pyMOR's default): ``V`` an orthonormal basis of the same subspace,
+        ``W^H V = I``. Same reduced transfer function; better conditioned projections
+        for badly scaled systems, but the reduced realization is not balanced.
+        Truncation only; every kept HSV must be nonzero.
 
     Returns
     -------
@@ -438,7 +502,7 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
         If ``A`` has spectral radius ``>= 1`` (the message gives it).
     LTIInputError
         Shape mismatch, NaN/Inf, ``rank`` outside ``1..n``, ``tol`` outside (0, 1),
-        both or neither of ``rank``/``tol``, unknown ``method``.
+        both or neither of ``rank``/``tol``, unknown ``method`` or ``projection``.
 
     Notes
     -----
@@ -463,6 +527,7 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
     True
     """
     check_choice(method, "method", _METHODS)
+    _check_projection(projection, method)
     dec = _decompose(A, B, C, D)
     r = _resolve_rank(dec.s, rank, tol, dec.sysw.n)
-    return BalancedTruncationResult(dec, r, method)
+    return BalancedTruncationResult(dec, r, method, projection=projection)

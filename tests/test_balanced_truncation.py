@@ -74,6 +74,60 @@ def test_truncated_model_has_the_transfer_function_of_slicot_ab09ad(slycot, job,
     assert np.max(np.abs(G - G_ref)) <= 1e-7 * peak(G_ref)
 
 
+@given(data=st.data(), sys=stable_systems(complex_=False))
+def test_balancing_free_model_has_the_transfer_function_of_slicot_ab09ad_job_n(slycot, data, sys):
+    hsv = ref.as_numpy(lr.hankel_singular_values(sys.A, sys.B, sys.C))
+    r = draw_rank(data, hsv)
+    res = lr.balanced_truncation(sys.A, sys.B, sys.C, sys.D, rank=r, projection="bfsr")
+    Ar, Br, Cr, Dr, _ = ref.balanced_truncation_ab09ad(sys.A, sys.B, sys.C, sys.D, rank=r, job="N")
+    assert res.projection == "bfsr" and res.A.shape == (r, r)
+    G_ref = response(Ar, Br, Cr, Dr)
+    assert np.max(np.abs(response(res.A, res.B, res.C, res.D) - G_ref)) <= 1e-7 * peak(G_ref)
+
+
+@given(data=st.data(), sys=stable_systems(structure="generic"))
+def test_balancing_free_projection_is_biorthogonal_with_an_orthonormal_right_basis(data, sys):
+    import importlib
+
+    balancing = importlib.import_module("lti_reduce.balancing")
+    bal = lr.balance(sys.A, sys.B, sys.C, sys.D)
+    r = draw_rank(data, ref.as_numpy(bal.hsv))
+    W, V = balancing._bfsr_projections(np, bal._dec, r)
+    eye = np.eye(r)
+    assert np.abs(V.conj().T @ V - eye).max() < 1e-12
+    assert np.abs(W.conj().T @ V - eye).max() < 1e-8 * np.linalg.cond(W)
+    # same transfer function as the balanced square-root model of the same order
+    sr, bf = bal.reduce(rank=r), bal.reduce(rank=r, projection="bfsr")
+    G_sr = response(sr.A, sr.B, sr.C, sr.D)
+    assert np.max(np.abs(response(bf.A, bf.B, bf.C, bf.D) - G_sr)) <= 1e-8 * peak(G_sr)
+
+
+@given(data=st.data(), sys=stable_systems(structure="generic", n=(1, 12)))
+def test_balancing_free_torch_input_gives_the_numpy_model(torch, data, sys):
+    r = draw_rank(data, ref.as_numpy(lr.hankel_singular_values(sys.A, sys.B, sys.C)))
+    res_np = lr.balanced_truncation(sys.A, sys.B, sys.C, sys.D, rank=r, projection="bfsr")
+    res_t = lr.balanced_truncation(*(torch.from_numpy(X) for X in (sys.A, sys.B, sys.C, sys.D)), rank=r,
+                                   projection="bfsr")
+    assert isinstance(res_t.A, torch.Tensor)
+    G = response(res_np.A, res_np.B, res_np.C, res_np.D)
+    assert np.max(np.abs(response(res_t.A, res_t.B, res_t.C, res_t.D) - G)) <= 1e-9 * peak(G)
+
+
+def test_balancing_free_projection_refuses_spa_round_off_states_and_unknown_names():
+    A = np.diag([0.9, 0.5, 0.1])
+    B, C = np.array([[1.0], [1.0], [0.0]]), np.array([[1.0, 1.0, 1.0]])  # the third state is uncontrollable
+    with pytest.raises(lr.LTIInputError, match="method='truncate' only"):
+        lr.balanced_truncation(A, B, C, rank=1, method="spa", projection="bfsr")
+    with pytest.raises(lr.LTIInputError, match="projection must be one of 'sr', 'bfsr'"):
+        lr.balanced_truncation(A, B, C, rank=1, projection="balanced")
+    with pytest.raises(lr.LTIInputError, match="round-off level"):
+        lr.balanced_truncation(A, B, C, rank=3, projection="bfsr")
+    res = lr.balanced_truncation(A, B, C, rank=2, projection="bfsr")
+    assert res.A.shape == (2, 2) and "projection='bfsr'" in repr(res)
+    with pytest.raises(lr.LTIInputError, match="round-off level"):
+        res.reduce(states=[0, 2])
+
+
 @given(data=st.data(), sys=stable_systems(complex_=True, n=(1, 15)))
 def test_complex_truncated_model_realified_matches_ab09ad_on_the_real_realization(slycot, data, sys):
     hsv = ref.as_numpy(lr.hankel_singular_values(sys.A, sys.B, sys.C))

@@ -517,3 +517,18 @@ def test_passing_matrices_next_to_a_diagonal_system_raises_type_error():
     sys = lr.DiagonalSystem(np.array([0.5]), np.ones((1, 1)), np.ones((1, 1)))
     with pytest.raises(TypeError, match="not both"):
         lr.gramians(sys, np.ones((1, 1)))
+
+
+@given(seeds, st.integers(2, 10), st.booleans())
+def test_balancing_free_reduction_of_a_diagonal_system_equals_the_square_root_one(seed, n, real_output):
+    rng = np.random.default_rng(seed)
+    lam = 0.95 * rng.uniform(0.2, 1.0, n) * np.exp(1j * rng.uniform(0.0, 3.0, n))
+    B = rng.standard_normal((n, 2)) + 1j * rng.standard_normal((n, 2))
+    C = rng.standard_normal((3, n)) + 1j * rng.standard_normal((3, n))
+    bal = lr.balance(lr.DiagonalSystem(lam, B, C, real_output=real_output))
+    hsv = np.asarray(bal.hsv)
+    r = max(1, int(np.sum(hsv > 1e-6 * hsv[0])) // 2)
+    sr, bf = bal.reduce(rank=r), bal.reduce(rank=r, projection="bfsr")
+    grid = ref.unit_circle_grid(128)
+    G_sr, G_bf = ref.freqresp(sr.A, sr.B, sr.C, sr.D, grid), ref.freqresp(bf.A, bf.B, bf.C, bf.D, grid)
+    assert np.abs(G_bf - G_sr).max() <= 1e-8 * np.abs(G_sr).max()
