@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "fraction F of the steps (default 4@0.1, the CompreSSM schedule)")
     tr.add_argument("--seed", type=int, metavar="S", help="random seed (default 0)")
     length = tr.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=_positive_int, metavar="E", help="epochs per run (default 40)")
+    length.add_argument("--epochs", type=_positive_int, metavar="E", help="epochs per run (default 60)")
     length.add_argument("--steps", type=_positive_int, metavar="N", help="optimizer steps per run")
     tr.add_argument("--d-state", type=_positive_int, metavar="N",
                     help="initial state size per layer, in complex modes (default 256)")
