@@ -66,18 +66,22 @@ def _balancing_svd(xp, Lc, Lo, n):
     return U, s, Vh
 
 
+def _kept(xp, dec: "_Decomposition", keep):
+    """``(s, Mc, Mo)`` restricted to the balanced states ``keep`` (an int ``r``: the leading ones)."""
+    s, Mc, Mo = dec.s, dec.Mc, dec.Mo
+    if isinstance(keep, (int, np.integer)):
+        return s[..., :keep], Mc[..., :, :keep], Mo[..., :, :keep]
+    idx = xp.asarray(np.asarray(keep, dtype=np.int64), device=s.device if be.is_torch(s) else None)
+    return xp.take(s, idx, axis=-1), xp.take(Mc, idx, axis=-1), xp.take(Mo, idx, axis=-1)
+
+
 def _projections(xp, dec: "_Decomposition", keep):
     """Balancing projections ``W, V`` onto the balanced states ``keep``.
 
     ``keep`` is an int ``r`` (the ``r`` leading states) or a sequence of state
     indices. States whose HSV is at round-off level get zero columns (decoupled).
     """
-    s, Mc, Mo = dec.s, dec.Mc, dec.Mo
-    if isinstance(keep, (int, np.integer)):
-        s, Mc, Mo = s[..., :keep], Mc[..., :, :keep], Mo[..., :, :keep]
-    else:
-        idx = xp.asarray(np.asarray(keep, dtype=np.int64), device=s.device if be.is_torch(s) else None)
-        s, Mc, Mo = xp.take(s, idx, axis=-1), xp.take(Mc, idx, axis=-1), xp.take(Mo, idx, axis=-1)
+    s, Mc, Mo = _kept(xp, dec, keep)
     nonzero = s > dec.floor
     inv_sqrt = xp.where(nonzero, 1.0 / xp.sqrt(xp.where(nonzero, s, 1.0)), 0.0)
     inv_sqrt = xp.astype(inv_sqrt, dec.Fc.dtype)[..., None, :]
@@ -93,12 +97,7 @@ def _bfsr_projections(xp, dec: "_Decomposition", keep):
     scaled by ``S_r^{-1/2}``, which keeps the projection well conditioned for badly
     scaled systems (the reduced realization is then not balanced).
     """
-    s, Mc, Mo = dec.s, dec.Mc, dec.Mo
-    if isinstance(keep, (int, np.integer)):
-        s, Mc, Mo = s[..., :keep], Mc[..., :, :keep], Mo[..., :, :keep]
-    else:
-        idx = xp.asarray(np.asarray(keep, dtype=np.int64), device=s.device if be.is_torch(s) else None)
-        s, Mc, Mo = xp.take(s, idx, axis=-1), xp.take(Mc, idx, axis=-1), xp.take(Mo, idx, axis=-1)
+    _, Mc, Mo = _kept(xp, dec, keep)
     V = xp.linalg.qr(dec.Fc @ Mc)[0]
     Qo = xp.linalg.qr(dec.Fo @ Mo)[0]
     E = be.mH(Qo) @ V
@@ -243,9 +242,7 @@ class BalancedTruncationResult:
             discarded = xp.sum(xp.take(s, idx, axis=-1), axis=-1)
         self.error_bound = xp.astype(2.0 * discarded, be.real_dtype(xp, dt))
         if projection == "bfsr":
-            kept = s[..., :self.rank] if self.states is None else xp.take(
-                s, xp.asarray(np.asarray(self.states, dtype=np.int64), device=s.device if be.is_torch(s) else None),
-                axis=-1)
+            kept = _kept(xp, dec, self.rank if self.states is None else self.states)[0]
             if not bool(xp.all(kept > dec.floor)):
                 raise LTIInputError(
                     "projection='bfsr' needs every kept state to have a nonzero Hankel singular value, but the "
