@@ -207,6 +207,15 @@ def _torchvision(dataset: str):
     return datasets
 
 
+def _train_test(dataset_cls, root: Path, what: str, layout: str):
+    """The train and test splits of a torchvision dataset class read from ``root`` (never downloaded)."""
+    try:
+        return (dataset_cls(str(root), train=True, download=False),
+                dataset_cls(str(root), train=False, download=False))
+    except RuntimeError as exc:
+        raise DatasetError(f"no {what} files found under '{root}': it must contain {layout}.") from exc
+
+
 def _existing_dir(data_dir, dataset: str, layout: str) -> Path:
     if data_dir is None:
         raise DatasetError(f"the {dataset} dataset is read from local files: pass --data-dir DIR (data_dir=) pointing "
@@ -234,12 +243,7 @@ def smnist(data_dir) -> SequenceDataset:
     """
     layout = "torchvision's MNIST files (DIR/MNIST/raw/train-images-idx3-ubyte ...)"
     root = _existing_dir(data_dir, "smnist", layout)
-    datasets = _torchvision("smnist")
-    try:
-        train = datasets.MNIST(str(root), train=True, download=False)
-        test = datasets.MNIST(str(root), train=False, download=False)
-    except RuntimeError as exc:
-        raise DatasetError(f"no MNIST files found under '{root}': it must contain {layout}.") from exc
+    train, test = _train_test(_torchvision("smnist").MNIST, root, "MNIST", layout)
 
     def prep(ds):
         x = ds.data.reshape(len(ds.data), -1, 1).to(torch.float32) / 255.0
@@ -263,12 +267,7 @@ def scifar(data_dir) -> SequenceDataset:
     """
     layout = "torchvision's CIFAR-10 folder (DIR/cifar-10-batches-py/)"
     root = _existing_dir(data_dir, "scifar", layout)
-    datasets = _torchvision("scifar")
-    try:
-        train = datasets.CIFAR10(str(root), train=True, download=False)
-        test = datasets.CIFAR10(str(root), train=False, download=False)
-    except RuntimeError as exc:
-        raise DatasetError(f"no CIFAR-10 files found under '{root}': it must contain {layout}.") from exc
+    train, test = _train_test(_torchvision("scifar").CIFAR10, root, "CIFAR-10", layout)
     mean = torch.tensor([0.4914, 0.4822, 0.4465])
     std = torch.tensor([0.2470, 0.2435, 0.2616])
 
