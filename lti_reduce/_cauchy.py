@@ -60,9 +60,10 @@ def diagonal_stein_factor(lam, G):
     n = lam.shape[0]
     if G.shape[1] > n:  # G G^H = R^H R with R = qr(G^H): n columns carry the same Gramian
         G = np.conj(np.linalg.qr(np.conj(G.T), mode="r").T)
-    # H = G^T in Fortran order: the trailing generator H[:, t+1:] is one contiguous block,
-    # which BLAS updates in place (xGERU); numpy's outer product plus += costs 3x as much.
-    H = np.array(G.T, dtype=np.complex128, order="F")  # (m, n), a copy
+    # Hc = conj(G)^T in Fortran order: the trailing generator Hc[:, t+1:] is one contiguous
+    # block that BLAS reads (xGEMV, conjugate transpose) and updates in place (xGERC); numpy's
+    # outer product plus += cost 3x as much. Keeping the conjugate saves a conj() per step.
+    Hc = np.array(np.conj(G.T), dtype=np.complex128, order="F")  # (m, n), a copy
     alpha = np.sqrt(1.0 - (lam.real ** 2 + lam.imag ** 2))
     Lt = np.zeros((n, n), dtype=np.complex128)  # L^T; first W[t, i] = w_i at step t (i > t)
     # L_it = alpha_t w_i / (1 - lam_i conj(lam_t)) = U_ti w_i, and the generator update is
@@ -73,28 +74,28 @@ def diagonal_stein_factor(lam, G):
     if upfront:
         U = alpha[:, None] / (1.0 - np.multiply.outer(lam.conj(), lam))
         K = (lam - 1.0)[:, None] - U * (alpha[:, None] * lam[None, :])
-    nrm2, gemv, geru = blas.dznrm2, blas.zgemv, blas.zgeru
+    nrm2, gemv, gerc = blas.dznrm2, blas.zgemv, blas.zgerc
+    beta = [0.0] * n
     for t in range(n - 1):
-        g = H[:, t]
-        b = nrm2(g)
-        Lt[t, t] = b
+        hc = Hc[:, t]
+        b = beta[t] = nrm2(hc)
         if b == 0.0:
             continue
-        h = g / b  # e^H, a unit row
-        rest = H[:, t + 1:]
-        w = gemv(1.0, rest, h.conj(), trans=1)  # w_i = g_i e
+        hc = hc / b  # conj(e^H), a unit vector
+        rest = Hc[:, t + 1:]
+        row = Lt[t, t + 1:]
+        w = gemv(1.0, rest, hc, trans=2, y=row, overwrite_y=1)  # w_i = g_i e, written into Lt
         if upfront:
-            Lt[t, t + 1:] = w
             coef = w * K[t, t + 1:]
         else:
             lam_rest = lam[t + 1:]
             u = (alpha[t] * w) / (1.0 - lam_rest * lam[t].conjugate())
-            Lt[t, t + 1:] = u
             coef = (lam[t] - 1.0) * w - alpha[t] * lam_rest * u
-        geru(1.0, h, coef, a=rest, overwrite_a=1)  # rest += h coef^T, in place
+            row[:] = u  # w is a view of row: overwritten only now
+        gerc(1.0, hc, coef, a=rest, overwrite_a=1)  # rest += conj(h) coef^H, in place
     if n:
-        Lt[n - 1, n - 1] = nrm2(H[:, n - 1])
-    beta = Lt.diagonal().real.copy()
+        beta[n - 1] = nrm2(Hc[:, n - 1])
+    beta = np.array(beta)
     if upfront:
         Lt *= U  # W -> L^T above the diagonal
     Lt[np.diag_indices(n)] = beta / alpha  # L_tt = beta_t / alpha_t

@@ -214,12 +214,69 @@ def _modal_factor_pair(sysw: _Dense, blocks: "_BlockDiagonal", B, C, *, real: bo
             out[start:stop] = ((np.conj(M.transpose(0, 2, 1)) if adjoint else M) @ Xg).reshape(stop - start, -1)
         return out
 
-    Lc = apply(V, diagonal_stein_factor(lam, apply(Vinv, B)))
-    Lo = apply(Vinv, diagonal_stein_factor(np.conj(lam), apply(V, np.conj(C.T), adjoint=True)),
-               adjoint=True)
+    Lch = diagonal_stein_factor(lam, apply(Vinv, B))
+    Loh = diagonal_stein_factor(np.conj(lam), apply(V, np.conj(C.T), adjoint=True))
+    Lc, Lo = apply(V, Lch), apply(Vinv, Loh, adjoint=True)
     if real:
-        Lc, Lo = (np.linalg.qr(np.concatenate([L.real.T, L.imag.T]), mode="r").T for L in (Lc, Lo))
+        pairs = _conjugate_pairs(lam)
+        Lc, Lo = _real_factor(Lc, Lch, pairs), _real_factor(Lo, Loh, pairs)
     return Lc, Lo
+
+
+def _conjugate_pairs(lam):
+    """Indices ``j`` with ``lam[j + 1] == conj(lam[j])``, ``Im lam[j] > 0``, covering every complex ``lam``; or None.
+
+    LAPACK's ``xGEEV`` returns the eigenvalues of a real matrix in this order, with the
+    eigenvectors of a pair exact conjugates of each other.
+    """
+    j = np.flatnonzero(lam.imag > 0)
+    if j.size == 0:
+        return j
+    if j[-1] + 1 >= lam.size or np.count_nonzero(lam.imag < 0) != j.size or np.any(lam[j + 1] != np.conj(lam[j])):
+        return None
+    return j
+
+
+# Largest ||Im(L Psi)||_F / ||Re(L Psi)||_F accepted by _real_factor (else the QR route is taken).
+_REALIFY_RTOL = 64 * float(np.finfo(np.float64).eps)
+
+
+def _real_factor(L, Lh, pairs):
+    """A real factor of the real Gramian ``L L^H``, from the modal-path factor ``L = V Lh``.
+
+    The QR route, ``R^T`` with ``R = qr([Re L^T; Im L^T])`` (``L L^H = Re L Re L^T + Im L Im L^T``
+    for a real Gramian), costs ``O(n^3)``. This one costs ``O(n^2)``: with the eigenvalues of
+    every conjugate pair adjacent (``pairs``) and the permutation ``Pi`` that swaps each pair,
+    ``conj(V) = V Pi`` and the modal Gramian obeys ``Pi conj(Ph) Pi = Ph``, so ``Pi conj(Lh)``
+    is another factor of ``Ph``. It is block lower triangular, hence ``Pi conj(Lh) = Lh Omega``
+    with ``Omega`` unitary *and* block diagonal (2 x 2 blocks on the pairs, 1 on real
+    eigenvalues), read off the diagonal blocks of ``Lh``: ``Omega_k = Lh_kk^{-1} Pi_0
+    conj(Lh_kk)``. ``Omega_k`` is symmetric unitary, and its principal square root ``Psi_k``
+    (``Psi_k^2 = Omega_k``, ``Psi_k = Psi_k^T``) makes ``L Psi`` real: ``conj(L Psi) = L Omega
+    conj(Psi) = L Psi``. In floating point ``Im(L Psi)`` is round-off; it is measured, and
+    anything above ``64 eps ||L||`` (a nearly singular ``Lh_kk``: a nearly uncontrollable
+    pair) or any pairing LAPACK did not give (``pairs`` None) takes the QR route.
+    """
+    if pairs is not None:
+        Y = np.array(L)
+        if pairs.size:
+            j = pairs
+            a, c, d = Lh[j, j], Lh[j + 1, j], Lh[j + 1, j + 1]  # Lh_kk = [[a, 0], [c, d]]
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                # Omega_k = Lh_kk^{-1} [[conj c, conj d], [conj a, 0]]
+                w00, w01 = np.conj(c) / a, np.conj(d) / a
+                w10, w11 = (np.conj(a) - c * np.conj(c) / a) / d, -c * np.conj(d) / (a * d)
+                # principal square root of a 2 x 2 matrix: (Omega + s I) / t, s^2 = det, t^2 = tr + 2 s
+                tr, s = w00 + w11, np.sqrt(w00 * w11 - w01 * w10)
+                s = np.where(np.abs(tr + 2 * s) >= np.abs(tr - 2 * s), s, -s)
+                t = np.sqrt(tr + 2 * s)
+                p00, p01, p10, p11 = (w00 + s) / t, w01 / t, w10 / t, (w11 + s) / t
+                Y[:, j] = L[:, j] * p00 + L[:, j + 1] * p10
+                Y[:, j + 1] = L[:, j] * p01 + L[:, j + 1] * p11
+        re = Y.real
+        if np.all(np.isfinite(Y)) and np.linalg.norm(Y.imag) <= _REALIFY_RTOL * np.linalg.norm(re):
+            return np.ascontiguousarray(re)
+    return np.linalg.qr(np.concatenate([L.real.T, L.imag.T]), mode="r").T
 
 
 def _small_components(pattern, max_sweeps: int = 8):

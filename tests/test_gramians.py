@@ -399,6 +399,50 @@ def test_modal_path_is_used_for_well_conditioned_blocks_and_not_for_nearly_defec
     assert rp < 1e-12 and rq < 1e-12, (rp, rq)
 
 
+@given(seeds, st.integers(8, 24), spectral_radii(), st.integers(0, 2))
+def test_real_factor_of_the_modal_path_rotates_conjugate_pairs_and_falls_back_to_qr(seed, n_blocks, rho, n_zero):
+    """The O(n^2) realification gives the Gramian of the QR route; an uncontrollable pair takes the QR route."""
+    import importlib
+
+    from lti_reduce.validate import dense_system
+
+    g = importlib.import_module("lti_reduce.gramians")
+    A, B, C = permuted_block_diagonal_system(seed, n_blocks, False, rho)
+    B[np.random.default_rng(seed).permutation(B.shape[0])[:n_zero]] = 0.0  # some modes the input misses
+    blocks = g._BlockDiagonal.detect(A)
+    calls = []
+    real_factor = g._real_factor
+
+    def spy(L, Lh, pairs):
+        out = real_factor(L, Lh, pairs)
+        calls.append((L, Lh, pairs, out))
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(g, "_real_factor", spy)
+        factors = g._modal_factor_pair(dense_system(A, B, C), blocks, B[blocks.perm], C[:, blocks.perm], real=True)
+    assert factors is not None and len(calls) == 2
+    for L, Lh, pairs, out in calls:
+        assert pairs is not None  # numpy's eig of real blocks gives adjacent conjugate pairs
+        assert out.dtype == np.float64
+        via_qr = real_factor(L, Lh, None)
+        target = (L @ L.conj().T).real
+        assert rel_err(out @ out.T, target) < 1e-13 and rel_err(via_qr @ via_qr.T, target) < 1e-13
+        if n_zero == 0:  # every mode reached: the O(n^2) rotation, not the QR route (a triangular R^T)
+            assert not np.allclose(np.triu(out, 1), 0.0, rtol=0, atol=0)
+    # a conjugate pair that the input does not reach: a zero diagonal block of Lh, so the QR route
+    lam = np.array([0.5 + 0.4j, 0.5 - 0.4j, -0.3])
+    V = np.array([[1.0, 1.0, 0.0], [-1j, 1j, 0.0], [0.0, 0.0, 1.0]]) / np.sqrt([2, 2, 1])
+    Lh = np.tril(np.ones((3, 3), dtype=complex))
+    Lh[:2, :2] = 0.0
+    L = V @ Lh
+    out = real_factor(L, Lh, g._conjugate_pairs(lam))
+    assert out.dtype == np.float64 and rel_err(out @ out.T, (L @ L.conj().T).real) < 1e-14
+    assert g._conjugate_pairs(np.array([0.5 - 0.4j, 0.5 + 0.4j])) is None  # not LAPACK's order
+    assert g._conjugate_pairs(np.array([0.5 + 0.4j, 0.2, 0.5 - 0.4j])) is None  # not adjacent
+    assert g._conjugate_pairs(np.array([0.5, 0.2])).size == 0  # real eigenvalues only
+
+
 def test_block_detection_falls_back_to_scipy_for_long_chains_and_agrees_with_it():
     import importlib
 
