@@ -86,13 +86,17 @@ def diagonal_stein_factor(lam, G):
         row = Lt[t, t + 1:]
         w = gemv(1.0, rest, hc, trans=2, y=row, overwrite_y=1)  # w_i = g_i e, written into Lt
         if upfront:
+            if w is not row:  # f2py copied instead of writing in place (it does not for these views)
+                row[:] = w
             coef = w * K[t, t + 1:]
         else:
             lam_rest = lam[t + 1:]
             u = (alpha[t] * w) / (1.0 - lam_rest * lam[t].conjugate())
             coef = (lam[t] - 1.0) * w - alpha[t] * lam_rest * u
             row[:] = u  # w is a view of row: overwritten only now
-        gerc(1.0, hc, coef, a=rest, overwrite_a=1)  # rest += conj(h) coef^H, in place
+        updated = gerc(1.0, hc, coef, a=rest, overwrite_a=1)  # rest += conj(h) coef^H, in place
+        if updated is not rest:  # as above: never taken for a Fortran-ordered complex128 block
+            rest[...] = updated
     if n:
         beta[n - 1] = nrm2(Hc[:, n - 1])
     beta = np.array(beta)
