@@ -18,6 +18,7 @@ from adapters.torch.training import (  # noqa: E402
     cut_steps,
     default_chunk_size,
     format_table,
+    interleaved_step_times,
     resolve_device,
     run_comparison,
     train_run,
@@ -80,6 +81,25 @@ def test_run_comparison_compresses_the_states_and_builds_scratch_at_the_reached_
     assert saved["runs"]["compressed"]["state_dims"] == compressed["state_dims"]
     table = format_table(results)
     assert "(2) compressed in training" in table and "compress_ calls: 2" in table
+    # the final models' step times, timed in turn: one per run, the baseline's ratio exactly 1
+    ms, ratio = saved["step_time_interleaved_ms"], saved["step_speedup_interleaved"]
+    assert set(ms) == set(ratio) == {"baseline", "compressed", "scratch"}
+    assert all(v > 0 for v in ms.values()) and ratio["baseline"] == 1.0
+    assert ratio["compressed"] == pytest.approx(ms["baseline"] / ms["compressed"])
+    assert "timed in turn" in table
+
+
+def test_interleaved_step_times_leave_the_trained_models_untouched(tmp_path):
+    data, config = toy_data(), tiny_config(tmp_path)
+    models = {"baseline": build_model(config, data), "scratch": build_model(config, data, d_state=[5, 6])}
+    before = {name: [p.detach().clone() for p in m.parameters()] for name, m in models.items()}
+    models["baseline"].eval()
+    ms = interleaved_step_times(models, data, config, rounds=2, steps_per_round=3)
+    assert set(ms) == {"baseline", "scratch"} and all(v > 0 for v in ms.values())
+    for name, m in models.items():
+        assert all(torch.equal(p, q) for p, q in zip(m.parameters(), before[name]))
+        assert all(p.grad is None for p in m.parameters())
+    assert not models["baseline"].training and models["scratch"].training  # modes are the models' own
 
 
 def test_runs_are_reproducible_up_to_timing(tmp_path):

@@ -46,7 +46,7 @@ from .scan import MODES
 from .schedule import CompressionSchedule
 
 __all__ = ["ConfigError", "ExperimentConfig", "LRUBlock", "LRUClassifier", "RUNS", "build_model", "cut_steps",
-           "default_chunk_size", "evaluate", "format_table", "resolve_device", "run_comparison", "save_plots",
+           "default_chunk_size", "evaluate", "format_table", "interleaved_step_times", "resolve_device", "run_comparison", "save_plots",
            "train_run"]
 
 RUNS = ("baseline", "compressed", "scratch")
@@ -542,7 +542,9 @@ def run_comparison(config: ExperimentConfig, *, data: SequenceDataset | None = N
         What ``results.json`` holds: ``config``, ``dataset``, ``environment``, ``runs``
         (per run: ``test_accuracy``, ``state_dims``, ``total_state``, ``train_time_s``,
         ``phases``, ``cuts``, ...), ``speedup`` (baseline time / run time), ``targets``
-        (the three checks of the README), ``files``.
+        (the three checks of the README), ``step_time_interleaved_ms`` and
+        ``step_speedup_interleaved`` (each trained model's step time, timed in turn by
+        :func:`interleaved_step_times`; with the baseline and another run), ``files``.
 
     Raises
     ------
@@ -601,8 +603,10 @@ def _run_comparison(config: ExperimentConfig, data: SequenceDataset | None, devi
                        "total_state": sum(model.state_dims),
                        "parameters": sum(p.numel() for p in model.parameters())})
         results["runs"][name] = record
+        models[name] = model
         return model
 
+    models: dict[str, nn.Module] = {}
     if "baseline" in config.runs:
         one_run("baseline", None, [])
     if "compressed" in config.runs:
@@ -614,6 +618,10 @@ def _run_comparison(config: ExperimentConfig, data: SequenceDataset | None, devi
     if "baseline" in runs:
         base = runs["baseline"]["train_time_s"]
         results["speedup"] = {name: base / r["train_time_s"] for name, r in runs.items()}
+        if len(models) > 1:
+            step_ms = interleaved_step_times(models, data, config, device=device)
+            results["step_time_interleaved_ms"] = step_ms
+            results["step_speedup_interleaved"] = {name: step_ms["baseline"] / ms for name, ms in step_ms.items()}
     results["targets"] = _targets(runs, results.get("speedup", {}))
     results["files"] = {"results": str(out / "results.json")}
     results["files"].update(save_plots(results, out))
@@ -638,6 +646,65 @@ def _environment(device: torch.device) -> dict:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
+
+
+def interleaved_step_times(models: dict, data: SequenceDataset, config: ExperimentConfig, *, rounds: int = 5,
+                           steps_per_round: int = 10, device: torch.device | None = None) -> dict:
+    """Training-step time of each model at its final size, measured interleaved (ms, median over rounds).
+
+    Each round times ``steps_per_round`` AdamW steps of every model in turn, on copies (the
+    trained models are not touched) and the same batches, so all models see the same machine
+    state. On a shared machine the wall clock of whole runs drifts by 10-20% between runs
+    minutes apart; this ratio of step times does not, and it isolates what the state size
+    costs from when each run happened to be scheduled.
+
+    Parameters
+    ----------
+    models : dict of str to nn.Module
+        The trained models by run name.
+    data : SequenceDataset
+        Batches come from its training split.
+    config : ExperimentConfig
+        Batch size, optimizer settings, gradient clipping and seed.
+    rounds, steps_per_round : int
+        After one untimed warm-up round.
+
+    Returns
+    -------
+    dict of str to float
+        Median milliseconds per step, by run name.
+    """
+    import copy
+
+    device = device or next(next(iter(models.values())).parameters()).device
+    bs = min(config.batch_size, len(data.y_train))
+    gen = torch.Generator().manual_seed(config.seed + 2)
+    batches = [torch.randperm(len(data.y_train), generator=gen)[:bs].to(device) for _ in range(steps_per_round)]
+    work = {}
+    for name, model in models.items():
+        clone = copy.deepcopy(model).train()
+        work[name] = (clone, _adamw(_param_groups(clone, config), config))
+
+    def timed(clone, optimizer) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        for idx in batches:
+            loss = F.cross_entropy(clone(data.x_train[idx]), data.y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(clone.parameters(), config.grad_clip, foreach=True)
+            optimizer.step()
+        _sync(device)
+        return 1000.0 * (time.perf_counter() - start) / len(batches)
+
+    times: dict[str, list[float]] = {name: [] for name in work}
+    for r in range(rounds + 1):
+        for name, (clone, optimizer) in work.items():
+            ms = timed(clone, optimizer)
+            if r > 0:  # round 0 warms up
+                times[name].append(ms)
+    return {name: float(np.median(v)) for name, v in times.items()}
 
 
 def _targets(runs: dict, speedup: dict) -> dict:
@@ -675,6 +742,13 @@ def format_table(results: dict) -> str:
             lines.append(f"  steps {p['start_step']:>6}-{p['end_step']:<6} state {_sizes(p['state_dims']):<20} "
                          f"{p['time_s']:>8.1f}s")
         lines.append(f"  compress_ calls: {len(r['cuts'])}, {r['compress_time_s']:.2f}s in total (included above)")
+    if results.get("step_time_interleaved_ms"):
+        ms, ratio = results["step_time_interleaved_ms"], results["step_speedup_interleaved"]
+        lines.append("")
+        lines.append("step time at the final size, the runs' models timed in turn (steadier than whole runs on a "
+                     "shared machine):")
+        lines.append("  " + ", ".join(f"{RUN_TITLES[name].split(' ')[0]} {ms[name]:.1f} ms ({ratio[name]:.2f}x)"
+                                      for name in ms))
     if results.get("targets"):
         lines.append("")
         t = results["targets"]
