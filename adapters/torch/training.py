@@ -648,13 +648,13 @@ def _environment(device: torch.device) -> dict:
     return env
 
 
-def interleaved_step_times(models: dict, data: SequenceDataset, config: ExperimentConfig, *, rounds: int = 5,
+def interleaved_step_times(models: dict, data: SequenceDataset, config: ExperimentConfig, *, rounds: int = 6,
                            steps_per_round: int = 10, device: torch.device | None = None) -> dict:
     """Training-step time of each model at its final size, measured interleaved (ms, median over rounds).
 
-    Each round times ``steps_per_round`` AdamW steps of every model in turn, on copies (the
-    trained models are not touched) and the same batches, so all models see the same machine
-    state. On a shared machine the wall clock of whole runs drifts by 10-20% between runs
+    Each round times ``steps_per_round`` AdamW steps of every model in turn (the order rotates
+    from round to round), on copies (the trained models are not touched) and the same batches,
+    so all models see the same machine state. On a shared machine the wall clock of whole runs drifts by 10-20% between runs
     minutes apart; this ratio of step times does not, and it isolates what the state size
     costs from when each run happened to be scheduled.
 
@@ -699,9 +699,10 @@ def interleaved_step_times(models: dict, data: SequenceDataset, config: Experime
         return 1000.0 * (time.perf_counter() - start) / len(batches)
 
     times: dict[str, list[float]] = {name: [] for name in work}
+    names = list(work)
     for r in range(rounds + 1):
-        for name, (clone, optimizer) in work.items():
-            ms = timed(clone, optimizer)
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotated: no model always follows another
+            ms = timed(*work[name])
             if r > 0:  # round 0 warms up
                 times[name].append(ms)
     return {name: float(np.median(v)) for name, v in times.items()}
