@@ -224,7 +224,10 @@ def _modal_factor_pair(sysw: _Dense, blocks: "_BlockDiagonal", B, C, *, real: bo
 
 
 def _conjugate_pairs(lam):
-    """Indices ``j`` with ``lam[j + 1] == conj(lam[j])``, ``Im lam[j] > 0``, covering every complex ``lam``; or None.
+    """Indices ``j`` of the conjugate pairs, or None.
+
+    ``lam[j + 1] == conj(lam[j])`` and ``Im lam[j] > 0`` for every ``j``, and the pairs cover every
+    complex ``lam``; None if ``lam`` is not in that order.
 
     LAPACK's ``xGEEV`` returns the eigenvalues of a real matrix in this order, with the
     eigenvectors of a pair exact conjugates of each other.

@@ -46,8 +46,8 @@ from .scan import MODES
 from .schedule import CompressionSchedule
 
 __all__ = ["ConfigError", "ExperimentConfig", "LRUBlock", "LRUClassifier", "RUNS", "build_model", "cut_steps",
-           "default_chunk_size", "evaluate", "format_table", "interleaved_step_times", "resolve_device", "run_comparison", "save_plots",
-           "train_run"]
+           "default_chunk_size", "evaluate", "format_table", "interleaved_step_times", "resolve_device",
+           "run_comparison", "save_plots", "train_run"]
 
 RUNS = ("baseline", "compressed", "scratch")
 RUN_TITLES = {"baseline": "(1) baseline, full size", "compressed": "(2) compressed in training",
@@ -284,6 +284,18 @@ def _adamw(groups: list[dict], config: ExperimentConfig) -> torch.optim.AdamW:
         return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), foreach=True)
 
 
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                config: ExperimentConfig) -> torch.Tensor:
+    """One AdamW update on the batch ``(x, y)`` (cross-entropy, gradient clipping); returns the loss."""
+    loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=True)
+    optimizer.step()
+    return loss
+
+
 def _lr_lambdas(groups: list[dict], steps: int, config: ExperimentConfig, cuts) -> list:
     """Per-group learning-rate factors: warm-up, cosine decay, and a re-warm-up after each cut.
 
@@ -496,13 +508,7 @@ def train_run(model: LRUClassifier, data: SequenceDataset, config: ExperimentCon
         if i == 0:
             perm = torch.randperm(n, generator=order).to(device)
         idx = perm[i * bs:(i + 1) * bs]
-        logits = model(data.x_train[idx])
-        loss = F.cross_entropy(logits, data.y_train[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=True)
-        optimizer.step()
+        loss = _train_step(model, optimizer, data.x_train[idx], data.y_train[idx], config)
         scheduler.step()
         losses.append(loss.detach())
         if bar is not None:
@@ -654,9 +660,9 @@ def interleaved_step_times(models: dict, data: SequenceDataset, config: Experime
 
     Each round times ``steps_per_round`` AdamW steps of every model in turn (the order rotates
     from round to round), on copies (the trained models are not touched) and the same batches,
-    so all models see the same machine state. On a shared machine the wall clock of whole runs drifts by 10-20% between runs
-    minutes apart; this ratio of step times does not, and it isolates what the state size
-    costs from when each run happened to be scheduled.
+    so all models see the same machine state. On a shared machine the wall clock of whole runs
+    minutes apart drifts by 10-50%; this ratio of step times does not, and it isolates what the
+    state size costs from when each run happened to be scheduled.
 
     Parameters
     ----------
@@ -689,12 +695,7 @@ def interleaved_step_times(models: dict, data: SequenceDataset, config: Experime
         _sync(device)
         start = time.perf_counter()
         for idx in batches:
-            loss = F.cross_entropy(clone(data.x_train[idx]), data.y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(clone.parameters(), config.grad_clip, foreach=True)
-            optimizer.step()
+            _train_step(clone, optimizer, data.x_train[idx], data.y_train[idx], config)
         _sync(device)
         return 1000.0 * (time.perf_counter() - start) / len(batches)
 
