@@ -33,7 +33,10 @@ Quintana-Orti, Parallel Comput. 26 (2000) (factored sign/doubling iterations).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+from scipy.linalg import blas, lapack
 
 from . import _backend as be
 from .validate import _Dense, dense_system, raise_unstable
@@ -127,7 +130,6 @@ def _factor_pair_numpy(sysw: _Dense):
     eps = float(np.finfo(np.float64).eps)
     cplx = np.iscomplexobj(A) or np.iscomplexobj(sysw.B) or np.iscomplexobj(sysw.C)
     dtype = np.complex128 if cplx else np.float64
-    tpqrt = lapack.ztpqrt if cplx else lapack.dtpqrt
     A = np.asarray(A, dtype=dtype)
     B, C = np.asarray(sysw.B, dtype=dtype), np.asarray(sysw.C, dtype=dtype)
     Ak = _BlockDiagonal.detect(A)
@@ -139,39 +141,183 @@ def _factor_pair_numpy(sysw: _Dense):
     else:
         Ak = _Dense2D(A)
     # R^H R = Z Z^H: controllability starts from Z = B (R = B^H), observability from Z = C^H (R = C).
-    state = {"c": [np.conj(B.T), False, False], "o": [np.array(C), False, False]}  # [R, triangular, done]
+    factors = _doubling_rt(Ak, np.conj(B.T), np.array(C), n, certify=True)
+    if factors is None:
+        raise_unstable(sysw.xp, sysw.A, "The doubling iteration for the Gramians did not converge. ")
+    Lc, Lo = np.conj(factors[0].T), np.conj(factors[1].T)
+    return Ak.unpermute(Lc), Ak.unpermute(Lo)
+
+
+def _doubling_rt(Ak, Rc, Ro, n: int, *, certify: bool, first_try: int = None):
+    """The doubling iteration on factors carried as ``R = Z^H``; ``(Rc, Ro)`` or None if it diverges.
+
+    ``Ak`` is a :class:`_Dense2D` or :class:`_BlockDiagonal` holding ``A``. With ``certify`` the
+    iteration also squares ``A`` until ``||A^(2^k)||_F < 1`` (a proof of ``rho(A) < 1``), as the
+    caller needs; the recursive call on the low-rank tail leaves that to its caller.
+
+    Low-rank tail (dense ``A`` only). The powers ``A_k = A^(2^k)`` lose rank fast: only the
+    eigenvalues near the unit circle survive squaring (for a random ``64 x 64`` matrix with
+    ``rho = 0.999`` the numerical rank is 64, 54, 38, 18, 6 at ``2^k = 16 ... 256``, while the
+    iteration needs ``2^k ~ 32768``). Once ``A_k = X Y^H`` to working precision, with ``r``
+    columns, the remaining sum obeys ``P = Z_k Z_k^H + A_k P A_k^H``, so ``P = Z_k Z_k^H + X M X^H``
+    with the ``r x r`` Stein equation
+
+    .. math:: M = (Y^H X) M (Y^H X)^H + (Y^H Z_k)(Y^H Z_k)^H
+
+    (``M = Y^H P Y``), and likewise ``Q = Z_o Z_o^H + Y N Y^H`` with ``N = (Y^H X)^H N (Y^H X) +
+    (X^H Z_o)(X^H Z_o)^H``. Both are solved by this iteration on the ``r x r`` system, and one
+    compression of ``[Z_k, X L_M]`` (``M = L_M L_M^H``) finishes each factor: the remaining
+    steps cost ``O(r^3)`` instead of ``O(n^3)``. The split is a pivoted QR of ``A_k``
+    (``xGEQP3``), truncated where the discarded block has ``||R_22||_F <= sqrt(n) eps ||A_k||_F``
+    (its rounding level): the factors then change by a few ``eps`` relative, as rounding the
+    products would. It is tried
+    when the pivots of the last try predict a rank ``<= n / 2``, and not when ``||A_k||_F`` shows
+    that at most three more steps are left.
+    """
+    eps = float(np.finfo(np.float64).eps)
+    cplx = any(np.iscomplexobj(x) for x in (Ak.M if type(Ak) is _Dense2D else Ak.groups[0][2], Rc, Ro))
+    nrm2 = blas.dznrm2 if cplx else blas.dnrm2
+    tpqrt = lapack.ztpqrt if cplx else lapack.dtpqrt
+    R, tri, done = [Rc, Ro], [False, False], [False, False]
+    if first_try is None:
+        first_try = _LOW_RANK_FIRST
+    next_try = first_try if type(Ak) is _Dense2D and n >= _LOW_RANK_MIN_ORDER else None
     with np.errstate(over="ignore", invalid="ignore"):
-        for _ in range(_MAX_DOUBLINGS):
-            for key, st in state.items():
-                R, tri, done = st
-                if done:
+        for k in range(_MAX_DOUBLINGS):
+            if next_try is not None and k >= next_try and not (done[0] and done[1]) and _steps_left(Ak, eps) > 3:
+                split, next_try = _low_rank_split(Ak.M, n, k, eps)
+                if split is not None:
+                    return _low_rank_tail(Ak, split, R, tri, done, n, tpqrt, certify)
+            for i in (0, 1):  # 0: controllability (R A_k^H), 1: observability (R A_k)
+                if done[i]:
                     continue
-                X = Ak.rmul(R, adjoint=(key == "c"))
-                normX = np.linalg.norm(X)
-                if not np.isfinite(normX):  # rho(A) >= 1: A_k overflows next
+                X = Ak.rmul(R[i], adjoint=(i == 0))
+                size = nrm2(X.ravel(order="K"))
+                if not np.isfinite(size):  # rho(A) >= 1: A_k overflows next
                     continue
-                if normX <= eps * np.linalg.norm(R):
-                    st[2] = True
-                elif tri:
-                    R, _, _, info = tpqrt(0, _tpqrt_block(n), np.asfortranarray(R), np.asfortranarray(X),
-                                          overwrite_a=True, overwrite_b=True)
-                    if info != 0:  # pragma: no cover - LAPACK argument error
-                        raise RuntimeError(f"LAPACK xTPQRT failed with info = {info}")
-                    st[0] = R  # the strict lower triangle is not referenced and stays zero
+                if size <= eps * nrm2(R[i].ravel(order="K")):
+                    done[i] = True
                 else:
-                    R = np.concatenate([R, X], axis=0)
-                    if R.shape[0] > n:
-                        st[0], st[1] = np.linalg.qr(R, mode="r"), True
-                    else:
-                        st[0] = R
+                    R[i], tri[i] = _append_rows(R[i], tri[i], X, n, tpqrt)
             # ||A^(2^k)||_F < 1 certifies rho(A) < 1 (see _factor_pair).
-            if state["c"][2] and state["o"][2] and Ak.norm() < 1.0:
-                Lc, Lo = np.conj(state["c"][0].T), np.conj(state["o"][0].T)
-                return Ak.unpermute(Lc), Ak.unpermute(Lo)
+            if done[0] and done[1] and (not certify or Ak.norm() < 1.0):
+                return R[0], R[1]
             Ak = Ak.square()
             if not Ak.finite():
                 break
-    raise_unstable(sysw.xp, sysw.A, "The doubling iteration for the Gramians did not converge. ")
+    return None
+
+
+def _steps_left(Ak, eps: float) -> float:
+    """An upper bound on the doublings left once ``||A_k||_F < 1`` (``||A_k||^(2^j) <= eps``), else inf."""
+    nrm = Ak.norm()
+    return float(np.log2(np.log(eps) / np.log(nrm))) if 0.0 < nrm < 1.0 else (0.0 if nrm == 0.0 else np.inf)
+
+
+# Doubling step at which the low-rank split is first tried (A_k = A^128: for a random matrix the
+# eigenvalues within eps^(1/128) ~ 0.75 rho of the circle, ~43% of them, survive), the largest
+# rank (as a fraction of n) at which the tail is taken, and the smallest order for which it is tried.
+_LOW_RANK_FIRST = 7
+_LOW_RANK_MAX = 0.5
+_LOW_RANK_MIN_ORDER = 8
+_LOW_RANK_FIRST_TAIL = 1
+
+
+def _append_rows(R, tri: bool, X, n: int, tpqrt):
+    """``(R', triangular)`` with ``R'^H R' = R^H R + X^H X`` and at most ``n`` rows.
+
+    ``xTPQRT`` when ``R`` is ``n x n`` triangular, else a QR decomposition once the rows exceed ``n``.
+    """
+    if tri:
+        R, _, _, info = tpqrt(0, _tpqrt_block(n), np.asfortranarray(R), np.asfortranarray(X),
+                              overwrite_a=True, overwrite_b=True)
+        if info != 0:  # pragma: no cover - LAPACK argument error
+            raise RuntimeError(f"LAPACK xTPQRT failed with info = {info}")
+        return R, True  # the strict lower triangle is not referenced and stays zero
+    R = np.concatenate([R, X], axis=0)
+    if R.shape[0] > n:
+        qr, _, _, info = (lapack.zgeqrf if np.iscomplexobj(R) else lapack.dgeqrf)(R, overwrite_a=True)
+        if info != 0:  # pragma: no cover - LAPACK argument error
+            raise RuntimeError(f"LAPACK xGEQRF failed with info = {info}")
+        return np.asfortranarray(qr[:n] * _upper_mask(n)), True
+    return R, False
+
+
+def _low_rank_split(M, n: int, k: int, eps: float):
+    """``((X, Yh), None)`` with ``M = X Yh`` up to ``sqrt(n) eps ||M||_F`` in at most ``n / 2`` columns, else ``(None, k')``.
+
+    Pivoted QR ``M Pi = Q R`` (``xGEQP3``): ``X = Q[:, :r]`` and ``Yh = R[:r] Pi^T`` with the smallest
+    ``r`` whose trailing block has ``||R[r:, r:]||_F <= sqrt(n) eps ||M||_F`` (for the upper triangular
+    ``R`` that block holds all of rows ``r:``), the size of the pivoted QR's own rounding: below it
+    the trailing block is noise. (Measured: the HSVs move by at most 4e-15 sigma_1 from those of
+    the iteration without the split at n = 64..256, rho = 0.98..0.999.) When ``r`` is too large, the pivots predict the
+    rank of the next powers (``sigma_i(M^(2^j)) ~ sigma_i(M)^(2^j)``, exact for a normal ``M``),
+    and ``k'`` is the first step ``k + j`` at which that prediction is ``<= n / 2``.
+    """
+    cplx = np.iscomplexobj(M)
+    QR, jpvt, tau, _, info = (lapack.zgeqp3 if cplx else lapack.dgeqp3)(M)
+    if info != 0:  # pragma: no cover - LAPACK argument error
+        raise RuntimeError(f"LAPACK xGEQP3 failed with info = {info}")
+    R = QR * _upper_mask(n)
+    row_sq = np.einsum("ij,ij->i", R, np.conj(R)).real
+    tail = np.sqrt(np.cumsum(row_sq[::-1])[::-1])  # tail[r] = ||R[r:, r:]||_F
+    total = float(tail[0])
+    if not np.isfinite(total):
+        return None, None  # overflow: the caller's iteration stops
+    r = int(np.count_nonzero(tail > np.sqrt(n) * eps * total))
+    if r <= _LOW_RANK_MAX * n:
+        r = max(r, 1)
+        Q, _, info = (lapack.zungqr if cplx else lapack.dorgqr)(QR[:, :r], tau[:r])
+        if info != 0:  # pragma: no cover - LAPACK argument error
+            raise RuntimeError(f"LAPACK xUNGQR failed with info = {info}")
+        Yh = np.empty((r, n), dtype=R.dtype)
+        Yh[:, jpvt - 1] = R[:r]
+        return (Q, Yh), None
+    d = np.abs(np.diag(R)) / total
+    for j in range(1, 4):
+        if np.count_nonzero(d ** (2 ** j) > eps) <= _LOW_RANK_MAX * n:
+            return None, k + j
+    return None, k + 4
+
+
+@functools.lru_cache(maxsize=8)
+def _upper_mask(n: int):
+    """``triu(ones((n, n)))``, cached: multiplying by it is 4x faster than ``np.triu``."""
+    return np.triu(np.ones((n, n)))
+
+
+def _low_rank_tail(Ak: "_Dense2D", split, R, tri, done, n: int, tpqrt, certify: bool):
+    """Finish :func:`_doubling_rt` from ``A_k = X Yh`` by the ``r x r`` Stein equations (see there)."""
+    X, Yh = split
+    r = X.shape[1]
+    small = []
+    for i in (0, 1):
+        if done[i]:  # converged already: the tail is below round-off
+            small.append(R[i][:0, :r])
+            continue
+        # Z-form: Y^H Z_c and X^H Z_o; carried as their adjoints R Y and R X
+        G = R[i] @ np.conj(Yh.T) if i == 0 else R[i] @ X
+        small.append(_append_rows(G[:0], False, G, r, tpqrt)[0])
+    tail = _doubling_rt(_Dense2D(Yh @ X), small[0], small[1], r, certify=False, first_try=_LOW_RANK_FIRST_TAIL)
+    if tail is None:
+        return None
+    out = []
+    for i in (0, 1):
+        Ri = R[i]
+        if not done[i] and tail[i].shape[0]:
+            # [Z_c, X L_M] and [Z_o, Y L_N] in R-form: rows L_M^H X^H and L_N^H Y^H
+            Ri = _append_rows(Ri, tri[i], tail[i] @ (np.conj(X.T) if i == 0 else Yh), n, tpqrt)[0]
+        out.append(Ri)
+    if certify:  # the proof of rho(A) < 1 still needs ||A^(2^k)||_F < 1 of the full matrix
+        with np.errstate(over="ignore", invalid="ignore"):
+            for _ in range(_MAX_DOUBLINGS):
+                if Ak.norm() < 1.0:
+                    return out[0], out[1]
+                Ak = Ak.square()
+                if not Ak.finite():
+                    return None
+        return None
+    return out[0], out[1]
 
 
 # Largest eigenvector condition number of a diagonal block for which the modal path is used.
@@ -306,19 +452,22 @@ class _Dense2D:
 
     def __init__(self, M):
         self.M = M
+        self._norm = None
 
     def rmul(self, R, adjoint: bool):
-        """``R M^H`` (``adjoint``) or ``R M``."""
-        return R @ (np.conj(self.M.T) if adjoint else self.M)
+        """``R M^H`` (``adjoint``) or ``R M``, Fortran-ordered for ``xTPQRT`` (no copy)."""
+        return ((np.conj(self.M) if adjoint else self.M.T) @ R.T).T
 
     def square(self):
         return _Dense2D(self.M @ self.M)
 
     def norm(self) -> float:
-        return float(np.linalg.norm(self.M))
+        if self._norm is None:
+            self._norm = float(np.linalg.norm(self.M))
+        return self._norm
 
     def finite(self) -> bool:
-        return bool(np.all(np.isfinite(self.M)))
+        return bool(np.isfinite(self.norm()))
 
     def unpermute(self, L):
         return L

@@ -482,3 +482,104 @@ def test_generalized_schur_factor_per_step_coefficients_equal_the_upfront_ones(m
     assert np.abs(per_step - upfront).max() <= 1e-13 * np.abs(upfront).max()
     P = (G @ G.conj().T) / (1.0 - lam[:, None] * lam.conj()[None, :])
     assert rel_err(per_step @ per_step.conj().T, P) < 1e-13
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Low-rank tail of the doubling iteration (dense A, n >= 32): A^(2^k) = X Y^H, then an r x r Stein equation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _gramians_module():
+    import importlib
+
+    return importlib.import_module("lti_reduce.gramians")
+
+
+def _spy_on_low_rank_split(monkeypatch):
+    """Record the ranks of the low-rank splits that succeed."""
+    g = _gramians_module()
+    ranks, split = [], g._low_rank_split
+
+    def spy(M, n, k, eps):
+        out = split(M, n, k, eps)
+        if out[0] is not None:
+            ranks.append(out[0][0].shape[1])
+        return out
+
+    monkeypatch.setattr(g, "_low_rank_split", spy)
+    return ranks
+
+
+def _check_against_the_iteration_without_the_split(sys, Lc, Lo):
+    g = _gramians_module()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(g, "_LOW_RANK_FIRST", 10**6)
+        Lc_full, Lo_full = lr.gramian_factors(sys.A, sys.B, sys.C)
+    P, Q = Lc @ Lc.conj().T, Lo @ Lo.conj().T
+    assert rel_err(P, Lc_full @ Lc_full.conj().T) < 1e-12
+    assert rel_err(Q, Lo_full @ Lo_full.conj().T) < 1e-12
+    rp, rq = stein_residuals(sys.A, sys.B, sys.C, P, Q)
+    assert rp < 1e-11 and rq < 1e-11, (rp, rq)
+    # the HSVs to round-off of sigma_1, and to SLICOT's accuracy
+    hsv = np.linalg.svd(Lo.conj().T @ Lc, compute_uv=False)
+    hsv_full = np.linalg.svd(Lo_full.conj().T @ Lc_full, compute_uv=False)
+    assert np.max(np.abs(hsv - hsv_full)) <= 1e-13 * hsv_full[0]
+    hsv_ref = ref.hsv_ab09ad(sys.A, sys.B, sys.C)
+    k = min(hsv.size, hsv_ref.size)
+    assert np.max(np.abs(hsv[:k] - hsv_ref[:k])) <= 1e-10 * hsv_ref[0]
+
+
+@given(stable_systems(n=(32, 72), near_unit=True, a_kind="gaussian", structure="generic"))
+def test_low_rank_tail_gives_the_factors_of_the_full_doubling_iteration(slycot, sys):
+    """A near-unit dense A of order >= 32 takes the tail; same factors as without it, same HSVs as SLICOT."""
+    with pytest.MonkeyPatch.context() as mp:
+        ranks = _spy_on_low_rank_split(mp)
+        Lc, Lo = lr.gramian_factors(sys.A, sys.B, sys.C)
+    assert ranks, "a near-unit Gaussian A of order >= 32 takes the low-rank tail"
+    assert ranks[0] <= sys.A.shape[0] // 2
+    _check_against_the_iteration_without_the_split(sys, Lc, Lo)
+
+
+@given(stable_systems(n=(32, 64), structure=("uncontrollable", "unobservable", "both", "rank_deficient_b")))
+def test_low_rank_tail_of_non_minimal_and_modal_systems_gives_the_same_factors(slycot, sys):
+    """Hidden blocks (block triangular A), rank-one B, modal or Gaussian A, any radius: tail taken or not."""
+    Lc, Lo = lr.gramian_factors(sys.A, sys.B, sys.C)
+    _check_against_the_iteration_without_the_split(sys, Lc, Lo)
+
+
+def test_low_rank_tail_still_rejects_an_unstable_mode_that_b_and_c_do_not_touch(monkeypatch):
+    """The tail solves the reachable part only; the proof ||A^(2^k)||_F < 1 must still see the hidden mode."""
+    rng = np.random.default_rng(7)
+    n = 64
+    A0 = rng.standard_normal((n - 1, n - 1))
+    A0 *= 0.999 / ref.spectral_radius(A0)
+    A = np.zeros((n, n))
+    A[:-1, :-1], A[-1, -1] = A0, 1.0005  # 1.0005^128 = 1.07: inside the rank-r part at the split
+    B = np.vstack([rng.standard_normal((n - 1, 2)), np.zeros((1, 2))])
+    C = np.hstack([rng.standard_normal((2, n - 1)), np.zeros((2, 1))])
+    ranks = _spy_on_low_rank_split(monkeypatch)
+    with pytest.raises(lr.UnstableSystemError, match=r"spectral radius 1\.000(5|49)"):
+        lr.gramian_factors(A, B, C)
+    assert ranks, "the unstable case went through the low-rank tail"
+
+
+def test_low_rank_split_is_exact_for_a_low_rank_matrix_and_predicts_later_tries_otherwise():
+    g = _gramians_module()
+    eps = float(np.finfo(float).eps)
+    rng = np.random.default_rng(3)
+    n = 40
+    M = rng.standard_normal((n, 5)) @ rng.standard_normal((5, n))
+    (X, Yh), nxt = g._low_rank_split(M, n, 7, eps)
+    assert nxt is None and X.shape == (n, 5) and Yh.shape == (5, n)  # the rounding-level block is cut
+    assert np.allclose(X.T @ X, np.eye(5), atol=1e-14)
+    assert np.linalg.norm(X @ Yh - M) <= 10 * eps * np.linalg.norm(M)
+    # full rank: no split; the pivots (for a permuted diagonal matrix, its sorted diagonal) predict when the
+    # squares sigma_i^(2^j) leave at most n/2 above eps, and that step is the next try (at most k + 4)
+    sig = np.geomspace(1.0, 1e-6, n)
+    perm = rng.permutation(n)
+    full = np.diag(sig)[np.ix_(perm, perm)]
+    split, nxt = g._low_rank_split(full, n, 7, eps)
+    d = sig / np.linalg.norm(sig)
+    expected = next((j for j in (1, 2, 3) if np.count_nonzero(d ** (2 ** j) > eps) <= n // 2), 4)
+    assert split is None and nxt == 7 + expected
+    assert expected < 4  # the case exercises the prediction, not the cap
