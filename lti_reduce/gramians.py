@@ -342,11 +342,16 @@ def _modal_factor_pair(sysw: _Dense, blocks: "_BlockDiagonal", B, C, *, real: bo
     lam, V, Vinv = [], [], []
     for _, _, Ai in blocks.groups:
         w, Vi = np.linalg.eig(Ai)
-        if not np.all(np.isfinite(w)) or (np.linalg.cond(Vi).max() if Vi.shape[-1] > 1 else 1.0) > _MODAL_COND_MAX:
+        if not np.all(np.isfinite(w)):
+            return None
+        Vi_inv = np.linalg.inv(Vi) if Vi.shape[-1] > 1 else 1.0 / Vi
+        # Frobenius condition number ||V||_F ||V^-1||_F: at least the 2-norm one, at most b times it
+        if Vi.shape[-1] > 1 and np.max(np.linalg.norm(Vi, axis=(1, 2)) * np.linalg.norm(Vi_inv, axis=(1, 2))) \
+                > _MODAL_COND_MAX:
             return None
         lam.append(w.reshape(-1))
         V.append(Vi)
-        Vinv.append(np.linalg.inv(Vi))
+        Vinv.append(Vi_inv)
     lam = np.concatenate(lam)
     if lam.size and float(np.abs(lam).max()) >= 1.0 - 1e-12:
         raise_unstable(sysw.xp, sysw.A)
@@ -410,6 +415,9 @@ def _real_factor(L, Lh, pairs):
         Y = np.array(L)
         if pairs.size:
             j = pairs
+            # all pairs evenly spaced by 2 (a modal form of only complex pairs): views, no gathers
+            even = j.size > 1 and np.all(np.diff(j) == 2)
+            j0, j1 = (slice(j[0], j[-1] + 1, 2), slice(j[0] + 1, j[-1] + 2, 2)) if even else (j, j + 1)
             a, c, d = Lh[j, j], Lh[j + 1, j], Lh[j + 1, j + 1]  # Lh_kk = [[a, 0], [c, d]]
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 # Omega_k = Lh_kk^{-1} [[conj c, conj d], [conj a, 0]]
@@ -420,8 +428,9 @@ def _real_factor(L, Lh, pairs):
                 s = np.where(np.abs(tr + 2 * s) >= np.abs(tr - 2 * s), s, -s)
                 t = np.sqrt(tr + 2 * s)
                 p00, p01, p10, p11 = (w00 + s) / t, w01 / t, w10 / t, (w11 + s) / t
-                Y[:, j] = L[:, j] * p00 + L[:, j + 1] * p10
-                Y[:, j + 1] = L[:, j] * p01 + L[:, j + 1] * p11
+                L0, L1 = L[:, j0], L[:, j1]
+                Y[:, j0] = L0 * p00 + L1 * p10
+                Y[:, j1] = L0 * p01 + L1 * p11
         re = Y.real
         if np.all(np.isfinite(Y)) and np.linalg.norm(Y.imag) <= _REALIFY_RTOL * np.linalg.norm(re):
             return np.ascontiguousarray(re)
@@ -436,11 +445,17 @@ def _small_components(pattern, max_sweeps: int = 8):
     1 x 1 and 2 x 2 blocks of a modal form), so after ``max_sweeps`` sweeps it gives up
     (None). Five times faster than building a sparse matrix for ``scipy.sparse.csgraph``.
     """
-    rows, cols = np.nonzero(pattern)
-    labels = np.arange(pattern.shape[0])
+    rows, cols = np.nonzero(pattern)  # row-major: the neighbours of each node are contiguous
+    n = pattern.shape[0]
+    labels = np.arange(n)
+    starts = np.searchsorted(rows, labels)
+    if rows.size == 0 or np.any(np.diff(np.append(starts, rows.size)) == 0):
+        # a node without neighbours (a zero row and column): reduceat needs every segment non-empty
+        pattern = pattern | np.eye(n, dtype=bool)
+        rows, cols = np.nonzero(pattern)
+        starts = np.searchsorted(rows, labels)
     for _ in range(max_sweeps):
-        new = labels.copy()
-        np.minimum.at(new, rows, labels[cols])
+        new = np.minimum(labels, np.minimum.reduceat(labels[cols], starts))
         if np.array_equal(new, labels):
             return labels
         labels = new

@@ -67,6 +67,11 @@ def broadcast_batch(shapes, names) -> tuple:
 
 def dense_system(A, B, C, D=None, *, check_stability: bool = False) -> _Dense:
     """Validate ``(A, B, C, D)`` and return them broadcast, in working precision."""
+    sysw = _plain_numpy_system(A, B, C, D)
+    if sysw is not None:
+        if check_stability:
+            require_stable(sysw)
+        return sysw
     arrays = [check_matrix(A, "A"), check_matrix(B, "B"), check_matrix(C, "C")]
     if D is not None:
         arrays.append(check_matrix(D, "D"))
@@ -109,6 +114,34 @@ def dense_system(A, B, C, D=None, *, check_stability: bool = False) -> _Dense:
     if check_stability:
         require_stable(sysw)
     return sysw
+
+
+_PLAIN_DTYPES = (np.dtype(np.float64), np.dtype(np.complex128))
+
+
+def _plain_numpy_system(A, B, C, D):
+    """:func:`dense_system` for the common case, or None: one float64/complex128 numpy system, all valid.
+
+    The general path costs ~0.1 ms of namespace and dtype bookkeeping, 5% of a balanced
+    truncation at n = 64. Anything unusual (another type, dtype or dimension, a shape
+    mismatch, NaN/Inf) returns None, and the general path then runs and raises its errors.
+    """
+    arrays = (A, B, C) if D is None else (A, B, C, D)
+    if any(type(x) is not np.ndarray or x.ndim != 2 or x.dtype not in _PLAIN_DTYPES for x in arrays):
+        return None
+    n, (nb, m), (p, nc) = A.shape[0], B.shape, C.shape
+    if A.shape[1] != n or n == 0 or nb != n or nc != n or (D is not None and D.shape != (p, m)):
+        return None
+    if not all(np.isfinite(x).all() for x in arrays):
+        return None
+    cplx = any(x.dtype == np.complex128 for x in arrays)
+    dtype = np.complex128 if cplx else np.float64
+    out = []
+    for x in (A, B, C, np.zeros((p, m), dtype=dtype) if D is None else D):
+        x = x.astype(dtype, copy=False).view()
+        x.flags.writeable = False  # as the general path's broadcast views: the caller's arrays stay untouched
+        out.append(x)
+    return _Dense(be.namespace(A), *out, (), dtype, A)
 
 
 def _device(x):
