@@ -39,7 +39,19 @@ from scipy.linalg import blas
 __all__: list[str] = []
 
 
-def diagonal_stein_factor(lam, G):
+def stein_coefficients(lam):
+    """``(U, K)``: the step coefficients of :func:`diagonal_stein_factor` for ``lam`` (``n x n`` each).
+
+    ``U[t, i] = alpha_t / (1 - lam_i conj(lam_t))`` and ``K[t, i] = (lam_t - 1) - alpha_t lam_i U[t, i]``.
+    Those of ``conj(lam)`` are ``(conj(U), conj(K))``: the observability factor of a modal form reuses them.
+    """
+    lam = np.asarray(lam, dtype=np.complex128)
+    alpha = np.sqrt(1.0 - (lam.real ** 2 + lam.imag ** 2))
+    U = alpha[:, None] / (1.0 - np.multiply.outer(lam.conj(), lam))
+    return U, (lam - 1.0)[:, None] - U * (alpha[:, None] * lam[None, :])
+
+
+def diagonal_stein_factor(lam, G, coefficients=None):
     """Cholesky factor of ``P = diag(lam) P diag(lam)^H + G G^H`` (numpy, one system).
 
     Parameters
@@ -48,6 +60,8 @@ def diagonal_stein_factor(lam, G):
         Eigenvalues, ``|lam_i| < 1`` (not checked here).
     G : ndarray, shape (n, m)
         Generator (the input matrix in modal coordinates).
+    coefficients : tuple of ndarray, optional
+        ``stein_coefficients(lam)``, if already at hand (used when ``n <= 512``).
 
     Returns
     -------
@@ -72,19 +86,17 @@ def diagonal_stein_factor(lam, G):
     # call overhead and n x n temporaries would cost more, so each step forms its row.
     upfront = n <= _UPFRONT_MAX
     if upfront:
-        U = alpha[:, None] / (1.0 - np.multiply.outer(lam.conj(), lam))
-        K = (lam - 1.0)[:, None] - U * (alpha[:, None] * lam[None, :])
+        U, K = stein_coefficients(lam) if coefficients is None else coefficients
     nrm2, gemv, gerc = blas.dznrm2, blas.zgemv, blas.zgerc
     beta = [0.0] * n
     for t in range(n - 1):
-        hc = Hc[:, t]
+        hc = Hc[:, t]  # beta conj(e^H); the 1/beta goes into the BLAS calls' alpha
         b = beta[t] = nrm2(hc)
         if b == 0.0:
             continue
-        hc = hc / b  # conj(e^H), a unit vector
         rest = Hc[:, t + 1:]
         row = Lt[t, t + 1:]
-        w = gemv(1.0, rest, hc, trans=2, y=row, overwrite_y=1)  # w_i = g_i e, written into Lt
+        w = gemv(1.0 / b, rest, hc, trans=2, y=row, overwrite_y=1)  # w_i = g_i e, written into Lt
         if upfront:
             if w is not row:  # f2py copied instead of writing in place (it does not for these views)
                 row[:] = w
@@ -94,7 +106,7 @@ def diagonal_stein_factor(lam, G):
             u = (alpha[t] * w) / (1.0 - lam_rest * lam[t].conjugate())
             coef = (lam[t] - 1.0) * w - alpha[t] * lam_rest * u
             row[:] = u  # w is a view of row: overwritten only now
-        updated = gerc(1.0, hc, coef, a=rest, overwrite_a=1)  # rest += conj(h) coef^H, in place
+        updated = gerc(1.0 / b, hc, coef, a=rest, overwrite_a=1)  # rest += conj(e^H) coef^H, in place
         if updated is not rest:  # as above: never taken for a Fortran-ordered complex128 block
             rest[...] = updated
     if n:

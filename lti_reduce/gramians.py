@@ -337,7 +337,7 @@ def _modal_factor_pair(sysw: _Dense, blocks: "_BlockDiagonal", B, C, *, real: bo
     error with their condition number, so blocks with ``cond(V_i) > 1e4`` (nearly defective
     ones) send the system back to the doubling iteration (None).
     """
-    from ._cauchy import diagonal_stein_factor
+    from ._cauchy import _UPFRONT_MAX, diagonal_stein_factor, stein_coefficients
 
     lam, V, Vinv = [], [], []
     for _, _, Ai in blocks.groups:
@@ -365,8 +365,11 @@ def _modal_factor_pair(sysw: _Dense, blocks: "_BlockDiagonal", B, C, *, real: bo
             out[start:stop] = ((np.conj(M.transpose(0, 2, 1)) if adjoint else M) @ Xg).reshape(stop - start, -1)
         return out
 
-    Lch = diagonal_stein_factor(lam, apply(Vinv, B))
-    Loh = diagonal_stein_factor(np.conj(lam), apply(V, np.conj(C.T), adjoint=True))
+    coefs = stein_coefficients(lam) if lam.size <= _UPFRONT_MAX else None
+    Lch = diagonal_stein_factor(lam, apply(Vinv, B), coefs)
+    if coefs is not None:  # those of conj(lam) are the conjugates
+        coefs = (np.conj(coefs[0]), np.conj(coefs[1]))
+    Loh = diagonal_stein_factor(np.conj(lam), apply(V, np.conj(C.T), adjoint=True), coefs)
     Lc, Lo = apply(V, Lch), apply(Vinv, Loh, adjoint=True)
     if real:
         pairs = _conjugate_pairs(lam)
@@ -471,7 +474,8 @@ class _Dense2D:
 
     def rmul(self, R, adjoint: bool):
         """``R M^H`` (``adjoint``) or ``R M``, Fortran-ordered for ``xTPQRT`` (no copy)."""
-        return ((np.conj(self.M) if adjoint else self.M.T) @ R.T).T
+        M = self.M
+        return (((np.conj(M) if np.iscomplexobj(M) else M) if adjoint else M.T) @ R.T).T
 
     def square(self):
         return _Dense2D(self.M @ self.M)
@@ -516,8 +520,8 @@ class _BlockDiagonal(_Dense2D):
         count, sizes = int(labels.max()) + 1, np.bincount(labels)
         if count == 1 or float(np.sum(sizes.astype(float) ** 3)) > max_cost * float(n) ** 3:
             return None
-        # states ordered by (block size, block label): equal-size blocks are contiguous
-        perm = np.lexsort((np.arange(n), labels, sizes[labels]))
+        # states ordered by (block size, block label, index): equal-size blocks are contiguous
+        perm = np.argsort(sizes[labels] * n + labels, kind="stable")
         groups, start = [], 0
         for b in np.unique(sizes):
             stop = start + int(np.sum(sizes == b)) * int(b)
