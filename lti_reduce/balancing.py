@@ -55,7 +55,9 @@ _PROJECTIONS = ("sr", "bfsr")
 
 def _balancing_svd(xp, Lc, Lo, n):
     """SVD ``Lo^H Lc = U diag(s) Vh``, padded with zeros to exactly ``n`` values/vectors."""
-    U, s, Vh = xp.linalg.svd(be.mH(Lo) @ Lc, full_matrices=False)
+    M = be.mH(Lo) @ Lc
+    # numpy directly for one numpy system (the array-API wrapper adds a result object per call)
+    U, s, Vh = np.linalg.svd(M, full_matrices=False) if be.is_numpy(M) else xp.linalg.svd(M, full_matrices=False)
     k = int(s.shape[-1])
     if k < n:  # rank(P) or rank(Q) < n: the remaining HSVs are exactly zero
         batch = tuple(s.shape[:-1])

@@ -41,8 +41,34 @@ def _sigma_max_c(Ac, Bc, Cc, Dc, w):
     return float(np.linalg.norm(G, 2))
 
 
+def _far_rotation(lam) -> float:
+    """An angle ``phi`` that puts ``z = -e^{i phi}`` far from the eigenvalues ``lam`` (0 if ``-1`` is far enough).
+
+    The bilinear map sends ``z = -1`` to ``s = inf`` and inverts ``A + I``: a pole near ``-1``
+    becomes a huge, badly resolved continuous pole, and the level-set iteration can then miss
+    a peak there. ``||G||_inf`` is the same for ``G(e^{i phi} z)``, so the circle is rotated to
+    put the point sent to infinity where the nearest pole is farthest (a grid of 512 angles and
+    the midpoints of the gaps between the poles' angles); ``phi = 0`` is kept while ``-1`` is at
+    least half as far from the poles as that best point (no complex arithmetic for a real system).
+    """
+    if lam.size == 0:
+        return 0.0
+    ang = np.sort(np.angle(lam))
+    gaps = 0.5 * (ang + np.roll(ang, -1) + np.where(np.arange(ang.size) == ang.size - 1, 2 * np.pi, 0.0))
+    psi = np.concatenate([np.linspace(-np.pi, np.pi, 512, endpoint=False), gaps, [np.pi]])
+    dist = np.min(np.abs(np.exp(1j * psi)[:, None] - lam[None, :]), axis=1)
+    best = int(np.argmax(dist))
+    if dist[-1] >= 0.5 * dist[best]:
+        return 0.0
+    return float(psi[best] - np.pi)
+
+
 def _hinf_single(A, B, C, D, rtol):
     """Bruinsma-Steinbuch two-step algorithm on the bilinear-transformed system."""
+    phi = _far_rotation(np.linalg.eigvals(A))
+    if phi != 0.0:  # G(e^{i phi} z) = C e^{-i phi} (z I - e^{-i phi} A)^{-1} B + D: the same norm
+        rot = np.exp(-1j * phi)
+        A, C = rot * A, rot * C
     Ac, Bc, Cc, Dc = _bilinear_to_continuous(A, B, C, D)
     n, m, p = Ac.shape[0], Bc.shape[1], Cc.shape[0]
     poles = np.linalg.eigvals(Ac)
@@ -143,7 +169,9 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10):
     one with the same norm; the norm is then found by the quadratically convergent
     level-set algorithm of Bruinsma & Steinbuch (Systems & Control Letters 14, 1990):
     imaginary eigenvalues of a Hamiltonian matrix mark the frequencies where
-    ``sigma_max = gamma``. This is an a-posteriori check, so it runs in float64 on the
+    ``sigma_max = gamma``. A pole near ``z = -1`` (sent to ``s = inf``) would be badly
+    resolved, so the circle is first rotated, ``G(e^{i phi} z)`` (same norm), to send the
+    point farthest from the poles to infinity instead. This is an a-posteriori check, so it runs in float64 on the
     host (torch inputs are copied there). Reference: SLICOT ``AB13DD`` (``DICO='D'``).
     A :class:`~lti_reduce.DiagonalSystem` may be given alone instead of the matrices.
 

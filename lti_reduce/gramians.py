@@ -26,7 +26,9 @@ arithmetic. The iteration stops when the new block is negligible,
 ``||A_k Z_k||_F <= eps * ||Z_k||_F``; it needs ``~ log2(log(eps) / log(rho))``
 steps (10 for ``rho = 0.95``, 16 for ``rho = 0.999``). Everything is matrix
 products and QR, so it runs batched on any array backend (numpy, torch on CPU or
-CUDA). References: R. A. Smith, SIAM J. Appl. Math. 16 (1968); T. Penzl, SIAM J.
+CUDA). For one numpy system the late steps run on a smaller system: once
+``A^(2^k) = X Y^H`` has rank ``r <= n/2``, the rest is an ``r x r`` Stein equation
+(see :func:`_doubling_rt`). References: R. A. Smith, SIAM J. Appl. Math. 16 (1968); T. Penzl, SIAM J.
 Sci. Comput. 21 (2000) (low-rank Smith); P. Benner, E. S. Quintana-Orti, G.
 Quintana-Orti, Parallel Comput. 26 (2000) (factored sign/doubling iterations).
 """

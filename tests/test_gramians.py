@@ -33,6 +33,16 @@ def stein_residuals(A, B, C, P, Q):
     return rp, rq
 
 
+def cross_path_tol(rho: float) -> float:
+    """Tolerance for two of our paths (numpy vs torch, one system vs a batch) on the same system.
+
+    Both are backward stable, so each is off by about ``eps / (1 - rho^2)`` (the conditioning of the
+    Stein operator) relative; near the unit circle that exceeds a flat 1e-12 (seen: 1.4e-12 at
+    ``rho = 0.9989``).
+    """
+    return max(1e-12, 64 * float(np.finfo(float).eps) / (1.0 - rho ** 2))
+
+
 def hermitian_psd(X, rtol=1e-10) -> bool:
     X = ref.as_numpy(X)
     if rel_err(X, X.conj().T) > 1e-13:
@@ -250,9 +260,10 @@ def test_torch_input_gives_torch_output_equal_to_numpy(torch, sys):
         assert isinstance(X, torch.Tensor) and X.dtype == tA.dtype and X.device == tA.device
     assert isinstance(hsv, torch.Tensor) and not hsv.is_complex() and hsv.dtype == torch.float64
     P_np, Q_np = lr.gramians(sys.A, sys.B, sys.C)
-    assert rel_err(P, P_np) < 1e-12 and rel_err(Q, Q_np) < 1e-12
+    tol = cross_path_tol(sys.rho)
+    assert rel_err(P, P_np) < tol and rel_err(Q, Q_np) < tol
     hsv_np = lr.hankel_singular_values(sys.A, sys.B, sys.C)
-    np.testing.assert_allclose(hsv.numpy(), hsv_np, rtol=0, atol=1e-12 * hsv_np[0])
+    np.testing.assert_allclose(hsv.numpy(), hsv_np, rtol=0, atol=tol * hsv_np[0])
 
 
 @given(batched_systems(n=(1, 8)))
@@ -324,7 +335,8 @@ def test_block_diagonal_path_solves_the_stein_equations_and_matches_scipy(seed, 
     assert rel_err(P, P_ref) < 1e-9 and rel_err(Q, Q_ref) < 1e-9
     # the batched call takes the generic dense path: the two paths agree
     Pb, Qb = lr.gramians(A[None], B[None], C[None])
-    assert rel_err(P, Pb[0]) < 1e-12 and rel_err(Q, Qb[0]) < 1e-12
+    tol = cross_path_tol(rho)
+    assert rel_err(P, Pb[0]) < tol and rel_err(Q, Qb[0]) < tol
 
 
 @given(seeds, st.integers(8, 24), spectral_radii())
