@@ -186,7 +186,7 @@ def _doubling_rt(Ak, Rc, Ro, n: int, *, certify: bool, first_try: int = None):
     next_try = first_try if type(Ak) is _Dense2D and n >= _LOW_RANK_MIN_ORDER else None
     with np.errstate(over="ignore", invalid="ignore"):
         for k in range(_MAX_DOUBLINGS):
-            if next_try is not None and k >= next_try and not (done[0] and done[1]) and _steps_left(Ak, eps) > 3:
+            if next_try is not None and k >= next_try and not (done[0] and done[1]) and _steps_left(Ak, eps) > _LOW_RANK_MIN_STEPS:
                 split, next_try = _low_rank_split(Ak.M, n, k, eps)
                 if split is not None:
                     return _low_rank_tail(Ak, split, R, tri, done, n, tpqrt, certify)
@@ -223,6 +223,7 @@ _LOW_RANK_FIRST = 7
 _LOW_RANK_MAX = 0.5
 _LOW_RANK_MIN_ORDER = 8
 _LOW_RANK_FIRST_TAIL = 1
+_LOW_RANK_MIN_STEPS = 3
 
 
 def _append_rows(R, tri: bool, X, n: int, tpqrt):
