@@ -221,7 +221,7 @@ def _steps_left(Ak, eps: float) -> float:
 # rank (as a fraction of n) at which the tail is taken, and the smallest order for which it is tried.
 _LOW_RANK_FIRST = 7
 _LOW_RANK_MAX = 0.5
-_LOW_RANK_MIN_ORDER = 8
+_LOW_RANK_MIN_ORDER = 16
 _LOW_RANK_FIRST_TAIL = 1
 _LOW_RANK_MIN_STEPS = 3
 
