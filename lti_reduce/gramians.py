@@ -172,9 +172,8 @@ def _doubling_rt(Ak, Rc, Ro, n: int, *, certify: bool, first_try: int = None):
     steps cost ``O(r^3)`` instead of ``O(n^3)``. The split is a pivoted QR of ``A_k``
     (``xGEQP3``), truncated where the discarded block has ``||R_22||_F <= sqrt(n) eps ||A_k||_F``
     (its rounding level): the factors then change by a few ``eps`` relative, as rounding the
-    products would. It is tried
-    when the pivots of the last try predict a rank ``<= n / 2``, and not when ``||A_k||_F`` shows
-    that at most three more steps are left.
+    products would. It is tried from ``2^k = 128`` on, when the pivots of the last try predict a
+    rank ``<= n / 2``, and not when ``||A_k||_F`` shows that at most three more steps are left.
     """
     eps = float(np.finfo(np.float64).eps)
     cplx = any(np.iscomplexobj(x) for x in (Ak.M if type(Ak) is _Dense2D else Ak.groups[0][2], Rc, Ro))
@@ -186,7 +185,8 @@ def _doubling_rt(Ak, Rc, Ro, n: int, *, certify: bool, first_try: int = None):
     next_try = first_try if type(Ak) is _Dense2D and n >= _LOW_RANK_MIN_ORDER else None
     with np.errstate(over="ignore", invalid="ignore"):
         for k in range(_MAX_DOUBLINGS):
-            if next_try is not None and k >= next_try and not (done[0] and done[1]) and _steps_left(Ak, eps) > _LOW_RANK_MIN_STEPS:
+            worth_a_try = next_try is not None and k >= next_try and not (done[0] and done[1])
+            if worth_a_try and _steps_left(Ak, eps) > _LOW_RANK_MIN_STEPS:
                 split, next_try = _low_rank_split(Ak.M, n, k, eps)
                 if split is not None:
                     return _low_rank_tail(Ak, split, R, tri, done, n, tpqrt, certify)
@@ -247,15 +247,16 @@ def _append_rows(R, tri: bool, X, n: int, tpqrt):
 
 
 def _low_rank_split(M, n: int, k: int, eps: float):
-    """``((X, Yh), None)`` with ``M = X Yh`` up to ``sqrt(n) eps ||M||_F`` in at most ``n / 2`` columns, else ``(None, k')``.
+    """``((X, Yh), None)``: ``M = X Yh`` to rounding, in at most ``n / 2`` columns; else ``(None, k')``.
 
-    Pivoted QR ``M Pi = Q R`` (``xGEQP3``): ``X = Q[:, :r]`` and ``Yh = R[:r] Pi^T`` with the smallest
-    ``r`` whose trailing block has ``||R[r:, r:]||_F <= sqrt(n) eps ||M||_F`` (for the upper triangular
-    ``R`` that block holds all of rows ``r:``), the size of the pivoted QR's own rounding: below it
-    the trailing block is noise. (Measured: the HSVs move by at most 4e-15 sigma_1 from those of
-    the iteration without the split at n = 64..256, rho = 0.98..0.999.) When ``r`` is too large, the pivots predict the
-    rank of the next powers (``sigma_i(M^(2^j)) ~ sigma_i(M)^(2^j)``, exact for a normal ``M``),
-    and ``k'`` is the first step ``k + j`` at which that prediction is ``<= n / 2``.
+    Pivoted QR ``M Pi = Q R`` (``xGEQP3``): ``X = Q[:, :r]`` and ``Yh = R[:r] Pi^T`` with the
+    smallest ``r`` whose trailing block has ``||R[r:, r:]||_F <= sqrt(n) eps ||M||_F`` (for the
+    upper triangular ``R`` that block holds all of rows ``r:``), the size of the pivoted QR's own
+    rounding: below it the trailing block is noise. (Measured: the HSVs move by at most
+    4e-15 sigma_1 from those of the iteration without the split at n = 64..256, rho = 0.98..0.999.)
+    When ``r`` is too large, the pivots predict the rank of the next powers
+    (``sigma_i(M^(2^j)) ~ sigma_i(M)^(2^j)``, exact for a normal ``M``), and ``k'`` is the first
+    step ``k + j`` (``j <= 3``, else ``k + 4``) at which that prediction is ``<= n / 2``.
     """
     cplx = np.iscomplexobj(M)
     QR, jpvt, tau, _, info = (lapack.zgeqp3 if cplx else lapack.dgeqp3)(M)
