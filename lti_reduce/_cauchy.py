@@ -78,6 +78,12 @@ def diagonal_stein_factor(lam, G, coefficients=None):
     # block that BLAS reads (xGEMV, conjugate transpose) and updates in place (xGERC); numpy's
     # outer product plus += cost 3x as much. Keeping the conjugate saves a conj() per step.
     Hc = np.array(np.conj(G.T), dtype=np.complex128, order="F")  # (m, n), a copy
+    # Scale G by a power of two (exact) to max |G_ij| ~ 1: P scales by its square, L by it, and the
+    # products in the loop stay far from over- and underflow whatever the units of the input.
+    big = float(np.max(np.abs(Hc))) if Hc.size else 0.0
+    gscale = 2.0 ** np.round(np.log2(big)) if 0.0 < big < np.inf else 1.0
+    if gscale != 1.0:
+        Hc /= gscale
     alpha = np.sqrt(1.0 - (lam.real ** 2 + lam.imag ** 2))
     Lt = np.zeros((n, n), dtype=np.complex128)  # L^T; first W[t, i] = w_i at step t (i > t)
     # L_it = alpha_t w_i / (1 - lam_i conj(lam_t)) = U_ti w_i, and the generator update is
@@ -90,13 +96,17 @@ def diagonal_stein_factor(lam, G, coefficients=None):
     nrm2, gemv, gerc = blas.dznrm2, blas.zgemv, blas.zgerc
     beta = [0.0] * n
     for t in range(n - 1):
-        hc = Hc[:, t]  # beta conj(e^H); the 1/beta goes into the BLAS calls' alpha
+        hc = Hc[:, t]  # beta conj(e^H)
         b = beta[t] = nrm2(hc)
         if b == 0.0:
             continue
+        if b < _TINY:  # normalize first: folding 1/beta into alpha would underflow in the product
+            hc, scale = hc / b, 1.0
+        else:  # G is scaled to max |g_i| = 1 (below): rest^H hc neither over- nor underflows
+            scale = 1.0 / b
         rest = Hc[:, t + 1:]
         row = Lt[t, t + 1:]
-        w = gemv(1.0 / b, rest, hc, trans=2, y=row, overwrite_y=1)  # w_i = g_i e, written into Lt
+        w = gemv(scale, rest, hc, trans=2, y=row, overwrite_y=1)  # w_i = g_i e, written into Lt
         if upfront:
             if w is not row:  # f2py copied instead of writing in place (it does not for these views)
                 row[:] = w
@@ -106,7 +116,7 @@ def diagonal_stein_factor(lam, G, coefficients=None):
             u = (alpha[t] * w) / (1.0 - lam_rest * lam[t].conjugate())
             coef = (lam[t] - 1.0) * w - alpha[t] * lam_rest * u
             row[:] = u  # w is a view of row: overwritten only now
-        updated = gerc(1.0 / b, hc, coef, a=rest, overwrite_a=1)  # rest += conj(e^H) coef^H, in place
+        updated = gerc(scale, hc, coef, a=rest, overwrite_a=1)  # rest += conj(e^H) coef^H, in place
         if updated is not rest:  # as above: never taken for a Fortran-ordered complex128 block
             rest[...] = updated
     if n:
@@ -115,8 +125,14 @@ def diagonal_stein_factor(lam, G, coefficients=None):
     if upfront:
         Lt *= U  # W -> L^T above the diagonal
     Lt[np.diag_indices(n)] = beta / alpha  # L_tt = beta_t / alpha_t
+    if gscale != 1.0:
+        Lt *= gscale
     return Lt.T
 
+
+# A generator row norm below this (of a generator scaled to max |g_i| ~ 1) is normalized before the
+# BLAS calls instead of passing 1/beta as their alpha (which would underflow in the products).
+_TINY = 1e-100
 
 # Orders up to which the coefficient matrices are formed before the loop (2 x 4 MiB at 512).
 _UPFRONT_MAX = 512

@@ -138,8 +138,9 @@ def _plain_numpy_system(A, B, C, D):
     dtype = np.complex128 if cplx else np.float64
     out = []
     for x in (A, B, C, np.zeros((p, m), dtype=dtype) if D is None else D):
-        x = x.astype(dtype, copy=False).view()
-        x.flags.writeable = False  # as the general path's broadcast views: the caller's arrays stay untouched
+        # copies, as the general path makes: a result may hand D on, and must not alias the caller's D
+        x = x.astype(dtype, copy=True)
+        x.flags.writeable = False
         out.append(x)
     return _Dense(be.namespace(A), *out, (), dtype, A)
 

@@ -512,8 +512,8 @@ def _spy_on_low_rank_split(monkeypatch):
     g = _gramians_module()
     ranks, split = [], g._low_rank_split
 
-    def spy(M, n, k, eps):
-        out = split(M, n, k, eps)
+    def spy(M, norm, n, k, eps):
+        out = split(M, norm, n, k, eps)
         if out[0] is not None:
             ranks.append(out[0][0].shape[1])
         return out
@@ -559,20 +559,56 @@ def test_low_rank_tail_of_non_minimal_and_modal_systems_gives_the_same_factors(s
     _check_against_the_iteration_without_the_split(sys, Lc, Lo)
 
 
-def test_low_rank_tail_still_rejects_an_unstable_mode_that_b_and_c_do_not_touch(monkeypatch):
-    """The tail solves the reachable part only; the proof ||A^(2^k)||_F < 1 must still see the hidden mode."""
+def test_low_rank_tail_is_not_taken_by_an_unstable_mode_that_b_and_c_do_not_touch(monkeypatch):
+    """The split waits for ||A^(2^k)||_F < 1 (the proof of stability), which an unstable A never reaches."""
     rng = np.random.default_rng(7)
     n = 64
     A0 = rng.standard_normal((n - 1, n - 1))
     A0 *= 0.999 / ref.spectral_radius(A0)
     A = np.zeros((n, n))
-    A[:-1, :-1], A[-1, -1] = A0, 1.0005  # 1.0005^128 = 1.07: inside the rank-r part at the split
+    A[:-1, :-1], A[-1, -1] = A0, 1.0005
     B = np.vstack([rng.standard_normal((n - 1, 2)), np.zeros((1, 2))])
     C = np.hstack([rng.standard_normal((2, n - 1)), np.zeros((2, 1))])
     ranks = _spy_on_low_rank_split(monkeypatch)
     with pytest.raises(lr.UnstableSystemError, match=r"spectral radius 1\.000(5|49)"):
         lr.gramian_factors(A, B, C)
-    assert ranks, "the unstable case went through the low-rank tail"
+    assert not ranks
+    ranks.clear()
+    A[-1, -1] = 0.5  # the same system made stable takes the tail
+    lr.gramian_factors(A, B, C)
+    assert ranks
+
+
+def test_low_rank_tail_keeps_the_gramians_of_non_normal_matrices_exact(monkeypatch):
+    """Regression: A = d I + s J (a shifted Jordan block) has ||A^128|| up to 1e36 while rho(A) = d. A split
+    truncated relative to that norm changed the eigenvalues (spurious UnstableSystemError, or errors of 6.6e-4);
+    the split now waits for ||A^(2^k)||_F < 1. Reference: the Stein equations solved entry by entry (with
+    d, s > 0 and B, C >= 0 every term of the recurrence is nonnegative, so it is accurate to ~n eps)."""
+    rng = np.random.default_rng(5)
+
+    def gramians_by_recurrence(n, d, s, W, V):
+        # A = d I + s J (J: ones above the diagonal). P - A P A^T = W entry by entry:
+        # (1 - d^2) P_ij = W_ij + d s (P_i,j+1 + P_i+1,j) + s^2 P_i+1,j+1, from the last row and column up;
+        # Q - A^T Q A = V likewise with the neighbours i-1, j-1, from the first row and column down.
+        c = 1.0 - d * d
+        P, Q = np.zeros((n + 1, n + 1)), np.zeros((n + 1, n + 1))
+        for i in range(n - 1, -1, -1):
+            for j in range(n - 1, -1, -1):
+                P[i, j] = (W[i, j] + d * s * (P[i, j + 1] + P[i + 1, j]) + s * s * P[i + 1, j + 1]) / c
+        for i in range(n):
+            for j in range(n):
+                Q[i + 1, j + 1] = (V[i, j] + d * s * (Q[i, j + 1] + Q[i + 1, j]) + s * s * Q[i, j]) / c
+        return P[:n, :n], Q[1:, 1:]
+
+    ranks = _spy_on_low_rank_split(monkeypatch)
+    for n, d, s in ((16, 0.99, 1.0), (16, 0.9, 5.0), (24, 0.9, 5.0), (32, 0.95, 0.5), (64, 0.99, 0.02)):
+        A = d * np.eye(n) + s * np.eye(n, k=1)
+        B, C = np.abs(rng.standard_normal((n, 1))), np.abs(rng.standard_normal((1, n)))
+        ranks.clear()
+        P, Q = lr.gramians(A, B, C)
+        P_ref, Q_ref = gramians_by_recurrence(n, d, s, B @ B.T, C.T @ C)
+        assert rel_err(P, P_ref) < 1e-12 and rel_err(Q, Q_ref) < 1e-12, (n, d, s)
+    assert ranks, "the last case splits (at 2^14, once ||A^(2^k)||_F < 1) and is still exact"
 
 
 def test_low_rank_split_is_exact_for_a_low_rank_matrix_and_predicts_later_tries_otherwise():
@@ -581,7 +617,7 @@ def test_low_rank_split_is_exact_for_a_low_rank_matrix_and_predicts_later_tries_
     rng = np.random.default_rng(3)
     n = 40
     M = rng.standard_normal((n, 5)) @ rng.standard_normal((5, n))
-    (X, Yh), nxt = g._low_rank_split(M, n, 7, eps)
+    (X, Yh), nxt = g._low_rank_split(M, 0.0, n, 7, eps)
     assert nxt is None and X.shape == (n, 5) and Yh.shape == (5, n)  # the rounding-level block is cut
     assert np.allclose(X.T @ X, np.eye(5), atol=1e-14)
     assert np.linalg.norm(X @ Yh - M) <= 10 * eps * np.linalg.norm(M)
@@ -590,7 +626,7 @@ def test_low_rank_split_is_exact_for_a_low_rank_matrix_and_predicts_later_tries_
     sig = np.geomspace(1.0, 1e-6, n)
     perm = rng.permutation(n)
     full = np.diag(sig)[np.ix_(perm, perm)]
-    split, nxt = g._low_rank_split(full, n, 7, eps)
+    split, nxt = g._low_rank_split(full, 0.0, n, 7, eps)
     d = sig / np.linalg.norm(sig)
     expected = next((j for j in (1, 2, 3) if np.count_nonzero(d ** (2 ** j) > eps) <= n // 2), 4)
     assert split is None and nxt == 7 + expected
