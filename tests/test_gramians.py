@@ -631,3 +631,77 @@ def test_low_rank_split_is_exact_for_a_low_rank_matrix_and_predicts_later_tries_
     expected = next((j for j in (1, 2, 3) if np.count_nonzero(d ** (2 ** j) > eps) <= n // 2), 4)
     assert split is None and nxt == 7 + expected
     assert expected < 4  # the case exercises the prediction, not the cap
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Regressions from the review of the fast paths (each failed on an intermediate version of this release)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _rotation_blocks(rng, n):
+    A = np.zeros((n, n))
+    for k in range(0, n, 2):
+        r, th = rng.uniform(0.3, 0.95), rng.uniform(0.1, 3)
+        A[k:k + 2, k:k + 2] = r * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    return A
+
+
+def test_factors_of_empty_or_zero_inputs_are_empty_or_zero():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((32, 32))
+    A *= 0.999 / ref.spectral_radius(A)
+    Lc, Lo = lr.gramian_factors(A, np.zeros((32, 2)), rng.standard_normal((2, 32)))
+    assert np.all(Lc == 0) and np.linalg.norm(Lo) > 0
+    assert np.all(lr.hankel_singular_values(A, np.zeros((32, 2)), rng.standard_normal((2, 32))) == 0)
+    A2 = np.array([[0.5, 0.1], [0.0, -0.3]])
+    Lc, Lo = lr.gramian_factors(A2, np.zeros((2, 0)), np.ones((2, 2)))
+    assert Lc.shape[0] == 2 and np.all(Lc @ Lc.T == 0)
+    Lc, Lo = lr.gramian_factors(A2, np.ones((2, 2)), np.zeros((0, 2)))
+    assert np.all(Lo @ Lo.T == 0)
+
+
+@pytest.mark.parametrize("scale", [1e-160, 1e-150, 1e150, 1e160])
+def test_modal_path_is_scale_invariant_near_the_limits_of_double_precision(scale):
+    """HSVs do not change under B -> s B, C -> C / s; the Cauchy loop's products must not under- or overflow."""
+    rng = np.random.default_rng(0)
+    A = _rotation_blocks(rng, 16)
+    B, C = rng.standard_normal((16, 2)), rng.standard_normal((2, 16))
+    assert _block_path_taken(A)
+    h = lr.hankel_singular_values(A, B, C)
+    hs = lr.hankel_singular_values(A, B * scale, C / scale)
+    assert np.max(np.abs(hs - h)) <= 1e-14 * h[0]
+    Lc, _ = lr.gramian_factors(A, B * scale, C)
+    P_ref = ref.gramians_scipy(A, B, C)[0]
+    assert rel_err((Lc / scale) @ (Lc / scale).T, P_ref) < 1e-13
+
+
+def test_defective_diagonal_blocks_fall_back_to_the_doubling_iteration():
+    """Eight nilpotent 3 x 3 shift blocks: eig gives a singular eigenvector matrix (inv used to raise)."""
+    A = 0.9 * np.kron(np.eye(8), np.eye(3, k=1))
+    rng = np.random.default_rng(1)
+    B, C = rng.standard_normal((24, 2)), rng.standard_normal((2, 24))
+    assert _block_path_taken(A)
+    P, Q = lr.gramians(A, B, C)
+    P_ref, Q_ref = ref.gramians_scipy(A, B, C)
+    assert rel_err(P, P_ref) < 1e-13 and rel_err(Q, Q_ref) < 1e-13
+
+
+def test_a_stable_matrix_with_entries_above_1e154_is_not_declared_divergent():
+    """||A||_F overflows numpy's norm; the scaled xNRM2 does not. P_00 = sum_k (k 0.5^(k-1))^2 = 80/27."""
+    A = np.array([[0.5, 1e160], [0.0, 0.5]])
+    Lc, _ = lr.gramian_factors(A, np.array([[0.0], [1e-160]]), np.array([[1e-160, 0.0]]))
+    assert (Lc @ Lc.T)[0, 0] == pytest.approx(80 / 27, rel=1e-14)
+
+
+def test_results_do_not_alias_the_callers_arrays():
+    rng = np.random.default_rng(2)
+    A = np.diag([0.9, 0.5, -0.3])
+    B, C, D = rng.standard_normal((3, 2)), rng.standard_normal((2, 3)), np.ones((2, 2))
+    for method in ("truncate", "spa"):
+        res = lr.balanced_truncation(A, B, C, D, rank=1, method=method)
+        D_before = np.array(res.D)
+        D[0, 0] = 99.0
+        assert np.array_equal(res.D, D_before)
+        D[0, 0] = 1.0
+    bal = lr.balance(A, B, C, D)
+    assert not np.shares_memory(bal.D, D) and not np.shares_memory(bal.reduce(rank=2).D, D)
