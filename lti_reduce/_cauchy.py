@@ -78,10 +78,11 @@ def diagonal_stein_factor(lam, G, coefficients=None):
     # block that BLAS reads (xGEMV, conjugate transpose) and updates in place (xGERC); numpy's
     # outer product plus += cost 3x as much. Keeping the conjugate saves a conj() per step.
     Hc = np.array(np.conj(G.T), dtype=np.complex128, order="F")  # (m, n), a copy
-    # Scale G by a power of two (exact) to max |G_ij| ~ 1: P scales by its square, L by it, and the
-    # products in the loop stay far from over- and underflow whatever the units of the input.
+    # An input in extreme units (max |G_ij| outside 2^(+-100)) is scaled by a power of two (exact)
+    # to max |G_ij| ~ 1: P scales by its square, L by it, and the products in the loop stay far
+    # from over- and underflow. Ordinary inputs are left alone (the pass would cost 2%).
     big = float(np.max(np.abs(Hc))) if Hc.size else 0.0
-    gscale = 2.0 ** np.round(np.log2(big)) if 0.0 < big < np.inf else 1.0
+    gscale = 2.0 ** np.round(np.log2(big)) if (0.0 < big < 2.0 ** -100 or 2.0 ** 100 < big < np.inf) else 1.0
     if gscale != 1.0:
         Hc /= gscale
     alpha = np.sqrt(1.0 - (lam.real ** 2 + lam.imag ** 2))
@@ -93,16 +94,16 @@ def diagonal_stein_factor(lam, G, coefficients=None):
     upfront = n <= _UPFRONT_MAX
     if upfront:
         U, K = stein_coefficients(lam) if coefficients is None else coefficients
-    nrm2, gemv, gerc = blas.dznrm2, blas.zgemv, blas.zgerc
+    nrm2, gemv, gerc, tiny = blas.dznrm2, blas.zgemv, blas.zgerc, _TINY
     beta = [0.0] * n
     for t in range(n - 1):
         hc = Hc[:, t]  # beta conj(e^H)
         b = beta[t] = nrm2(hc)
-        if b == 0.0:
-            continue
-        if b < _TINY:  # normalize first: folding 1/beta into alpha would underflow in the product
-            hc, scale = hc / b, 1.0
-        else:  # G is scaled to max |g_i| = 1 (below): rest^H hc neither over- nor underflows
+        if b < tiny:
+            if b == 0.0:
+                continue
+            hc, scale = hc / b, 1.0  # normalize first: 1/beta as the BLAS alpha would underflow
+        else:  # max |g_i| is within 2^(+-100) (above): rest^H hc neither over- nor underflows
             scale = 1.0 / b
         rest = Hc[:, t + 1:]
         row = Lt[t, t + 1:]

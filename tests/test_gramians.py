@@ -512,8 +512,8 @@ def _spy_on_low_rank_split(monkeypatch):
     g = _gramians_module()
     ranks, split = [], g._low_rank_split
 
-    def spy(M, norm, n, k, eps):
-        out = split(M, norm, n, k, eps)
+    def spy(M, n, k, eps):
+        out = split(M, n, k, eps)
         if out[0] is not None:
             ranks.append(out[0][0].shape[1])
         return out
@@ -560,7 +560,9 @@ def test_low_rank_tail_of_non_minimal_and_modal_systems_gives_the_same_factors(s
 
 
 def test_low_rank_tail_is_not_taken_by_an_unstable_mode_that_b_and_c_do_not_touch(monkeypatch):
-    """The split waits for ||A^(2^k)||_F < 1 (the proof of stability), which an unstable A never reaches."""
+    """A split of A^(2^k) with ||.||_F >= 1 is only used once its further powers, squared in full, reach
+    ||.||_F < 1 (the proof of stability) and follow the low-rank model: an unstable A never gets there."""
+    g = _gramians_module()
     rng = np.random.default_rng(7)
     n = 64
     A0 = rng.standard_normal((n - 1, n - 1))
@@ -569,14 +571,32 @@ def test_low_rank_tail_is_not_taken_by_an_unstable_mode_that_b_and_c_do_not_touc
     A[:-1, :-1], A[-1, -1] = A0, 1.0005
     B = np.vstack([rng.standard_normal((n - 1, 2)), np.zeros((1, 2))])
     C = np.hstack([rng.standard_normal((2, n - 1)), np.zeros((2, 1))])
-    ranks = _spy_on_low_rank_split(monkeypatch)
+    tails, tail = [], g._low_rank_tail
+    monkeypatch.setattr(g, "_low_rank_tail", lambda *a: tails.append(1) or tail(*a))
     with pytest.raises(lr.UnstableSystemError, match=r"spectral radius 1\.000(5|49)"):
         lr.gramian_factors(A, B, C)
-    assert not ranks
-    ranks.clear()
+    assert not tails
     A[-1, -1] = 0.5  # the same system made stable takes the tail
     lr.gramian_factors(A, B, C)
-    assert ranks
+    assert tails
+
+
+def test_split_verification_rejects_a_model_whose_powers_drift():
+    """The check squares A_k in full and compares every power with X (Yh X)^(2^j - 1) Yh."""
+    g = _gramians_module()
+    eps = float(np.finfo(float).eps)
+    rng = np.random.default_rng(4)
+    n = 64
+    A = rng.standard_normal((n, n))
+    A *= 0.999 / ref.spectral_radius(A)
+    Ak = g._Dense2D(A)
+    for _ in range(7):
+        Ak = Ak.square()
+    assert 1.0 <= Ak.norm() <= g._LOW_RANK_VERIFY_MAX
+    split, _ = g._low_rank_split(Ak.M, n, 7, eps)
+    assert split is not None and g._split_verified(Ak, split, n, eps)
+    X, Yh = split
+    assert not g._split_verified(Ak, (X, Yh * (1 + 1e-10)), n, eps)  # a model 1e-10 off is caught
 
 
 def test_low_rank_tail_keeps_the_gramians_of_non_normal_matrices_exact(monkeypatch):
@@ -617,7 +637,7 @@ def test_low_rank_split_is_exact_for_a_low_rank_matrix_and_predicts_later_tries_
     rng = np.random.default_rng(3)
     n = 40
     M = rng.standard_normal((n, 5)) @ rng.standard_normal((5, n))
-    (X, Yh), nxt = g._low_rank_split(M, 0.0, n, 7, eps)
+    (X, Yh), nxt = g._low_rank_split(M, n, 7, eps)
     assert nxt is None and X.shape == (n, 5) and Yh.shape == (5, n)  # the rounding-level block is cut
     assert np.allclose(X.T @ X, np.eye(5), atol=1e-14)
     assert np.linalg.norm(X @ Yh - M) <= 10 * eps * np.linalg.norm(M)
@@ -626,7 +646,7 @@ def test_low_rank_split_is_exact_for_a_low_rank_matrix_and_predicts_later_tries_
     sig = np.geomspace(1.0, 1e-6, n)
     perm = rng.permutation(n)
     full = np.diag(sig)[np.ix_(perm, perm)]
-    split, nxt = g._low_rank_split(full, 0.0, n, 7, eps)
+    split, nxt = g._low_rank_split(full, n, 7, eps)
     d = sig / np.linalg.norm(sig)
     expected = next((j for j in (1, 2, 3) if np.count_nonzero(d ** (2 ** j) > eps) <= n // 2), 4)
     assert split is None and nxt == 7 + expected
