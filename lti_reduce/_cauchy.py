@@ -94,7 +94,13 @@ def diagonal_stein_factor(lam, G, coefficients=None):
     upfront = n <= _UPFRONT_MAX
     if upfront:
         U, K = stein_coefficients(lam) if coefficients is None else coefficients
-    nrm2, gemv, gerc, tiny = blas.dznrm2, blas.zgemv, blas.zgerc, _TINY
+    nrm2, gemv, gerc = blas.dznrm2, blas.zgemv, blas.zgerc
+    # 1/beta as the BLAS alpha forms g_i conj(g_t) before dividing: fine while no row is more than
+    # 2^200 below the largest (a row that small relative to beta would underflow in the product and
+    # lose its relative accuracy, which state scaling makes matter). Otherwise every row is normalized.
+    rows = np.max(np.abs(Hc), axis=0) if Hc.shape[0] else np.zeros(n)  # max |.| per row: no squares to underflow
+    top = float(rows.max()) if rows.size else 0.0
+    tiny = _TINY if top == 0.0 or float(rows[rows > 0].min()) >= 2.0 ** -200 * top else np.inf
     beta = [0.0] * n
     for t in range(n - 1):
         hc = Hc[:, t]  # beta conj(e^H)

@@ -41,7 +41,7 @@ import numpy as np
 from scipy.linalg import blas, lapack
 
 from . import _backend as be
-from .validate import _Dense, dense_system, raise_unstable
+from .validate import _Dense, dense_system, raise_unstable, require_stable
 
 __all__ = ["gramians", "gramian_factors"]
 
@@ -94,7 +94,7 @@ def _factor_pair(sysw: _Dense):
     done_c = done_o = False
     Ak = A
     with np.errstate(over="ignore", invalid="ignore"):
-        for _ in range(_MAX_DOUBLINGS):
+        for k in range(_MAX_DOUBLINGS):
             if not done_c:
                 Zc, done_c = _double(xp, Ak, Zc, n, eps)
             if not done_o:
@@ -102,11 +102,29 @@ def _factor_pair(sysw: _Dense):
             # ||A^(2^k)||_F < 1 certifies rho(A) < 1, also for modes that B and C do not
             # touch (the factors converge without them); it usually holds by now.
             if done_c and done_o and _frobenius(xp, Ak) < 1.0:
+                _check_a_late_certificate(sysw, k)
                 return Zc, Zo
             Ak = Ak @ Ak
             if not bool(xp.all(xp.isfinite(Ak))):
                 break
     raise_unstable(xp, A, "The doubling iteration for the Gramians did not converge. ")
+
+
+# From this many squarings on, the proof ||A^(2^k)||_F < 1 is backed by an eigenvalue check.
+_EIG_CHECK_STEPS = 20
+
+
+def _check_a_late_certificate(sysw: _Dense, k: int) -> None:
+    """Back a proof ``||A^(2^k)||_F < 1`` that took ``k >= 20`` squarings by the eigenvalues of ``A``.
+
+    Each squaring of a non-normal ``A`` errs by about ``eps ||A_j||^2`` times the eigenvalue
+    condition number, and over many squarings that can pull an eigenvalue ``1 + 1e-9`` below 1
+    (found in review: ``||A||_F ~ 1e3``, eigenvector condition ``1e4``, a mode that ``B`` and ``C`` do
+    not touch; factors came back). Only spectral radii within about ``36 / 2^20 ~ 3e-5`` of 1
+    need that many squarings, so the ``O(n^3)`` eigenvalues are rarely computed.
+    """
+    if k >= _EIG_CHECK_STEPS:
+        require_stable(sysw)
 
 
 def _factor_pair_numpy(sysw: _Dense):
@@ -146,12 +164,15 @@ def _factor_pair_numpy(sysw: _Dense):
     factors = _doubling_rt(Ak, np.conj(B.T), np.array(C), n, certify=True)
     if factors is None:
         raise_unstable(sysw.xp, sysw.A, "The doubling iteration for the Gramians did not converge. ")
+    _check_a_late_certificate(sysw, factors[2])
     Lc, Lo = np.conj(factors[0].T), np.conj(factors[1].T)
     return Ak.unpermute(Lc), Ak.unpermute(Lo)
 
 
 def _doubling_rt(Ak, Rc, Ro, n: int, *, certify: bool, first_try: int = None):
-    """The doubling iteration on factors carried as ``R = Z^H``; ``(Rc, Ro)`` or None if it diverges.
+    """The doubling iteration on factors carried as ``R = Z^H``; ``(Rc, Ro, k)`` or None if it diverges.
+
+    ``k``: the number of squarings of the power ``A^(2^k)`` whose ``||.||_F < 1`` ended it.
 
     ``Ak`` is a :class:`_Dense2D` or :class:`_BlockDiagonal` holding ``A``. With ``certify`` the
     iteration also squares ``A`` until ``||A^(2^k)||_F < 1`` (a proof of ``rho(A) < 1``), as the
@@ -195,10 +216,12 @@ def _doubling_rt(Ak, Rc, Ro, n: int, *, certify: bool, first_try: int = None):
                 worth_a_try = False  # the iteration is about to end anyway
             if worth_a_try and norm <= _LOW_RANK_VERIFY_MAX:
                 split, next_try = _low_rank_split(Ak.M, n, k, eps)
-                if split is not None and not _split_verified(Ak, split, n, eps):
+                extra = _split_verified(Ak, split, n, eps) if split is not None else 0
+                if split is not None and not extra:
                     split, next_try = None, None  # the powers left the model: no split for this system
                 if split is not None:
-                    return _low_rank_tail(split, R, tri, done, n, tpqrt)
+                    tail = _low_rank_tail(split, R, tri, done, n, tpqrt)
+                    return None if tail is None else (tail[0], tail[1], k + extra)
             for i in (0, 1):  # 0: controllability (R A_k^H), 1: observability (R A_k)
                 if done[i]:
                     continue
@@ -212,7 +235,7 @@ def _doubling_rt(Ak, Rc, Ro, n: int, *, certify: bool, first_try: int = None):
                     R[i], tri[i] = _append_rows(R[i], tri[i], X, n, tpqrt)
             # ||A^(2^k)||_F < 1 certifies rho(A) < 1 (see _factor_pair).
             if done[0] and done[1] and (not certify or Ak.norm() < 1.0):
-                return R[0], R[1]
+                return R[0], R[1], k
             Ak = Ak.square()
             if not Ak.finite():
                 break
@@ -224,8 +247,10 @@ def _nrm2(nrm2, X) -> float:
     return float(nrm2(X.ravel(order="K"))) if X.size else 0.0
 
 
-def _split_verified(Ak, split, n: int, eps: float) -> bool:
+def _split_verified(Ak, split, n: int, eps: float) -> int:
     """Whether the powers of ``A_k = X Yh`` (split while ``||A_k||_F <= 8``) follow the model.
+
+    Returns the number ``j >= 1`` of further squarings to ``||A_{k+j}||_F < 1`` if so, else 0.
 
     Squares ``A_k`` further, up to the first power with ``||A_{k+j}||_F < 1`` (which also proves
     ``rho(A) < 1``), with norms staying at most 8 on the way (a bounded transient), and checks that
@@ -237,16 +262,16 @@ def _split_verified(Ak, split, n: int, eps: float) -> bool:
     X, Yh = split
     P, N = Yh @ X, None  # P = M^(2^(j-1)) and N = M^(2^(j-1) - 1), M = Yh X (N = None: the identity)
     with np.errstate(over="ignore", invalid="ignore"):
-        for _ in range(_MAX_DOUBLINGS):
+        for j in range(1, _MAX_DOUBLINGS + 1):
             Ak = Ak.square()
             N = P if N is None else P @ N
             P = P @ P
             norm = Ak.norm()
             if not (norm <= _LOW_RANK_VERIFY_MAX):  # also NaN
-                return False
+                return 0
             if norm < 1.0:  # the last power, where every earlier deviation would show
-                return bool(np.linalg.norm(Ak.M - X @ (N @ Yh)) <= 8.0 * np.sqrt(n) * eps)
-    return False
+                return j if np.linalg.norm(Ak.M - X @ (N @ Yh)) <= 8.0 * np.sqrt(n) * eps else 0
+    return 0
 
 
 def _steps_left(Ak, eps: float) -> float:
@@ -346,6 +371,7 @@ def _low_rank_tail(split, R, tri, done, n: int, tpqrt):
     tail = _doubling_rt(_Dense2D(Yh @ X), small[0], small[1], r, certify=False, first_try=_LOW_RANK_FIRST_TAIL)
     if tail is None:
         return None
+    tail = tail[:2]
     out = []
     for i in (0, 1):
         Ri = R[i]
@@ -477,9 +503,19 @@ def _real_factor(L, Lh, pairs):
                 Y[:, j0] = L0 * p00 + L1 * p10
                 Y[:, j1] = L0 * p01 + L1 * p11
         re = Y.real
-        if np.all(np.isfinite(Y)) and np.linalg.norm(Y.imag) <= _REALIFY_RTOL * np.linalg.norm(re):
+        if np.all(np.isfinite(Y)) and _fro(Y.imag) <= _REALIFY_RTOL * _fro(re):
             return np.ascontiguousarray(re)
     return np.linalg.qr(np.concatenate([L.real.T, L.imag.T]), mode="r").T
+
+
+def _fro(X) -> float:
+    """``||X||_F`` for a finite ``X`` whose squares may overflow (numpy's norm then gives inf)."""
+    with np.errstate(over="ignore"):
+        v = float(np.linalg.norm(X))
+    if v == np.inf:
+        big = float(np.max(np.abs(X)))
+        v = big * float(np.linalg.norm(X / big))
+    return v
 
 
 def _small_components(pattern, max_sweeps: int = 8):

@@ -725,3 +725,39 @@ def test_results_do_not_alias_the_callers_arrays():
         D[0, 0] = 1.0
     bal = lr.balance(A, B, C, D)
     assert not np.shares_memory(bal.D, D) and not np.shares_memory(bal.reduce(rank=2).D, D)
+
+
+@pytest.mark.parametrize("blocks", [1, 2], ids=["diagonal", "rotation-blocks"])
+def test_modal_path_is_invariant_under_a_state_scaling_spanning_1e290(blocks):
+    """x -> diag(d) x leaves the HSVs alone. Rows of the generator 1e-290 below the others used to underflow
+    in the BLAS products (1/beta folded into alpha): 2.5e-2 relative error, silently."""
+    rng = np.random.default_rng(0)
+    n = 16
+    A = np.diag(np.linspace(0.3, 0.9, n)) if blocks == 1 else _rotation_blocks(rng, n)
+    B, C = rng.standard_normal((n, 1)), rng.standard_normal((1, n))
+    d = np.repeat(np.array([1.0, 1e-50, 1e-290, 1e-120, 1.0, 1e-200, 1e-10, 1e-290]), 2)
+    assert _block_path_taken(A)
+    h0 = lr.hankel_singular_values(A, B, C)
+    with np.errstate(over="raise", invalid="raise"):  # and no overflow on the way
+        h = lr.hankel_singular_values(A, d[:, None] * B, C / d)
+    assert np.max(np.abs(h - h0)) <= 1e-14 * h0[0]
+
+
+def test_a_hidden_unstable_mode_that_squaring_rounds_below_one_is_still_rejected():
+    """rho(A) = 1 + 1.05e-9 in an eigenvector basis of condition 1e4 (||A||_F ~ 1e3): 31 squarings, each off
+    by ~eps ||A_j||^2 cond, pull the computed mode below 1 and ||A^(2^31)||_F < 1. A certificate that took 20
+    or more squarings is now backed by the eigenvalues."""
+    rng = np.random.default_rng(0)
+    n = 3
+    A0 = np.diag(np.r_[rng.uniform(-0.6, 0.6, n - 1), 1 + 1e-9])
+    B0 = np.r_[rng.standard_normal((n - 1, 1)), [[0.0]]]
+    C0 = np.c_[rng.standard_normal((1, n - 1)), [[0.0]]]
+    U, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    T = U @ np.diag(np.logspace(0, -4, n)) @ V.T
+    Ti = np.linalg.inv(T)
+    A, B, C = T @ A0 @ Ti, T @ B0, C0 @ Ti
+    with pytest.raises(lr.UnstableSystemError, match=r"spectral radius 1\.0000000"):
+        lr.gramian_factors(A, B, C)
+    with pytest.raises(lr.UnstableSystemError):
+        lr.gramian_factors(A[None], B[None], C[None])  # the batched path as well
