@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import lti_reduce as lr
 import reference as ref
+from reference import cross_path_tol
 from strategies import (batched_systems, build_system, random_state_transformation, seeds, spectral_radii,
                         stable_systems)
 
@@ -31,16 +32,6 @@ def stein_residuals(A, B, C, P, Q):
     rp = np.linalg.norm(P - A @ P @ Ah - B @ B.conj().T) / (np.linalg.norm(P) + np.linalg.norm(B) ** 2)
     rq = np.linalg.norm(Q - Ah @ Q @ A - C.conj().T @ C) / (np.linalg.norm(Q) + np.linalg.norm(C) ** 2)
     return rp, rq
-
-
-def cross_path_tol(rho: float) -> float:
-    """Tolerance for two of our paths (numpy vs torch, one system vs a batch) on the same system.
-
-    Both are backward stable, so each is off by about ``eps / (1 - rho^2)`` (the conditioning of the
-    Stein operator) relative; near the unit circle that exceeds a flat 1e-12 (seen: 1.4e-12 at
-    ``rho = 0.9989``).
-    """
-    return max(1e-12, 64 * float(np.finfo(float).eps) / (1.0 - rho ** 2))
 
 
 def hermitian_psd(X, rtol=1e-10) -> bool:
