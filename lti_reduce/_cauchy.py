@@ -78,13 +78,6 @@ def diagonal_stein_factor(lam, G, coefficients=None):
     # block that BLAS reads (xGEMV, conjugate transpose) and updates in place (xGERC); numpy's
     # outer product plus += cost 3x as much. Keeping the conjugate saves a conj() per step.
     Hc = np.array(np.conj(G.T), dtype=np.complex128, order="F")  # (m, n), a copy
-    # An input in extreme units (max |G_ij| outside 2^(+-100)) is scaled by a power of two (exact)
-    # to max |G_ij| ~ 1: P scales by its square, L by it, and the products in the loop stay far
-    # from over- and underflow. Ordinary inputs are left alone (the pass would cost 2%).
-    big = float(np.max(np.abs(Hc))) if Hc.size else 0.0
-    gscale = 2.0 ** np.round(np.log2(big)) if (0.0 < big < 2.0 ** -100 or 2.0 ** 100 < big < np.inf) else 1.0
-    if gscale != 1.0:
-        Hc /= gscale
     alpha = np.sqrt(1.0 - (lam.real ** 2 + lam.imag ** 2))
     Lt = np.zeros((n, n), dtype=np.complex128)  # L^T; first W[t, i] = w_i at step t (i > t)
     # L_it = alpha_t w_i / (1 - lam_i conj(lam_t)) = U_ti w_i, and the generator update is
@@ -95,12 +88,14 @@ def diagonal_stein_factor(lam, G, coefficients=None):
     if upfront:
         U, K = stein_coefficients(lam) if coefficients is None else coefficients
     nrm2, gemv, gerc = blas.dznrm2, blas.zgemv, blas.zgerc
-    # 1/beta as the BLAS alpha forms g_i conj(g_t) before dividing: fine while no row is more than
-    # 2^200 below the largest (a row that small relative to beta would underflow in the product and
-    # lose its relative accuracy, which state scaling makes matter). Otherwise every row is normalized.
-    rows = np.max(np.abs(Hc), axis=0) if Hc.shape[0] else np.zeros(n)  # max |.| per row: no squares to underflow
+    # 1/beta as the BLAS alpha forms g_i conj(g_t) before dividing. That is safe while the largest
+    # entry of G lies within 2^(+-100) and no row is more than 2^200 below it: the products then
+    # neither overflow nor underflow (a row that far below would lose its relative accuracy, which
+    # a state scaling makes matter). Otherwise every row is normalized first (tiny = inf).
+    rows = np.max(np.abs(Hc), axis=0) if Hc.shape[0] else np.zeros(n)  # max |.| per row: no squares
     top = float(rows.max()) if rows.size else 0.0
-    tiny = _TINY if top == 0.0 or float(rows[rows > 0].min()) >= 2.0 ** -200 * top else np.inf
+    fold = top == 0.0 or (2.0 ** -100 <= top <= 2.0 ** 100 and float(rows[rows > 0].min()) >= 2.0 ** -200 * top)
+    tiny = _TINY if fold else np.inf
     beta = [0.0] * n
     for t in range(n - 1):
         hc = Hc[:, t]  # beta conj(e^H)
@@ -109,7 +104,7 @@ def diagonal_stein_factor(lam, G, coefficients=None):
             if b == 0.0:
                 continue
             hc, scale = hc / b, 1.0  # normalize first: 1/beta as the BLAS alpha would underflow
-        else:  # max |g_i| is within 2^(+-100) (above): rest^H hc neither over- nor underflows
+        else:  # G's entries within the range above: rest^H hc neither over- nor underflows
             scale = 1.0 / b
         rest = Hc[:, t + 1:]
         row = Lt[t, t + 1:]
@@ -132,13 +127,11 @@ def diagonal_stein_factor(lam, G, coefficients=None):
     if upfront:
         Lt *= U  # W -> L^T above the diagonal
     Lt[np.diag_indices(n)] = beta / alpha  # L_tt = beta_t / alpha_t
-    if gscale != 1.0:
-        Lt *= gscale
     return Lt.T
 
 
-# A generator row norm below this (of a generator scaled to max |g_i| ~ 1) is normalized before the
-# BLAS calls instead of passing 1/beta as their alpha (which would underflow in the products).
+# A generator row norm below this is normalized before the BLAS calls instead of passing 1/beta
+# as their alpha (which would underflow in the products).
 _TINY = 1e-100
 
 # Orders up to which the coefficient matrices are formed before the loop (2 x 4 MiB at 512).

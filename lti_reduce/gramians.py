@@ -379,7 +379,7 @@ def _low_rank_tail(split, R, tri, done, n: int, tpqrt):
             # [Z_c, X L_M] and [Z_o, Y L_N] in R-form: rows L_M^H X^H and L_N^H Y^H
             Ri = _append_rows(Ri, tri[i], tail[i] @ (np.conj(X.T) if i == 0 else Yh), n, tpqrt)[0]
         out.append(Ri)
-    # No stability proof to add: the split is only taken once ||A_k||_F < 1, which is that proof.
+    # No stability proof to add: _split_verified made it (a power of A with ||.||_F < 1).
     return out[0], out[1]
 
 
@@ -397,8 +397,8 @@ def _modal_factor_pair(sysw: _Dense, blocks: "_BlockDiagonal", B, C, *, real: bo
     ``O(n^2 m)``. Back in the given coordinates ``Lc = V Lch`` and ``Lo = V^{-H} Loh``; for a
     real system the complex factor is made real by a QR decomposition of ``[Re L, Im L]^T``
     (``P = Re(L L^H) = Re L Re L^T + Im L Im L^T``). The eigenvector matrices enter the
-    error with their condition number, so blocks with ``cond(V_i) > 1e4`` (nearly defective
-    ones) send the system back to the doubling iteration (None).
+    error with their condition number, so blocks with ``||V_i||_F ||V_i^{-1}||_F > 1e4`` (nearly
+    defective ones) or a singular ``V_i`` send the system back to the doubling iteration (None).
     """
     from ._cauchy import _UPFRONT_MAX, diagonal_stein_factor, stein_coefficients
 
@@ -503,19 +503,9 @@ def _real_factor(L, Lh, pairs):
                 Y[:, j0] = L0 * p00 + L1 * p10
                 Y[:, j1] = L0 * p01 + L1 * p11
         re = Y.real
-        if np.all(np.isfinite(Y)) and _fro(Y.imag) <= _REALIFY_RTOL * _fro(re):
+        if np.all(np.isfinite(Y)) and _nrm2(blas.dnrm2, Y.imag) <= _REALIFY_RTOL * _nrm2(blas.dnrm2, re):
             return np.ascontiguousarray(re)
     return np.linalg.qr(np.concatenate([L.real.T, L.imag.T]), mode="r").T
-
-
-def _fro(X) -> float:
-    """``||X||_F`` for a finite ``X`` whose squares may overflow (numpy's norm then gives inf)."""
-    with np.errstate(over="ignore"):
-        v = float(np.linalg.norm(X))
-    if v == np.inf:
-        big = float(np.max(np.abs(X)))
-        v = big * float(np.linalg.norm(X / big))
-    return v
 
 
 def _small_components(pattern, max_sweeps: int = 8):
