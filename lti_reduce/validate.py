@@ -162,7 +162,7 @@ def raise_unstable(xp, A, detail: str = "") -> None:
         idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(rho)), rho.shape))
         where = f" (batch element {idx})"
     raise UnstableSystemError(
-        f"A is not Schur stable: spectral radius {worst:.17g}{where} >= 1 - 1e-12; discrete-time Gramians exist "
+        f"A is not Schur stable: spectral radius {worst:.15g}{where} >= 1 - 1e-12; discrete-time Gramians exist "
         f"only for spectral radius < 1. {detail}Check the time step / discretization, or stabilize the model first."
     )
 
