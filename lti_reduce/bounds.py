@@ -325,7 +325,7 @@ def hsv_perturbation_bound(system1, system2, *, rank=None):
     -----
     The certificate bounds a *change that happened* between two known systems; it
     does not predict how HSVs evolve under future training steps. Two diagonal
-    systems use the closed-form path (whose accuracy is ``~sqrt(order * eps) * sigma_1``).
+    systems use the closed-form path (accurate to ``O(order * eps) * sigma_1`` for numpy inputs).
 
     Examples
     --------
