@@ -36,6 +36,7 @@ which matches the DC gain ``G(1)`` exactly. Both methods satisfy
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -309,6 +310,13 @@ class BalancedTruncationResult:
             share no value.
         projection : {"sr", "bfsr"}, optional
             Defaults to this result's projection (see :func:`balanced_truncation`).
+
+        Raises
+        ------
+        LTIInputError
+            For ``rank``/``tol`` as in :func:`balanced_truncation`, more than one of
+            ``rank``, ``tol`` and ``states``, or ``states`` that are not distinct integer
+            indices in ``0..n-1`` (floats and bools are refused, not truncated).
         """
         method = self.method if method is None else check_choice(method, "method", _METHODS)
         projection = self.projection if projection is None else projection
@@ -316,9 +324,13 @@ class BalancedTruncationResult:
         if states is not None:
             if rank is not None or tol is not None:
                 raise LTIInputError("give only one of rank=, tol= and states=.")
+            states = list(states)
+            if any(isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) for i in states):
+                raise LTIInputError(f"states must be integer indices in 0..{self.n - 1} (balanced states, as in "
+                                    f"hsv), got {states!r}; a float such as 0.5 is not an index.")
             keep = sorted({int(i) for i in states})
-            if not keep or keep[0] < 0 or keep[-1] >= self.n or len(keep) != len(list(states)):
-                raise LTIInputError(f"states must be distinct indices in 0..{self.n - 1}, got {list(states)!r}.")
+            if not keep or keep[0] < 0 or keep[-1] >= self.n or len(keep) != len(states):
+                raise LTIInputError(f"states must be distinct indices in 0..{self.n - 1}, got {states!r}.")
             return BalancedTruncationResult(self._dec, len(keep), method, keep, projection)
         rank = _resolve_rank(self._s, rank, tol, self.n)
         return BalancedTruncationResult(self._dec, rank, method, projection=projection)
@@ -452,9 +464,51 @@ def hankel_singular_values(A, B=None, C=None):
     >>> round(float(hsv[0]), 12)        # 1 / (1 - 0.5**2)
     1.333333333333
     """
+    scaled = _scaled_for_hsv(A, B, C)
+    if scaled is not None:  # extreme scales: HSVs of (A, B 2^-eb, C 2^-ec), times 2^(eb + ec)
+        hsv = hankel_singular_values(*scaled[:-1])
+        return _unscale_hsv(hsv, scaled[-1])
     dec = _decompose(A, B, C, None)
     xp = dec.sysw.xp
     return xp.astype(dec.s, be.real_dtype(xp, dec.sysw.out_dtype))
+
+
+def _scaled_for_hsv(A, B, C):
+    """``(A, B', C', e)`` or ``(system', e)`` with entries of ``B', C'`` near 1 and ``hsv = 2^e hsv'``; None if not needed.
+
+    HSVs are homogeneous: ``sigma_i(A, a B, c C) = |a c| sigma_i(A, B, C)``. ``B`` and ``C`` with entries
+    beyond ``2^200`` (or below ``2^-200``) would overflow (underflow) once squared in the Gramians, so they
+    are scaled by powers of two (exact) first.
+    """
+    from .systems import DiagonalSystem
+    from .validate import needs_scaling, power_of_two_exponent, scale_by_power_of_two
+
+    system = A if isinstance(A, DiagonalSystem) else None
+    Bm, Cm = (system.B, system.C) if system is not None else (B, C)
+    if Bm is None or Cm is None or not (be.is_numpy(Bm) or be.is_torch(Bm)) or not (be.is_numpy(Cm) or be.is_torch(Cm)):
+        return None
+    try:
+        xp = be.namespace(Bm, Cm)
+        eb, ec = power_of_two_exponent(xp, Bm), power_of_two_exponent(xp, Cm)
+    except Exception:  # mixed backends, bad dtypes: let the validation of the unscaled call report it
+        return None
+    if not (needs_scaling(eb) or needs_scaling(ec)) or eb is None or ec is None:
+        return None
+    Bs, Cs = scale_by_power_of_two(Bm, -eb), scale_by_power_of_two(Cm, -ec)
+    if system is not None:
+        return DiagonalSystem(system.lam, Bs, Cs, system.D, real_output=system.real_output), eb + ec
+    return A, Bs, Cs, eb + ec
+
+
+def _unscale_hsv(hsv, e: int):
+    from .validate import scale_by_power_of_two
+
+    xp = be.namespace(hsv)
+    top = float(be.to_numpy(xp.max(hsv))) if int(np.prod(hsv.shape)) else 0.0
+    if top > 0.0 and math.frexp(top)[1] + e > 1024:
+        raise LTIInputError(f"the Hankel singular values exceed the float64 range (sigma_1 = {top!r} * 2^{e}); "
+                            "scale B or C down (sigma_i(A, a B, c C) = |a c| sigma_i(A, B, C)).")
+    return scale_by_power_of_two(hsv, e)
 
 
 def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, method: str = "truncate",

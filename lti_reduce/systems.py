@@ -37,8 +37,9 @@ from typing import Any
 import numpy as np
 
 from . import _backend as be
-from .errors import LTIInputError, UnstableSystemError
-from .validate import _Dense, _shape_str, broadcast_batch, check_finite, check_matrix
+from .errors import LTIInputError
+from .validate import (_Dense, _shape_str, broadcast_batch, check_finite, check_matrix, check_nonempty_batch,
+                       check_stable_eigenvalues)
 
 __all__ = ["DiagonalSystem"]
 
@@ -50,7 +51,7 @@ class DiagonalSystem:
     Parameters
     ----------
     lam : array, shape (..., n)
-        Eigenvalues, ``|lam| < 1`` (real or complex).
+        Eigenvalues, ``|lam| < 1 - 1e-12`` (real or complex; the stability rule of every function).
     B : array, shape (..., n, m)
     C : array, shape (..., p, n)
     D : array, shape (..., p, m), optional
@@ -64,9 +65,10 @@ class DiagonalSystem:
     Raises
     ------
     UnstableSystemError
-        If some ``|lam| >= 1``.
+        If some ``|lam| >= 1 - 1e-12`` (the dense functions reject spectral radii from the same value on).
     LTIInputError
-        Shape mismatch, NaN/Inf, or a complex ``D`` with ``real_output=True``.
+        Shape mismatch, NaN/Inf, an empty batch (a leading dimension of size 0), or a complex
+        ``D`` with ``real_output=True``.
 
     Examples
     --------
@@ -106,16 +108,12 @@ class DiagonalSystem:
         if self.real_output and D is not None and be.is_complex(xp, D):
             raise LTIInputError("real_output=True computes y = Re(C x) + D u, a real output, so D must be real; "
                                 "pass D.real if its imaginary part is meant to vanish.")
-        broadcast_batch([lam.shape[:-1], B.shape[:-2], C.shape[:-2]] + ([D.shape[:-2]] if D is not None else []),
-                        ["lam", "B", "C", "D"])
+        check_nonempty_batch(broadcast_batch([lam.shape[:-1], B.shape[:-2], C.shape[:-2]]
+                                             + ([D.shape[:-2]] if D is not None else []), ["lam", "B", "C", "D"]))
         for a, nm in ((lam, "lam"), (B, "B"), (C, "C"), (D, "D")):
             if a is not None:
                 check_finite(xp, a, nm)
-        radius = float(be.to_numpy(xp.max(xp.abs(lam))))
-        if radius >= 1.0:
-            raise UnstableSystemError(
-                f"|lam| must be < 1 for a stable discrete-time system; the largest |lam| is {radius:.17g}. "
-                "Clamp or re-parameterize the eigenvalues (e.g. lam = exp(-exp(nu_log) + i theta)).")
+        check_stable_eigenvalues(lam, "lam")
         object.__setattr__(self, "lam", lam)
         object.__setattr__(self, "B", B)
         object.__setattr__(self, "C", C)
