@@ -451,11 +451,23 @@ def hankel_singular_values(A, B=None, C=None):
         ``sigma_1 >= ... >= sigma_n >= 0``; exactly zero beyond the rank of the
         Gramian factors (non-minimal systems). Invariant under state transformations.
 
+    Raises
+    ------
+    UnstableSystemError
+        If ``A`` has spectral radius ``>= 1 - 1e-12`` (the message gives it).
+    LTIInputError
+        Shape mismatch, NaN/Inf, a bad dtype, an empty batch, or HSVs beyond the float64
+        range (``sigma_1 > 1.8e308``).
+
     Notes
     -----
     Computed as the singular values of ``L_o^H L_c`` (square-root factors), which is
-    accurate to ``O(eps * sigma_1)`` for every ``sigma_i``. Reference: SLICOT
-    ``AB09AD`` (``DICO='D'``) returns the same values.
+    accurate to ``O(eps * sigma_1)`` for every ``sigma_i``; a :class:`DiagonalSystem` (numpy)
+    is as accurate. Reference: SLICOT ``AB09AD`` (``DICO='D'``) returns the same values.
+    ``B`` and ``C`` with entries beyond ``2^200`` or below ``2^-200`` are first scaled by
+    powers of two (``sigma_i(A, a B, c C) = |a c| sigma_i(A, B, C)``), so extreme scales
+    give the right values. torch inputs with ``requires_grad`` give differentiable HSVs
+    (gradients are well defined where the HSVs are distinct and nonzero).
 
     Examples
     --------
