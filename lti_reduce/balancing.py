@@ -195,7 +195,13 @@ def _reduce(dec: _Decomposition, keep, method: str, projection: str = "sr"):
     eye = xp.eye(k, dtype=Ab.dtype, device=Ab.device if be.is_torch(Ab) else None)
     rhs = xp.concat([A21, B2], axis=-1)
     # residualization at the DC point: z = 1 (discrete), s = 0 (continuous)
-    X = xp.linalg.solve(eye - A22 if dec.time == "discrete" else -A22, rhs)
+    if dec.time == "discrete":
+        K = eye - A22
+    else:
+        from .continuous import spa_residual_matrix
+
+        K = spa_residual_matrix(dec, order, r, A22)
+    X = xp.linalg.solve(K, rhs)
     XA, XB = X[..., :, :r], X[..., :, r:]
     return A11 + A12 @ XA, B1 + A12 @ XB, C1 + C2 @ XA, sysw.D + C2 @ XB
 

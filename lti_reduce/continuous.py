@@ -157,3 +157,24 @@ def check_no_diagonal(A, what: str):
     if isinstance(A, DiagonalSystem):
         raise LTIInputError(f"{what} with time='continuous' takes dense matrices; a DiagonalSystem describes a "
                             "discrete-time layer. Pass its matrices (DiagonalSystem.to_dense()) instead.")
+
+
+def spa_residual_matrix(dec, order, r: int, A22):
+    """``-A_22`` for continuous SPA, with the decoupled states given the dynamics ``-1``.
+
+    States whose HSV is at round-off level get zero projection columns (see
+    :func:`lti_reduce.balancing._projections`), so their rows and columns of ``A_22``, ``A_12``,
+    ``A_21``, ``B_2``, ``C_2`` are zero and ``A_22`` is singular. Any nonzero dynamics keeps them
+    decoupled and contributing nothing; ``-1`` makes ``-A_22`` invertible there.
+    """
+    xp = dec.sysw.xp
+    s = dec.s
+    if isinstance(order, (int, np.integer)):
+        rest = s[..., r:]
+    else:
+        idx = xp.asarray(np.asarray(list(order)[r:], dtype=np.int64), device=_device(s))
+        rest = xp.take(s, idx, axis=-1)
+    dead = xp.astype(rest <= dec.floor, A22.dtype)
+    k = int(A22.shape[-1])
+    eye = xp.eye(k, dtype=A22.dtype, device=_device(A22))
+    return eye * dead[..., None, :] - A22
