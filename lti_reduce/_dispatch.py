@@ -93,11 +93,12 @@ def hankel_singular_values(A, B, C, *, time, unstable, margin):
 
 
 def gramian_factors(A, B, C, *, time, products: bool):
-    from . import continuous, gramians
+    from . import continuous
+    from .gramians import gramian_factors as discrete_factors, gramians as discrete_gramians
 
     A, B, C, _, time, wrap = _route(A, B, C, None, time)
     if time == "discrete":
-        return (gramians.gramians if products else gramians.gramian_factors)(A, B, C)
+        return (discrete_gramians if products else discrete_factors)(A, B, C)
     continuous.check_no_diagonal(A, "gramians" if products else "gramian_factors")
     if B is None or C is None:
         raise TypeError("gramians(A, B, C, time='continuous') needs B and C (or a system object alone).")
