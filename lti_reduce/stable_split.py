@@ -293,7 +293,7 @@ class SplitReductionResult:
 
 
 def _like(M, like):
-    return M if like is None or be.is_numpy(like) else be.from_numpy_like(np.ascontiguousarray(M), like)
+    return M if like is None or be.is_numpy(like) else be.from_numpy_like(np.array(M, order="C", copy=True), like)
 
 
 def balance_split(A, B, C, D, *, time: str, margin: float, wrap=None) -> SplitReductionResult:
