@@ -126,8 +126,19 @@ def _unwrap_scipy(system) -> SystemInput:
     ss = system if form == "ss" else system.to_ss()
 
     def rebuild(A, B, C, D, _dt=dt, _form=form):
-        out = signal.StateSpace(A, B, C, D, dt=_dt) if _dt is not None else signal.StateSpace(A, B, C, D)
-        return out if _form == "ss" else (out.to_tf() if _form == "tf" else out.to_zpk())
+        kw = {} if _dt is None else {"dt": _dt}
+        if _form == "ss":
+            return signal.StateSpace(A, B, C, D, **kw)
+        if B.shape[1] != 1:
+            raise LTIInputError(f"a scipy transfer function has one input; this model has {B.shape[1]}.")
+        num, den = signal.ss2tf(A, B, C, D)
+        # the leading numerator coefficients are D exactly (ss2tf leaves rounding there, which scipy
+        # then reports as badly conditioned coefficients)
+        num[:, 0] = D[:, 0]
+        while num.shape[1] > 1 and not np.any(num[:, 0]):
+            num = num[:, 1:]  # exact zeros only (scipy warns about any leading zero)
+        tf = signal.TransferFunction(num if num.shape[0] > 1 else num[0], den, **kw)
+        return tf if _form == "tf" else tf.to_zpk()
 
     mats = [np.atleast_2d(np.asarray(M)) for M in (ss.A, ss.B, ss.C, ss.D)]
     return SystemInput(*mats, "discrete" if discrete else "continuous", dt, rebuild)
