@@ -38,14 +38,14 @@ if ARGS.threads > 0:
     for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[_var] = str(ARGS.threads)
 
-import warnings  # noqa: E402
+import warnings
 
-import numpy as np  # noqa: E402
-import scipy.io  # noqa: E402
-import scipy.linalg  # noqa: E402
-import scipy.sparse  # noqa: E402
+import numpy as np
+import scipy.io
+import scipy.linalg
+import scipy.sparse
 
-import lti_reduce as lr  # noqa: E402
+import lti_reduce as lr
 
 SLICOT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "slicot"
 MODELS = {"CDplayer": 20, "iss": 10}  # orders with a clear HSV gap
@@ -56,7 +56,7 @@ def load(name):
     if not path.exists():
         return None
     data = scipy.io.loadmat(path)
-    dense = lambda X: np.asarray(X.toarray() if scipy.sparse.issparse(X) else X, dtype=float)  # noqa: E731
+    dense = lambda X: np.asarray(X.toarray() if scipy.sparse.issparse(X) else X, dtype=float)
     return tuple(dense(data[k]) for k in "ABCD")
 
 
@@ -138,23 +138,26 @@ def main():
         if mats is None:
             print(f"{name}: {SLICOT_DATA / (name + '.mat')} not found, skipped")
             continue
-        A, B, C, D = mats
-        r = MODELS[name]
-        pts = axis(A)
-        (red_o, hsv_o), (red_s, hsv_s) = ours_bt(A, B, C, D, r), slicot_bt(A, B, C, D, r)
-        t = timed_pairs(lambda: ours_bt(A, B, C, D, r), lambda: slicot_bt(A, B, C, D, r), repeats)
-        agree = (f"max|hsv - hsv_slicot|/sigma_1 = {np.abs(hsv_o - hsv_s).max() / hsv_s[0]:.1e}, "
-                 f"reduced responses {rel_sup(response(*red_o, pts), response(*red_s, pts)):.1e}")
-        print(f"{name:9s} {'BT':6s} {t[0]:10.4f} {t[1]:12.4f} {t[2]:11.2f}  {agree}")
-        (red_o, _), (red_s, _) = ours_bt(A, B, C, D, r, "spa"), slicot_spa(A, B, C, D, r)
-        t = timed_pairs(lambda: ours_bt(A, B, C, D, r, "spa"), lambda: slicot_spa(A, B, C, D, r), repeats)
-        print(f"{name:9s} {'SPA':6s} {t[0]:10.4f} {t[1]:12.4f} {t[2]:11.2f}  "
-              f"reduced responses {rel_sup(response(*red_o, pts), response(*red_s, pts)):.1e}")
-        h_o, h_s = float(lr.hinf_norm(A, B, C, D, time="continuous")), slicot_hinf(A, B, C, D)
-        t = timed_pairs(lambda: lr.hinf_norm(A, B, C, D, time="continuous"), lambda: slicot_hinf(A, B, C, D),
-                        max(1, repeats // 2))
-        print(f"{name:9s} {'Hinf':6s} {t[0]:10.4f} {t[1]:12.4f} {t[2]:11.2f}  "
-              f"|ours - slicot| / slicot = {abs(h_o - h_s) / h_s:.1e} (norm {h_s:.6g})")
+        run_model(name, *mats, MODELS[name], repeats)
+
+
+def run_model(name, A, B, C, D, r, repeats):
+    """The three rows of one model."""
+    pts = axis(A)
+    (red_o, hsv_o), (red_s, hsv_s) = ours_bt(A, B, C, D, r), slicot_bt(A, B, C, D, r)
+    t = timed_pairs(lambda: ours_bt(A, B, C, D, r), lambda: slicot_bt(A, B, C, D, r), repeats)
+    agree = (f"max|hsv - hsv_slicot|/sigma_1 = {np.abs(hsv_o - hsv_s).max() / hsv_s[0]:.1e}, "
+             f"reduced responses {rel_sup(response(*red_o, pts), response(*red_s, pts)):.1e}")
+    print(f"{name:9s} {'BT':6s} {t[0]:10.4f} {t[1]:12.4f} {t[2]:11.2f}  {agree}")
+    (red_o, _), (red_s, _) = ours_bt(A, B, C, D, r, "spa"), slicot_spa(A, B, C, D, r)
+    t = timed_pairs(lambda: ours_bt(A, B, C, D, r, "spa"), lambda: slicot_spa(A, B, C, D, r), repeats)
+    print(f"{name:9s} {'SPA':6s} {t[0]:10.4f} {t[1]:12.4f} {t[2]:11.2f}  "
+          f"reduced responses {rel_sup(response(*red_o, pts), response(*red_s, pts)):.1e}")
+    h_o, h_s = float(lr.hinf_norm(A, B, C, D, time="continuous")), slicot_hinf(A, B, C, D)
+    t = timed_pairs(lambda: lr.hinf_norm(A, B, C, D, time="continuous"), lambda: slicot_hinf(A, B, C, D),
+                    max(1, repeats // 2))
+    print(f"{name:9s} {'Hinf':6s} {t[0]:10.4f} {t[1]:12.4f} {t[2]:11.2f}  "
+          f"|ours - slicot| / slicot = {abs(h_o - h_s) / h_s:.1e} (norm {h_s:.6g})")
 
 
 if __name__ == "__main__":

@@ -94,9 +94,10 @@ def hankel_singular_values(A, B, C, *, time, unstable, margin):
 
 def gramian_factors(A, B, C, *, time, products: bool):
     from . import continuous
-    from .gramians import gramian_factors as discrete_factors, gramians as discrete_gramians
+    from .gramians import gramian_factors as discrete_factors
+    from .gramians import gramians as discrete_gramians
 
-    A, B, C, _, time, wrap = _route(A, B, C, None, time)
+    A, B, C, _, time, _wrap = _route(A, B, C, None, time)
     if time == "discrete":
         return (discrete_gramians if products else discrete_factors)(A, B, C)
     continuous.check_no_diagonal(A, "gramians" if products else "gramian_factors")

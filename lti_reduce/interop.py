@@ -24,8 +24,9 @@ their type's module, and the package is looked up only when one of them is given
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

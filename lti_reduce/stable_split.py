@@ -249,7 +249,7 @@ class SplitReductionResult:
         stable = (np.zeros(1) if self._full is None else be.to_numpy(self._full.error_bounds()))
         return np.concatenate([np.full(self.n_unstable, np.inf), stable])
 
-    def reduce(self, rank=None, tol=None, method=None, *, projection=None) -> "SplitReductionResult":
+    def reduce(self, rank=None, tol=None, method=None, *, projection=None) -> SplitReductionResult:
         """Another reduced model from the same split and Gramian factors.
 
         Parameters

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import lti_reduce as lr
 import reference as ref
 import reference_control as rc
+
+import lti_reduce as lr
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,6 +102,7 @@ def test_gramians_match_control_gram(control, dt):
     assert np.linalg.norm(Q - Qr) <= 1e-10 * np.linalg.norm(Qr)
     Lc, Lo = lr.gramian_factors(G)
     assert np.linalg.norm(Lc @ Lc.T - Pr) <= 1e-10 * np.linalg.norm(Pr)
+    assert np.linalg.norm(Lo @ Lo.T - Qr) <= 1e-10 * np.linalg.norm(Qr)
 
 
 def test_hsv_match_hsvd_and_ab09ad(control, slycot):

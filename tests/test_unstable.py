@@ -11,9 +11,9 @@ import warnings
 
 import numpy as np
 import pytest
+import reference_control as rc
 
 import lti_reduce as lr
-import reference_control as rc
 
 
 def _unstable_system(seed, time, n=12, nu=3, m=2, p=2):
@@ -192,7 +192,7 @@ def test_ill_conditioned_separation_warns():
 
 def test_complex_unstable_model():
     rng = np.random.default_rng(4)
-    As, Bs, Cs, Ds = rc.stable_system(rng, 8, 2, 2, time="discrete", complex_=True)
+    As, *_ = rc.stable_system(rng, 8, 2, 2, time="discrete", complex_=True)
     A = np.zeros((10, 10), dtype=complex)
     A[:8, :8], A[8, 8], A[9, 9] = As, 1.5j, -1.2 + 0.3j
     T = rng.standard_normal((10, 10)) + 1j * rng.standard_normal((10, 10))
