@@ -20,6 +20,12 @@ discretize
     Continuous to discrete time (bilinear / zero-order hold).
 UnstableSystemError, LTIInputError
     Input errors (``ValueError`` subclasses).
+SplitReductionResult, SplitConditioningWarning
+    Unstable models (``unstable="split"``): the unstable part kept, the stable part reduced.
+
+Every function above that takes a system also takes a python-control or scipy.signal system
+object (:mod:`lti_reduce.interop`) and continuous-time models (``time="continuous"``, or an
+object with ``dt = 0``; :mod:`lti_reduce.continuous`).
 """
 
 from .balancing import BalancedTruncationResult, balance, balanced_truncation, hankel_singular_values
@@ -29,6 +35,7 @@ from .energy import rank_for_tol
 from .errors import LTIInputError, UnstableSystemError
 from .gramians import gramian_factors, gramians
 from .modal import ModalConditioningWarning, modal_form
+from .stable_split import SplitConditioningWarning, SplitReductionResult
 from .systems import DiagonalSystem
 
 __all__ = [
@@ -37,6 +44,8 @@ __all__ = [
     "HSVPerturbation",
     "LTIInputError",
     "ModalConditioningWarning",
+    "SplitConditioningWarning",
+    "SplitReductionResult",
     "UnstableSystemError",
     "balance",
     "balanced_truncation",

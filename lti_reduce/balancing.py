@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from . import _backend as be
+from . import _dispatch
 from .energy import rank_for_tol
 from .errors import LTIInputError
 from .gramians import _factor_pair, _no_matrices
@@ -162,13 +163,15 @@ class _Decomposition:
     floor: Any
     lam: Any = None  # diagonal path: eigenvalues (..., n) of sysw.A (see _diagonal_times), else None
     real_output: bool = False
+    time: str = "discrete"  # "continuous": sysw is a continuous model (see lti_reduce.continuous)
+    wrap: Any = None  # lti_reduce.interop.SystemInput of a system object given by the user, else None
 
     def __getitem__(self, idx):
         sw = self.sysw
         A = sw.A[idx]
         sub = _Dense(sw.xp, A, sw.B[idx], sw.C[idx], sw.D[idx], tuple(A.shape[:-2]), sw.out_dtype, sw.like)
         return _Decomposition(sub, self.s[idx], self.Fc[idx], self.Mc[idx], self.Fo[idx], self.Mo[idx], self.floor[idx],
-                              None if self.lam is None else self.lam[idx], self.real_output)
+                              None if self.lam is None else self.lam[idx], self.real_output, self.time, self.wrap)
 
 
 def _reduce(dec: _Decomposition, keep, method: str, projection: str = "sr"):
@@ -192,7 +195,14 @@ def _reduce(dec: _Decomposition, keep, method: str, projection: str = "sr"):
     k = sysw.n - r
     eye = xp.eye(k, dtype=Ab.dtype, device=Ab.device if be.is_torch(Ab) else None)
     rhs = xp.concat([A21, B2], axis=-1)
-    X = xp.linalg.solve(eye - A22, rhs)
+    # residualization at the DC point: z = 1 (discrete), s = 0 (continuous)
+    if dec.time == "discrete":
+        K = eye - A22
+    else:
+        from .continuous import spa_residual_matrix
+
+        K = spa_residual_matrix(dec, order, r, A22)
+    X = xp.linalg.solve(K, rhs)
     XA, XB = X[..., :, :r], X[..., :, r:]
     return A11 + A12 @ XA, B1 + A12 @ XB, C1 + C2 @ XA, sysw.D + C2 @ XB
 
@@ -218,6 +228,16 @@ class BalancedTruncationResult:
         right projection).
     error_bound : array, shape (...)
         A-priori bound ``2 * sum(hsv[r:])`` on ``||G - G_r||_inf`` (both methods).
+    time : str
+        ``"discrete"`` or ``"continuous"``: the time base of the model (and of the reduced one).
+    system : object
+        The reduced model as the kind of object that was given: a python-control
+        ``StateSpace``/``TransferFunction`` or a scipy ``signal.StateSpace``/``lti``/``dlti``, with
+        the same time base ``dt`` (see :mod:`lti_reduce.interop`); for arrays, the tuple
+        ``(A, B, C, D)``.
+    dt : object
+        The time base of the system object that was given (python-control: ``0``, ``True``
+        or the sampling period; scipy: ``None`` for ``lti``); ``None`` for arrays.
 
     Notes
     -----
@@ -235,6 +255,8 @@ class BalancedTruncationResult:
         self.method = method
         self.projection = projection
         self.states = None if states is None else tuple(int(i) for i in states)
+        self.time = dec.time
+        self.dt = None if dec.wrap is None else dec.wrap.dt
         xp, dt = sysw.xp, sysw.out_dtype
         self.hsv = xp.astype(s, be.real_dtype(xp, dt))
         if self.states is None:
@@ -276,6 +298,13 @@ class BalancedTruncationResult:
     def n(self) -> int:
         """Order of the full model."""
         return self._sysw.n
+
+    @property
+    def system(self):
+        """The reduced model as the kind of object given (same ``dt``); ``(A, B, C, D)`` for arrays."""
+        from .interop import rebuild_system
+
+        return rebuild_system(self._dec.wrap, self._model())
 
     def error_bounds(self):
         """A-priori bounds ``2 * sum(hsv[r:])`` for every order ``r = 0..n``.
@@ -364,6 +393,7 @@ class BalancedTruncationResult:
         bound = be.to_numpy(self.error_bound)
         b = f"{float(bound):.3e}" if bound.ndim == 0 else f"max {float(bound.max()):.3e}"
         proj = "" if self.projection == "sr" else f", projection={self.projection!r}"
+        proj += "" if self.time == "discrete" else f", time={self.time!r}"
         return (f"BalancedTruncationResult(n={self.n} -> rank={self.rank}, method={self.method!r}{proj}{batch}, "
                 f"error_bound={b})")
 
@@ -400,8 +430,8 @@ def _decompose(A, B, C, D) -> _Decomposition:
     return _Decomposition(sysw, s, Lc, be.mH(Vh), Lo, U, floor)
 
 
-def balance(A, B=None, C=None, D=None) -> BalancedTruncationResult:
-    """Balance a discrete-time system once; cut any order from the result.
+def balance(A, B=None, C=None, D=None, *, time=None, unstable="error", margin=1e-8) -> BalancedTruncationResult:
+    """Balance a system once; cut any order from the result.
 
     The expensive part of balanced truncation (Gramian factors and the balancing
     SVD), for when the order is chosen later or many orders are wanted (cf. MATLAB's
@@ -414,11 +444,13 @@ def balance(A, B=None, C=None, D=None) -> BalancedTruncationResult:
     B : array, shape (..., n, m)
     C : array, shape (..., p, n)
     D : array, shape (..., p, m), optional
+    time, unstable, margin
+        As in :func:`balanced_truncation`. ``A`` may be a python-control or scipy system object.
 
     Returns
     -------
     BalancedTruncationResult
-        Of full order ``n``: ``.A, .B, .C, .D`` are the balanced realization
+        Of full order ``n`` (a :class:`~lti_reduce.SplitReductionResult` with ``unstable="split"``): ``.A, .B, .C, .D`` are the balanced realization
         (formed only when accessed), ``.hsv`` the HSVs, ``.error_bounds()`` the bound
         for every order, and ``.reduce(rank=|tol=|states=)`` a truncated model.
 
@@ -429,21 +461,29 @@ def balance(A, B=None, C=None, D=None) -> BalancedTruncationResult:
     >>> [bal.reduce(rank=r).rank for r in (1, 2)]
     [1, 2]
     """
+    if _dispatch.routed(A, time, unstable):
+        return _dispatch.balance(A, B, C, D, time=time, unstable=unstable, margin=margin)
     dec = _decompose(A, B, C, D)
     return BalancedTruncationResult(dec, dec.sysw.n, "truncate")
 
 
-def hankel_singular_values(A, B=None, C=None):
-    """Hankel singular values of a discrete-time system, sorted descending.
+def hankel_singular_values(A, B=None, C=None, *, time=None, unstable="error", margin=1e-8):
+    """Hankel singular values of a system, sorted descending.
 
-    .. math:: \\sigma_i = \\sqrt{\\lambda_i(P Q)}, \\quad P = A P A^H + B B^H, \\; Q = A^H Q A + C^H C.
+    .. math:: \\sigma_i = \\sqrt{\\lambda_i(P Q)}, \\quad P = A P A^H + B B^H, \\; Q = A^H Q A + C^H C
+
+    in discrete time; ``A P + P A^H + B B^H = 0``, ``A^H Q + Q A + C^H C = 0`` with ``time="continuous"``.
 
     Parameters
     ----------
-    A : array, shape (..., n, n), or DiagonalSystem
-        Schur-stable state matrix (or a :class:`~lti_reduce.DiagonalSystem` alone).
+    A : array, shape (..., n, n), DiagonalSystem, or system object
+        Stable state matrix (or a :class:`~lti_reduce.DiagonalSystem`, or a python-control /
+        scipy system object, alone).
     B : array, shape (..., n, m)
     C : array, shape (..., p, n)
+    time, unstable, margin
+        As in :func:`balanced_truncation`. With ``unstable="split"``, unstable states get
+        ``inf`` (MATLAB's ``hsvd`` convention), followed by the stable part's HSVs.
 
     Returns
     -------
@@ -476,6 +516,8 @@ def hankel_singular_values(A, B=None, C=None):
     >>> round(float(hsv[0]), 12)        # 1 / (1 - 0.5**2)
     1.333333333333
     """
+    if _dispatch.routed(A, time, unstable):
+        return _dispatch.hankel_singular_values(A, B, C, time=time, unstable=unstable, margin=margin)
     scaled = _scaled_for_hsv(A, B, C)
     if scaled is not None:  # extreme scales: HSVs of (A, B 2^-eb, C 2^-ec), times 2^(eb + ec)
         hsv = hankel_singular_values(*scaled[:-1])
@@ -524,14 +566,17 @@ def _unscale_hsv(hsv, e: int):
 
 
 def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, method: str = "truncate",
-                        projection: str = "sr"):
-    """Reduce a discrete-time system by square-root balanced truncation (or SPA).
+                        projection: str = "sr", time=None, unstable="error", margin=1e-8):
+    """Reduce a system by square-root balanced truncation (or SPA).
 
     Parameters
     ----------
-    A : array, shape (..., n, n), or DiagonalSystem
-        Schur-stable state matrix (spectral radius < 1), or a
-        :class:`~lti_reduce.DiagonalSystem` given alone.
+    A : array, shape (..., n, n), DiagonalSystem, or system object
+        Stable state matrix (discrete time: spectral radius < 1; continuous time: every
+        eigenvalue in the open left half plane), or a :class:`~lti_reduce.DiagonalSystem`
+        given alone, or a python-control ``StateSpace``/``TransferFunction`` or scipy
+        ``signal.StateSpace``/``lti``/``dlti`` given alone (see :mod:`lti_reduce.interop`):
+        its time base is used, and ``.system`` is the reduced model as the same kind of object.
     B : array, shape (..., n, m)
     C : array, shape (..., p, n)
     D : array, shape (..., p, m), optional
@@ -554,6 +599,19 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
         ``W^H V = I``. Same reduced transfer function; better conditioned projections
         for badly scaled systems, but the reduced realization is not balanced.
         Truncation only; every kept HSV must be nonzero.
+    time : {None, "discrete", "continuous"}
+        The time base of matrices: ``None`` means discrete for arrays and the object's own
+        time base for a system object. ``"continuous"``: Gramians from
+        ``A P + P A^H + B B^H = 0`` and SPA matching ``G(0)`` (see :mod:`lti_reduce.continuous`).
+    unstable : {"error", "split"}
+        ``"error"``: an unstable model raises :class:`~lti_reduce.UnstableSystemError`.
+        ``"split"``: keep the unstable part exactly and reduce the stable part
+        (:mod:`lti_reduce.stable_split`); ``rank`` then counts the whole reduced order,
+        ``tol`` and the bound refer to the stable part. One system at a time.
+    margin : float
+        With ``unstable="split"``: poles within this distance of the stability boundary
+        (``| |lambda| - 1 | <= margin``; continuous: ``|Re lambda| <= margin * max(1, |lambda|)``)
+        cannot be classified and raise :class:`~lti_reduce.LTIInputError`.
 
     Returns
     -------
@@ -564,7 +622,8 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
     Raises
     ------
     UnstableSystemError
-        If ``A`` has spectral radius ``>= 1`` (the message gives it).
+        If ``A`` has spectral radius ``>= 1`` (continuous time: an eigenvalue with
+        ``Re >= 0``) and ``unstable="error"`` (the message gives it).
     LTIInputError
         Shape mismatch, NaN/Inf, ``rank`` outside ``1..n``, ``tol`` outside (0, 1),
         both or neither of ``rank``/``tol``, unknown ``method`` or ``projection``.
@@ -591,6 +650,9 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
     >>> bool(res.error_bound == 2 * res.hsv[2:].sum())
     True
     """
+    if _dispatch.routed(A, time, unstable):
+        return _dispatch.balanced_truncation(A, B, C, D, rank=rank, tol=tol, method=method, projection=projection,
+                                             time=time, unstable=unstable, margin=margin)
     check_choice(method, "method", _METHODS)
     _check_projection(projection, method)
     dec = _decompose(A, B, C, D)

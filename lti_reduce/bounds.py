@@ -184,10 +184,12 @@ def _hinf_scaled(A, B, C, D, rtol) -> float:
     return float(np.ldexp(g, e))
 
 
-def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10):
-    """H-infinity norm of a stable discrete-time system.
+def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None):
+    """H-infinity norm of a stable system.
 
-    .. math:: \\|G\\|_{\\mathcal{H}_\\infty} = \\sup_{\\theta \\in [0, 2\\pi)} \\sigma_{\\max}\\big(C (e^{i\\theta} I - A)^{-1} B + D\\big).
+    .. math:: \\|G\\|_{\\mathcal{H}_\\infty} = \\sup_{\\theta \\in [0, 2\\pi)} \\sigma_{\\max}\\big(C (e^{i\\theta} I - A)^{-1} B + D\\big)
+
+    in discrete time, ``sup_w sigma_max(C (i w I - A)^{-1} B + D)`` with ``time="continuous"``.
 
     Parameters
     ----------
@@ -198,6 +200,11 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10):
     D : array, shape (..., p, m), optional
     rtol : float in (0, 1)
         Relative accuracy of the returned value.
+    time : {None, "discrete", "continuous"}
+        ``None``: discrete for arrays, the object's time base for a python-control / scipy
+        system object (given alone as ``A``; the norm is then a float). ``"continuous"``:
+        the norm on the imaginary axis of a Hurwitz system, computed on its Cayley map
+        (same norm, see :mod:`lti_reduce.continuous`).
 
     Returns
     -------
@@ -232,8 +239,11 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10):
     >>> round(float(lr.hinf_norm(np.array([[0.5]]), np.array([[1.0]]), np.array([[1.0]]))), 10)  # G(1) = 2
     2.0
     """
+    from . import _dispatch
     from .systems import DiagonalSystem, _as_dense
 
+    if _dispatch.routed(A, time):
+        return _dispatch.hinf_norm(A, B, C, D, time=time, rtol=rtol)
     if isinstance(A, DiagonalSystem):
         from .gramians import _no_matrices
 
