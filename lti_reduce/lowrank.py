@@ -274,10 +274,10 @@ class _ADIRun:
     def _apply(self, p, W):
         """``(T + p I)^{-1} W`` with ``T`` the run's operator (``A_c`` in discrete time)."""
         op = self.op
-        s = self._conj(p)
+        s = self._conj(p)  # the shift of this run; the LU key is always that of p (op.solve conjugates for "H")
         if self.time == "continuous":
-            return op.solve(-s, W, self.mode)
-        q = (1 - s) / (1 + s)  # (A_c + s I)^{-1} = (A + I)((1 + s) A - (1 - s) I)^{-1}
+            return op.solve(-p, W, self.mode)
+        q = (1 - p) / (1 + p)  # (A_c + s I)^{-1} = (A + I)((1 + s) A - (1 - s) I)^{-1}
         Y = op.solve(q, W, self.mode) / (1 + s)
         return op.dot(Y, self.mode) + Y
 
