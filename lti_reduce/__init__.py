@@ -20,6 +20,10 @@ discretize
     Continuous to discrete time (bilinear / zero-order hold).
 UnstableSystemError, LTIInputError
     Input errors (``ValueError`` subclasses).
+
+Submodules imported on purpose: :mod:`lti_reduce.lowrank` (large sparse models: low-rank ADI Gramian
+factors and balanced truncation from them) and :mod:`lti_reduce.datasets` (the SLICOT CD player and ISS
+benchmark models, shipped with the package).
 """
 
 from .balancing import BalancedTruncationResult, balance, balanced_truncation, hankel_singular_values

@@ -76,7 +76,7 @@ from .errors import LTIInputError, UnstableSystemError
 from .validate import check_rank_tol
 
 __all__ = ["ADIConvergenceError", "LowRankFactor", "LowRankBalancedTruncationResult", "balanced_truncation",
-           "gramian_factors", "hankel_singular_values"]
+           "compress_columns", "gramian_factors", "hankel_singular_values"]
 
 _TIMES = ("discrete", "continuous")
 _EPS = float(np.finfo(np.float64).eps)
