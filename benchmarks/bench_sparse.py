@@ -9,7 +9,7 @@ and upper halves) and 3 outputs (mean temperatures there):
   The eigenvalues of ``dt L`` lie in ``(-1, 0)``, so ``A_d`` is sparse with spectrum in ``(0, 1)`` and spectral
   radius ``1 - dt * 2 pi^2 (1 + O(h^2))`` (``1 - 2.5e-5`` at ``n = 10^5``): the hard case for Smith iterations.
 
-What is measured, each run in a fresh process (peak resident memory of that process, ``ru_maxrss``):
+What is measured, each run in a fresh process (peak resident memory of that process, ``VmHWM``):
 
 * ``lowrank-c`` / ``lowrank-d``: ``lti_reduce.lowrank.balanced_truncation(..., rank=10)`` (both Gramian factors by
   low-rank ADI to the relative residual 1e-10, the balancing SVD, the reduced model);
@@ -73,6 +73,17 @@ def model(N: int, time_base: str):
 # ------------------------------------------------------------------------------------------ one measured run
 
 
+def _peak_mb() -> float:
+    """Peak resident memory of this process: VmHWM (reset by exec, unlike ru_maxrss, which Linux carries over)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(kind: str, N: int, out: str) -> None:
     from lti_reduce import lowrank
 
@@ -109,7 +120,7 @@ def child(kind: str, N: int, out: str) -> None:
         hsv = scipy.linalg.svdvals(Zo.T @ Zc)
         seconds = time.perf_counter() - t0
         info = dict(hsv=hsv.tolist(), columns=[Zc.shape[1], Zo.shape[1]])
-    info.update(kind=kind, N=N, seconds=seconds, peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    info.update(kind=kind, N=N, seconds=seconds, peak_mb=_peak_mb())
     Path(out).write_text(json.dumps(info))
 
 
