@@ -26,6 +26,10 @@ SplitReductionResult, SplitConditioningWarning
 Every function above that takes a system also takes a python-control or scipy.signal system
 object (:mod:`lti_reduce.interop`) and continuous-time models (``time="continuous"``, or an
 object with ``dt = 0``; :mod:`lti_reduce.continuous`).
+
+Submodules imported on purpose: :mod:`lti_reduce.lowrank` (large sparse models: low-rank ADI Gramian
+factors and balanced truncation from them) and :mod:`lti_reduce.datasets` (the SLICOT CD player and ISS
+benchmark models, shipped with the package).
 """
 
 from .balancing import BalancedTruncationResult, balance, balanced_truncation, hankel_singular_values
