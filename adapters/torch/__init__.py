@@ -7,6 +7,10 @@ Public API
 ----------
 LRU
     Reference Linear Recurrent Unit layer (Orvieto et al. 2023), compressible.
+S5, S4D
+    S5 (Smith et al. 2023) and S4D (Gu et al. 2022) layers, compressible.
+ResizableStateMixin, resize_state_from_checkpoint_, set_parameter_
+    Checkpoint resizing for compressible layers (a compressed checkpoint loads into a fresh layer).
 compress_, CompressionReport, LayerReport
     Balanced truncation of every compressible layer, batched and atomic, with the optimizer kept consistent.
 CompressionSchedule, RollbackGuard
@@ -36,10 +40,18 @@ from .mamba import (
 )
 from .protocol import CompressibleLayer, compressible_layers, is_compressible
 from .regularizers import hankel_nuclear_norm
+from .resizing import ResizableStateMixin, resize_state_from_checkpoint_, set_parameter_
+from .s4d import S4D
+from .s5 import S5
 from .schedule import CompressionSchedule, RollbackGuard
 
 __all__ = [
     "LRU",
+    "S4D",
+    "S5",
+    "ResizableStateMixin",
+    "resize_state_from_checkpoint_",
+    "set_parameter_",
     "SelectiveSSM",
     "CutMeasurement",
     "SelectiveCompressionReport",
