@@ -19,47 +19,41 @@ with ``A = -exp(A_log)`` real and negative (shape ``(d_inner, d_state)``), zero-
 (``A_bar = exp(Delta A)``) and Mamba's simplified ``B_bar = Delta B``. The output is
 ``out_proj(y * silu(z))``.
 
-Compressing ``d_state``
------------------------
-``Delta``, ``B`` and ``C`` depend on the input, so the block is not an LTI system. Over a calibration batch
-(``x`` = the post-convolution activations of the block's input, ``b`` sequences of length ``L``) we average
-exactly these quantities:
+Compressing the state size
+--------------------------
+:func:`compress_selective_` cuts the state size of every selective layer of a model: this block, and Hugging
+Face transformers' ``MambaMixer``, ``FalconMambaMixer`` and ``Mamba2Mixer`` (:mod:`adapters.torch.hf.mamba`).
 
-* ``mean_delta[d] = mean_{b,t} Delta[b,t,d]``: the step size, **per channel**;
-* ``B_avg[d,n] = mean_{b,t} Delta[b,t,d] * B[b,t,n]``: the discretized input matrix ``B_bar`` actually
-  applied, **over time and batch** (per channel, because ``Delta`` is);
-* ``C_avg[n] = mean_{b,t} C[b,t,n]``: **over time and batch**, shared by all channels;
+*Why a state selection and not balanced truncation.* ``Delta``, ``B`` and ``C`` depend on the input, so the
+block is not an LTI system, and balanced truncation would mix states: a reduced state would be a combination
+``W^T h`` of all states, different in every channel. The block cannot represent that: ``B_t`` and ``C_t`` come
+from projections shared by all channels and ``Delta_t`` multiplies ``A`` elementwise, so a mixed basis would
+have to be re-mixed at every step with an input-dependent matrix. What it *can* represent is keeping a subset
+of its states, the same subset in every channel: drop rows of ``W_B`` and ``W_C`` and columns of ``A_log``.
+This is exact surgery (``A`` is diagonal, so the kept states compute exactly what they computed before); the
+only approximation is which states to drop.
 
-and call ``lam[d,n] = exp(mean_delta[d] * A[d,n])`` the averaged dynamics. Channel ``d`` is then the
-single-input single-output LTI system ``(lam[d], B_avg[d, :, None], C_avg[None, :], D[d])`` from ``x_d`` to
-``y_d``: :meth:`SelectiveSSM.to_system` returns all channels as one batched real
-:class:`lti_reduce.DiagonalSystem` of shape ``(d_inner, d_state)``. (Same time convention as the LRU: the
-layer feeds ``x_t`` through in the same step; the core's system is that map delayed by one step in its
-strictly proper part, which has the same H-infinity norm and Hankel singular values.)
+*Ranking* (:func:`selective_state_scores`). Over calibration inputs the exact selective scan is run and each
+state's own term in the output, ``c_{t,d,n} = C_{t,n} h_{t,d,n}``, is pushed through the layer's output map
+``J`` (here ``y -> out_proj(y * silu(z))``, linear; for Mamba2 the gated RMS norm, linearized at the full
+output). The score of state ``n`` is the energy ``sum_{b,t} ||J c_n||^2`` it puts into the layer's output
+(``"output_energy"``, the default). For a linear output map this is exactly the squared output change of
+removing that state alone on the calibration data, so it ranks states by the quantity a cut changes.
+Alternatives, kept for comparison: ``"gramian"``, ``sqrt(P_nn Q_nn)`` with the empirical Gramian
+diagonals of the time-varying system (state second moment ``P_nn = E sum_d h^2`` and output sensitivity
+``Q_nn = E C_n^2 ||J_d||^2``; Lall, Marsden & Glavaski 2002), and ``"averaged_hsv"``, the per-state Hankel
+singular values ``|B_avg C_avg| / (1 - lam^2)`` of the time-averaged LTI system (:meth:`SelectiveSSM.to_system`),
+summed over channels. ``benchmarks/bench_selective_ranking.py`` measures each against the leave-one-state-out
+output change on held-out data (:func:`leave_one_state_out`).
 
-*Why a state selection and not balanced truncation.* Balanced truncation mixes states: a reduced state is a
-combination ``W^T h`` of all ``d_state`` states, different in every channel. The block cannot represent that:
-its ``B_t`` and ``C_t`` are computed from the input by projections shared by all channels, and ``Delta_t``
-multiplies ``A`` elementwise, so a mixed basis would have to be re-mixed at every time step with an
-input-dependent matrix. What the block *can* represent is keeping a subset of its states, the same subset in
-every channel: drop rows of ``W_B`` and ``W_C`` and columns of ``A_log``. This is exact surgery (the kept
-states compute exactly what they computed before, because ``A`` is diagonal), so the only approximation is
-which states to drop.
+*How many states* (``tol``). Each layer keeps the fewest top-ranked states whose removal changes its state
+path's output on the calibration inputs by at most ``tol``: ``||out - out_cut|| / ||out - out_0|| <= tol``,
+with ``out_0`` the output without any state (the skip ``D x`` only). Layers sharing a Hugging Face
+configuration keep one common size (:func:`compress_selective_`).
 
-*Ranking.* In the diagonal (modal) basis the Hankel singular value of state ``n`` of channel ``d`` taken
-alone is ``h[d,n] = |B_avg[d,n] C_avg[n]| / (1 - lam[d,n]^2)`` (``sqrt(P_nn Q_nn)`` of the averaged system;
-it equals the true HSVs when the modes are decoupled). States are ranked by their energy summed over
-channels, ``score[n] = sum_d h[d,n]``, and ``tol`` keeps the smallest set carrying ``1 - tol`` of the total
-(:func:`lti_reduce.rank_for_tol`, the CompreSSM rule).
-
-*Bounds, and what they are worth.* For the averaged channel system, dropping modes changes its transfer
-function by exactly the dropped modes, so ``sum_{n dropped} |B_avg C_avg| / (1 - lam)`` bounds the change in
-H-infinity norm (equality when the residues share a sign): this is ``averaged_bound``. The balanced HSVs of the
-averaged system (through :func:`lti_reduce.hankel_singular_values`) give ``hsv_lower``: no order-``r``
-approximation of the averaged system, selection or not, changes it by less than ``sigma_{r+1}``. Neither
-bounds the change of the *selective* block: its ``Delta``, ``B``, ``C`` vary in time and are correlated (that
-is the point of selectivity). :func:`measure_selective_cut` measures the real change on held-out inputs next
-to the averaged bound; treat the bound as a heuristic ranking signal.
+*What the report's error is.* A measurement, not a bound: ``error = ||out - out_cut||_F / ||out||_F`` of each
+layer's output, computed exactly on held-out inputs when they are given (else on the calibration inputs).
+No bound on the selective block is claimed: its ``Delta``, ``B``, ``C`` vary in time and are correlated.
 """
 
 from __future__ import annotations
@@ -82,7 +76,9 @@ __all__ = [
     "selective_scan",
     "selective_scan_reference",
     "compress_selective_",
+    "leave_one_state_out",
     "measure_selective_cut",
+    "selective_state_scores",
     "SelectiveCompressionReport",
     "SelectiveLayerReport",
     "CutMeasurement",
@@ -348,7 +344,8 @@ class SelectiveSSM(nn.Module):
         Parameters
         ----------
         inputs : Tensor (batch, L, d_model), or an iterable of such tensors
-            The statistics (module docstring) replace any earlier ones.
+            The statistics replace any earlier ones: ``mean_delta[d] = mean_{b,t} Delta[b,t,d]``,
+            ``B_avg[d,n] = mean_{b,t} Delta[b,t,d] B[b,t,n]`` and ``C_avg[n] = mean_{b,t} C[b,t,n]``.
         """
         self._stats = None
         self._collect = True
@@ -371,6 +368,11 @@ class SelectiveSSM(nn.Module):
 
     def to_system(self, calibration=None):
         """Per-channel averaged LTI systems as one batched :class:`lti_reduce.DiagonalSystem`.
+
+        Channel ``d`` is the SISO system ``(lam[d], B_avg[d], C_avg, D[d])`` with
+        ``lam[d, n] = exp(mean_delta[d] A[d, n])`` (:meth:`calibrate_`): the block with its input-dependent
+        quantities replaced by their time averages. It describes the block only on average; the ranking of
+        :func:`compress_selective_` does not use it by default (module docstring).
 
         Parameters
         ----------
