@@ -323,3 +323,30 @@ def test_block_and_cut_run_on_cuda():
     assert opt.state[block.A_log]["exp_avg"].shape == (block.d_inner, 6) and opt.state[block.A_log]["exp_avg"].is_cuda
     block(u).sum().backward()
     opt.step()
+
+
+def test_where_torch_refuses_the_swap_the_parameters_are_replaced_and_the_optimizer_follows(monkeypatch):
+    """Other owners of a parameter's tensor (a DistributedDataParallel reducer) make swap_tensors refuse."""
+    torch.manual_seed(13)
+    block = SelectiveSSM(4, 16)
+    opt = torch.optim.Adam(block.parameters(), lr=1e-2)
+    u = torch.randn(4, 12, 4)
+    loss = block(u).pow(2).mean()
+    loss.backward()
+    opt.step()
+    old = block.A_log
+    moment = opt.state[old]["exp_avg"].clone()
+
+    def refuse(*args):
+        raise RuntimeError("Expected use_count of t1 to be 1 or 2")
+
+    monkeypatch.setattr(torch.utils, "swap_tensors", refuse)
+    kept = compress_selective_(block, calibration_inputs=u, rank=5, optimizer=opt).layers[0].kept
+    assert block.A_log is not old and old not in opt.state
+    assert any(p is block.A_log for g in opt.param_groups for p in g["params"])
+    assert not any(p is old for g in opt.param_groups for p in g["params"])
+    torch.testing.assert_close(opt.state[block.A_log]["exp_avg"], moment[:, kept])
+    opt.zero_grad()
+    block(u).pow(2).mean().backward()  # ``loss`` of the earlier step is still alive
+    opt.step()
+    assert block.A_log.grad.shape == (block.d_inner, 5)

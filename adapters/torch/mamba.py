@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._params import resize_from_checkpoint_, set_parameter_
+from ._params import resize_from_checkpoint_
 from .compress import CompressionReport
 
 __all__ = [
@@ -980,19 +980,14 @@ class SelectiveCompressionReport(CompressionReport):
 
 
 class _Undo:
-    """Everything a cut changes (parameter data and gradients, attributes, optimizer state), to undo it."""
+    """Everything a cut changes (parameters, attributes, configurations, optimizer state), to undo it."""
 
     _MISSING = object()
 
     def __init__(self, optimizer):
         self.optimizer = optimizer
-        self.params, self.attrs, self.states, self.swapped = {}, [], {}, []
-
-    def param(self, p):
-        if id(p) not in self.params:
-            self.params[id(p)] = (p, p.data, p.grad)
-            if self.optimizer is not None:
-                self.states[id(p)] = (p, self.optimizer.state.get(p, self._MISSING))
+        self.attrs, self.states, self.swapped, self.replaced = [], {}, [], []
+        self.groups = [list(g["params"]) for g in optimizer.param_groups] if optimizer is not None else None
 
     def attr(self, obj, name, value):
         self.attrs.append((obj, name, getattr(obj, name)))
@@ -1003,9 +998,13 @@ class _Undo:
             setattr(obj, name, old)
         for p, holder in reversed(self.swapped):
             torch.utils.swap_tensors(p, holder)
-        for p, data, grad in self.params.values():
-            p.data = data
-            p.grad = grad
+        for owner, leaf, p in reversed(self.replaced):
+            if self.optimizer is not None:
+                self.optimizer.state.pop(owner._parameters[leaf], None)
+            owner._parameters[leaf] = p
+        if self.groups is not None:
+            for group, params in zip(self.optimizer.param_groups, self.groups):
+                group["params"] = params
         for p, state in self.states.values():
             if state is self._MISSING:
                 self.optimizer.state.pop(p, None)
@@ -1031,14 +1030,18 @@ def _sliced_state(state, old_shape, axis, idx):
     return out
 
 
-def _resize_parameter_(module, name, value, undo=None):
-    """Give ``module.<name>`` the data ``value`` of another shape, keeping the ``nn.Parameter`` object.
+def _resize_parameter_(module, name, value, undo=None) -> nn.Parameter:
+    """Give ``module.<name>`` the data ``value`` of another shape; returns the parameter now in the module.
 
-    ``torch.utils.swap_tensors`` moves the new data into the existing Python object together with fresh
-    autograd metadata. Assigning ``param.data`` alone keeps the parameter's cached gradient accumulator,
-    which a still-referenced graph of an earlier step (the last ``loss``) keeps alive; the next backward
-    then fails with "invalid gradient ... expected shape compatible with <old shape>". Falls back to
-    :func:`adapters.torch._params.set_parameter_` where swapping is refused (a weak reference to the tensor).
+    Normally the ``nn.Parameter`` object is kept: ``torch.utils.swap_tensors`` moves the new data into it
+    together with fresh autograd metadata, so optimizers and user references stay valid. (Assigning
+    ``param.data`` alone would keep the parameter's cached gradient accumulator, which a still-referenced
+    graph of an earlier step keeps alive; the next backward would then fail with "invalid gradient ...
+    expected shape compatible with <old shape>".) Where torch refuses the swap because other owners hold
+    the tensor (a ``DistributedDataParallel`` wrapper's reducer, a live graph that saved it), the module
+    gets a new ``nn.Parameter`` instead, which those owners cannot keep stale; the caller rebinds the
+    optimizer to it (``DistributedDataParallel`` must be rebuilt, as :func:`adapters.torch.compress_ddp_`
+    does).
     """
     p = module.get_parameter(name)
     new = nn.Parameter(value.detach().to(device=p.device, dtype=p.dtype).clone().contiguous(),
@@ -1047,14 +1050,14 @@ def _resize_parameter_(module, name, value, undo=None):
     try:
         torch.utils.swap_tensors(p, new)  # ``new`` now holds the old data, gradient and autograd metadata
     except RuntimeError:
+        owner_name, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
         if undo is not None:
-            undo.param(p)
-        set_parameter_(module, name, value)
-        return p
+            undo.replaced.append((owner, leaf, p))
+        owner._parameters[leaf] = new
+        return new
     if undo is not None:
         undo.swapped.append((p, new))
-        if undo.optimizer is not None and id(p) not in undo.states:
-            undo.states[id(p)] = (p, undo.optimizer.state.get(p, undo._MISSING))
     return p
 
 
@@ -1065,15 +1068,17 @@ def _apply_cut(kind, layer, keep, configs, optimizer, optimizer_state, undo):
         if optimizer is not None and id(p) not in undo.states:
             undo.states[id(p)] = (p, optimizer.state.get(p, undo._MISSING))
         old_shape = p.shape
-        _resize_parameter_(layer, pname, p.index_select(axis, idx.to(p.device)), undo)
+        q = _resize_parameter_(layer, pname, p.index_select(axis, idx.to(p.device)), undo)
         if optimizer is not None:
             state = optimizer.state.get(p)
+            optimizer.state.pop(p, None)
+            if q is not p:  # a new object (see _resize_parameter_): same group, same position
+                for group in optimizer.param_groups:
+                    group["params"] = [q if x is p else x for x in group["params"]]
             if state:
                 new = _sliced_state(state, old_shape, axis, idx) if optimizer_state == "slice" else None
-                if new is None:
-                    optimizer.state.pop(p, None)
-                else:
-                    optimizer.state[p] = new
+                if new is not None:
+                    optimizer.state[q] = new
     for obj, name, value in attrs:
         undo.attr(obj, name, value)
     for config in configs:
