@@ -9,7 +9,9 @@ For three layer kinds, small models are trained, then for every selective layer:
 * the reference is :func:`adapters.torch.mamba.leave_one_state_out` on held-out data (test sequences):
   the exact relative change of the layer's output when that state alone is removed;
 * reported: the Spearman rank correlation of each score with the reference, mean +- standard deviation and
-  minimum over seeds x layers.
+  minimum over seeds x layers;
+* for the MNIST-1D model also the test accuracy after a ``tol=0.05`` cut, and after a cut to the same sizes
+  that keeps the states the ``averaged_hsv`` score prefers.
 
 Models: ``SelectiveSSM`` (2 blocks, d_model 32, d_state 16) classifying MNIST-1D (batch 32) (``mnist1d``'s
 ``make_dataset(get_dataset_args())``); transformers' ``MambaForCausalLM`` and ``Mamba2ForCausalLM``
@@ -23,6 +25,7 @@ Usage: ``python benchmarks/bench_selective_ranking.py [--quick] [--seeds 3] [--s
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
@@ -34,6 +37,7 @@ from torch import nn
 from adapters.torch.mamba import (
     RANKINGS,
     SelectiveSSM,
+    compress_selective_,
     _as_items,
     _kind_of,
     _score_pass,
@@ -84,7 +88,7 @@ def layer_inputs(model, inputs):
 
 
 def train_selective_ssm(seed, steps, data):
-    x, y, xt, _ = data
+    x, y, xt, _ = data[:4]
     torch.manual_seed(seed)
     model = Classifier()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -135,6 +139,25 @@ def spearman_rows(model, calib, held):
     return rows
 
 
+@torch.no_grad()
+def accuracy(model, x, y):
+    return float((model(x).argmax(-1) == y).float().mean())
+
+
+def cut_accuracy(model, calib, data):
+    """Test accuracy of the MNIST-1D model uncut, cut with tol=0.05 (output_energy), and cut to the same sizes
+    keeping the states the averaged_hsv score prefers."""
+    _, _, xt, yt = data
+    new = copy.deepcopy(model)
+    report = compress_selective_(new, calibration_inputs=calib, tol=0.05)
+    old = copy.deepcopy(model)
+    for (name, layer, u), x in zip(layer_inputs(old, calib), report):
+        if x.compressed:
+            compress_selective_(layer, calibration_inputs=u, rank=x.after, ranking="averaged_hsv", min_shrink=0.0)
+    return {"sizes": [x.after for x in report], "full": accuracy(model, xt, yt), "output_energy": accuracy(new, xt, yt),
+            "averaged_hsv": accuracy(old, xt, yt)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one seed, 20 steps (a smoke run)")
@@ -145,7 +168,7 @@ def main():
     torch.set_num_threads(args.threads)
     seeds, steps = (1, 20) if args.quick else (args.seeds, args.steps)
     data = mnist1d_tensors()
-    results = {}
+    results, cuts = {}, []
     start = time.perf_counter()
     for kind in ("SelectiveSSM", "MambaMixer", "Mamba2Mixer"):
         rows = []
@@ -153,6 +176,8 @@ def main():
             model, calib, held = (train_selective_ssm(seed, steps, data) if kind == "SelectiveSSM"
                                   else train_hf(kind, seed, steps))
             rows += [{"seed": seed, **r} for r in spearman_rows(model, calib, held)]
+            if kind == "SelectiveSSM":
+                cuts.append(cut_accuracy(model, calib, data))
         results[kind] = rows
     print(f"Spearman rank correlation of each score (calibration data) with the measured leave-one-state-out "
           f"output change (held-out data); {seeds} seed(s) x 2 layers, {steps} training steps, "
@@ -164,7 +189,12 @@ def main():
             v = np.array([r[ranking] for r in rows])
             cells.append(f"{v.mean():.3f} +- {v.std():.3f} (min {v.min():.2f})")
         print(f"{kind:<14}" + "".join(f"{c:>26}" for c in cells))
-    print(json.dumps(results))
+    print("\nSelectiveSSM on MNIST-1D, test accuracy (1000 sequences): uncut, cut with tol=0.05 (output_energy "
+          "ranking), and cut to the same sizes keeping the states averaged_hsv prefers")
+    for seed, c in enumerate(cuts):
+        print(f"seed {seed}: sizes 16->{c['sizes']}  uncut {c['full']:.3f}  output_energy {c['output_energy']:.3f}  "
+              f"averaged_hsv {c['averaged_hsv']:.3f}")
+    print(json.dumps({"spearman": results, "cuts": cuts}))
 
 
 if __name__ == "__main__":
