@@ -271,3 +271,22 @@ def _full_output(mixer, u):
     scan = kind.scan(mixer, u)
     _, c = _contributions(scan)
     return kind.output(mixer, c.sum(-1) + scan.D * scan.x, scan)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("kind", KINDS)
+def test_cut_and_training_on_cuda(kind):
+    model = _model(kind).cuda()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    ids = _tokens(4, 16, 30).cuda()
+    model(ids, labels=ids).loss.backward()
+    opt.step()
+    report = compress_selective_(model, calibration_inputs=ids, rank=6, optimizer=opt, held_out_inputs=ids)
+    assert report.compressed and model.config.state_size == 6
+    mixer = model.backbone.layers[0].mixer
+    assert mixer.A_log.is_cuda and opt.state[mixer.A_log]["exp_avg"].is_cuda
+    opt.zero_grad()
+    model(ids, labels=ids).loss.backward()
+    opt.step()
+    prompt = ids[:2, :6]
+    assert model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=3).shape == (2, 9)

@@ -1,6 +1,6 @@
 """Hugging Face transformers' Mamba, FalconMamba and Mamba2 mixers, as selective layers to compress.
 
-:func:`adapters.torch.mamba.compress_selective_` (and :func:`adapters.torch.compress_`) finds these mixers in
+:func:`adapters.torch.mamba.compress_selective_` finds these mixers in
 ``MambaForCausalLM`` / ``MambaModel``, ``FalconMambaForCausalLM`` / ``FalconMambaModel`` and
 ``Mamba2ForCausalLM`` / ``Mamba2Model`` through this module, which it imports only once ``transformers`` is
 imported (a model holding such mixers cannot exist before). Nothing here patches transformers: a cut model is
