@@ -350,3 +350,15 @@ def test_where_torch_refuses_the_swap_the_parameters_are_replaced_and_the_optimi
     block(u).pow(2).mean().backward()  # ``loss`` of the earlier step is still alive
     opt.step()
     assert block.A_log.grad.shape == (block.d_inner, 5)
+
+
+def test_importing_the_adapter_does_not_import_transformers():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, adapters.torch, adapters.torch.mamba; assert 'transformers' not in sys.modules, 'imported'"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
