@@ -37,11 +37,11 @@ from torch import nn
 from adapters.torch.mamba import (
     RANKINGS,
     SelectiveSSM,
-    compress_selective_,
     _as_items,
     _kind_of,
     _score_pass,
     _selective_layers,
+    compress_selective_,
     leave_one_state_out,
 )
 
@@ -65,7 +65,7 @@ def mnist1d_tensors():
     from mnist1d.data import get_dataset_args, make_dataset
 
     data = make_dataset(get_dataset_args())
-    f = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)[..., None]  # noqa: E731
+    f = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)[..., None]
     return f(data["x"]), torch.as_tensor(data["y"]), f(data["x_test"]), torch.as_tensor(data["y_test"])
 
 
@@ -106,7 +106,7 @@ def train_hf(kind, seed, steps):
     import transformers
 
     vocab = 16
-    common = dict(vocab_size=vocab, hidden_size=32, state_size=16, num_hidden_layers=2, conv_kernel=4)
+    common = {"vocab_size": vocab, "hidden_size": 32, "state_size": 16, "num_hidden_layers": 2, "conv_kernel": 4}
     torch.manual_seed(seed)
     if kind == "MambaMixer":
         model = transformers.MambaForCausalLM(transformers.MambaConfig(**common, expand=2, time_step_rank=4))

@@ -12,14 +12,13 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from adapters.torch.mamba import (  # noqa: E402
+from adapters.torch.mamba import (
     _contributions,
     _kind_of,
     _masked_output,
     _selective_layers,
     compress_selective_,
     leave_one_state_out,
-    measure_selective_cut,
     selective_state_scores,
 )
 
@@ -27,8 +26,8 @@ VOCAB = 24
 
 
 def _config(kind, state=16, layers=2):
-    common = dict(vocab_size=VOCAB, hidden_size=16, state_size=state, num_hidden_layers=layers, conv_kernel=3,
-                  pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    common = {"vocab_size": VOCAB, "hidden_size": 16, "state_size": state, "num_hidden_layers": layers,
+              "conv_kernel": 3, "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0}
     if kind == "mamba":
         return transformers.MambaConfig(**common, expand=2, time_step_rank=4)
     if kind == "falcon_mamba":

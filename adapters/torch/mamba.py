@@ -64,6 +64,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,16 +73,16 @@ from ._params import resize_from_checkpoint_
 from .compress import CompressionReport
 
 __all__ = [
+    "CutMeasurement",
+    "SelectiveCompressionReport",
+    "SelectiveLayerReport",
     "SelectiveSSM",
-    "selective_scan",
-    "selective_scan_reference",
     "compress_selective_",
     "leave_one_state_out",
     "measure_selective_cut",
+    "selective_scan",
+    "selective_scan_reference",
     "selective_state_scores",
-    "SelectiveCompressionReport",
-    "SelectiveLayerReport",
-    "CutMeasurement",
 ]
 
 SCAN_MODES = ("auto", "chunked", "sequential")
@@ -338,7 +339,7 @@ class SelectiveSSM(nn.Module):
         self._stats = stats
 
     @torch.no_grad()
-    def calibrate_(self, inputs) -> "SelectiveSSM":
+    def calibrate_(self, inputs) -> SelectiveSSM:
         """Average ``Delta``, ``Delta * B`` and ``C`` over ``inputs`` (this block's own inputs).
 
         Parameters
@@ -415,7 +416,7 @@ class SelectiveSSM(nn.Module):
         return idx.sort().values
 
     @torch.no_grad()
-    def select_states_(self, keep) -> "SelectiveSSM":
+    def select_states_(self, keep) -> SelectiveSSM:
         """Keep only the states ``keep`` (the same ones in every channel), in place.
 
         This is the block's counterpart of the protocol's ``load_system_``: the block cannot load a balanced
@@ -596,7 +597,7 @@ def _selective_layers(model: nn.Module):
 
 # ------------------------------------------------------------------------------------------------ analysis
 def _batches(inputs):
-    return [inputs] if isinstance(inputs, torch.Tensor) or isinstance(inputs, Mapping) else list(inputs)
+    return [inputs] if isinstance(inputs, (torch.Tensor, Mapping)) else list(inputs)
 
 
 def _as_items(inputs):
@@ -612,7 +613,7 @@ def _as_items(inputs):
 
 def _chunks(items, layer, kind):
     """Split layer inputs into pieces of few sequences, so the (b, L, Ch, N) state tensors stay small."""
-    g, n = kind.state_shape(layer)
+    _, n = kind.state_shape(layer)
     for u, mask in items:
         per_seq = max(1, u.shape[1] * u.shape[2] * n * 16)  # Ch ~ 2-4 d_model, float64
         step = max(1, int(4e7 // per_seq))

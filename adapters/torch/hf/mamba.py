@@ -192,7 +192,6 @@ class _Mamba2MixerKind(_SelectiveKind):
         return F.linear(normed, layer.out_proj.weight.to(y.dtype), None if bias is None else bias.to(y.dtype))
 
     def output_jvp(self, layer, y, scan, d):
-        g = scan.ctx["groups"]
         vg, r = self._normed(layer, y, scan)                     # (b, L, G, K), (b, L, G, 1)
         k = vg.shape[-1]
         dv = (d * scan.ctx["gate"][..., None]).view(*vg.shape, d.shape[-1])  # (b, L, G, K, M)
