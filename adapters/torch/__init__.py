@@ -20,7 +20,7 @@ hankel_nuclear_norm
 compress_ddp_
     compress_ inside DistributedDataParallel: unwrap, cut, broadcast from one rank, re-wrap.
 SelectiveSSM, compress_selective_, measure_selective_cut, selective_scan
-    A pure-torch Mamba-style selective SSM block and its state selection by averaged-system HSVs.
+    A pure-torch Mamba-style selective SSM block; state selection for it and Hugging Face Mamba/Mamba2 mixers.
 CompressibleLayer, compressible_layers, is_compressible
     The layer protocol (``state_dim``, ``to_system()``, ``load_system_()``) and discovery.
 """
