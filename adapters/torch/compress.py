@@ -378,12 +378,15 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
             replaced, added = {}, []
             for name, layer, system in todo:
                 old = dict(layer.named_parameters())
+                values = {pname: p.detach().clone() for pname, p in old.items()}
                 layer.load_system_(system)
                 new = dict(layer.named_parameters())
                 for pname, p in old.items():
                     q = new.get(pname)
                     if q is not p:
                         replaced[id(p)] = (p, q)
+                    elif p.shape != values[pname].shape or not torch.equal(p.detach(), values[pname]):
+                        replaced[id(p)] = (p, p)  # resized or re-based in place: its moments are reset
                 anchor = next(iter(old.values()), None)
                 added.extend((anchor, q) for pname, q in new.items() if pname not in old and anchor is not None)
             if optimizer is not None:

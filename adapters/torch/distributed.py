@@ -1,8 +1,9 @@
 """Compressing a model trained with ``DistributedDataParallel``: unwrap, cut, agree, broadcast, re-wrap.
 
 DDP registers its gradient hooks and buckets on the parameter objects it saw at construction, and its
-documentation forbids adding, removing or resizing parameters afterwards. A cut replaces parameters with
-smaller ones, so :func:`compress_ddp_` builds a *new* DDP around the compressed module; the old wrapper must
+documentation forbids adding, removing or resizing parameters afterwards. A cut resizes parameters in place
+(the objects are kept), so :func:`compress_ddp_` frees the old wrapper's reducer (which holds gradient
+accumulators of the old shapes) and builds a *new* DDP around the compressed module; the old wrapper must
 not be used again.
 
 Every rank ends with identical parameters
@@ -98,6 +99,26 @@ def _state_tensors(module: nn.Module, optimizer) -> list[tuple[str, torch.Tensor
 
 def _signature(tensors) -> list[tuple]:
     return [(name, tuple(t.shape), str(t.dtype)) for name, t in tensors]
+
+
+def _release_reducer(ddp) -> None:
+    """Free the old wrapper's reducer, which keeps every parameter's gradient accumulator alive.
+
+    Parameters are resized in place; an accumulator created before the cut remembers the old shape, and
+    autograd reuses a live accumulator for every later graph ("invalid gradient ... expected shape
+    compatible with" the old shape). Once the reducer (and the logger that references it) is gone, the
+    new wrapper and every later backward create accumulators of the new shapes. The old wrapper cannot
+    be used after this (it could not before either: its buckets have the old sizes).
+    """
+    import gc
+
+    remove = getattr(ddp, "_remove_autograd_hooks", None)
+    if callable(remove):
+        remove()
+    for attr in ("reducer", "logger"):
+        if attr in ddp.__dict__:
+            delattr(ddp, attr)
+    gc.collect()
 
 
 def _broadcast_(tensors, src: int, group) -> None:
@@ -199,5 +220,6 @@ def compress_ddp_(ddp_model, *, optimizer: torch.optim.Optimizer | None = None, 
     _broadcast_(tensors, group_src, group)
     if not wrapped:
         return module, report
+    _release_reducer(ddp_model)
     kwargs = settings if ddp_kwargs is None else dict(ddp_kwargs)
     return ddp_class(module, **kwargs), report
