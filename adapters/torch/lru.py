@@ -100,6 +100,10 @@ class LRU(nn.Module):
     16
     """
 
+    #: :meth:`to_system` is the one-step-delayed system of the layer's map (see its Notes); ``compress_``
+    #: measures ``gain`` on the map itself, ``(lam, B, C diag(lam), D + Re(C B))``.
+    system_convention = "same_step"
+
     def __init__(
         self,
         d_model: int,
