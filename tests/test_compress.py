@@ -1,6 +1,7 @@
 """compress_: the adapter's contract (issue 4)."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -338,3 +339,295 @@ def test_hankel_nuclear_norm_is_differentiable_and_matches_the_core():
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert any(float(g.abs().max()) > 0 for g in grads)
+
+
+# ------------------------------------------------------------------------------------- issue 15, part 1
+def _all_parameters_train(model, opt, x, y):
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_steps(model, opt, x, y, 1)
+    return [n for n, p in model.named_parameters() if p.shape != before[n].shape or torch.equal(p.detach(), before[n])]
+
+
+def test_forgetting_the_optimizer_is_an_immediate_type_error(trained):
+    model, opt, *_ = trained
+    sizes = [b.state_dim for b in model.blocks]
+    with pytest.raises(TypeError, match="optimizer="):
+        at.compress_(model, tol=0.05)
+    sched = at.CompressionSchedule(total_steps=10, steps=[1], tol=0.05)
+    with pytest.raises(TypeError, match="optimizer"):
+        sched.step(1, model)
+    assert [b.state_dim for b in model.blocks] == sizes
+
+
+def test_parameters_are_resized_in_place_and_every_one_trains_after_a_cut(trained):
+    model, opt, x, y = trained
+    objects = {n: p for n, p in model.named_parameters()}
+    at.compress_(model, rank=5, optimizer=opt)
+    assert all(p is objects[n] for n, p in model.named_parameters())
+    assert _all_parameters_train(model, opt, x, y) == []
+
+
+def test_an_optimizer_not_passed_is_caught_at_its_next_step(trained):
+    model, opt, x, y = trained
+    at.compress_(model, rank=5, optimizer=None)
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    with pytest.raises(at.StaleOptimizerStateError, match="optimizer=opt"):
+        opt.step()
+    # The fix the message names works: drop the stale moments, then every parameter trains.
+    for p in model.parameters():
+        opt.state.pop(p, None)
+    assert _all_parameters_train(model, opt, x, y) == []
+
+
+def test_compress_refuses_inference_mode_and_changes_nothing(trained):
+    model, opt, *_ = trained
+    snap = snapshot(model, opt)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        at.compress_(model, rank=5, optimizer=opt)
+    assert_identical(model, opt, snap)
+
+
+def test_optimizer_built_before_loading_a_compressed_checkpoint_trains_every_parameter(trained):
+    model, opt, x, y = trained
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    train_steps(model, opt, x, y, 2)
+    at.compress_(model, rank=5, optimizer=opt)
+    train_steps(model, opt, x, y, 1)
+    compressed_sd, osd = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    fresh = Classifier()
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)  # built BEFORE loading (the issue's order)
+    fresh.load_state_dict(compressed_sd)
+    fresh_opt.load_state_dict(osd)
+    assert len(list(fresh.parameters())) == 20
+    assert all(fresh_opt.state[p]["exp_avg"].shape == p.shape for p in fresh.parameters())
+    before = {n: p.detach().clone() for n, p in fresh.named_parameters()}
+    np.testing.assert_allclose(train_steps(fresh, fresh_opt, x, y, 3), train_steps(model, opt, x, y, 3), rtol=1e-12)
+    assert [n for n, p in fresh.named_parameters() if torch.equal(p.detach(), before[n])] == []
+
+
+def test_rollback_guard_restores_groups_in_another_order_by_identity():
+    torch.manual_seed(3)
+    model = Classifier()
+    x, y = toy_task()
+    recurrent = [p for n, p in model.named_parameters() if n.startswith("blocks.") and not n.endswith(".D")]
+    non_recurrent = [p for n, p in model.named_parameters() if not (n.startswith("blocks.") and not n.endswith(".D"))]
+    opt = torch.optim.AdamW([{"params": non_recurrent}, {"params": recurrent, "lr": 1e-2, "weight_decay": 0.0}],
+                            lr=1e-3, weight_decay=0.1)
+    train_steps(model, opt, x, y, 1)
+    groups = [[id(p) for p in g["params"]] for g in opt.param_groups]
+    hyper = [(g["lr"], g["weight_decay"]) for g in opt.param_groups]
+    guard = at.RollbackGuard(model, opt, max_drop=0.01)
+    guard.checkpoint(1.0)
+    saved = copy.deepcopy(opt.state_dict())
+    at.compress_(model, rank=5, optimizer=opt)
+    assert guard.check(0.0)  # rolled back
+    assert [b.state_dim for b in model.blocks] == [24, 24]
+    assert [[id(p) for p in g["params"]] for g in opt.param_groups] == groups
+    assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == hyper
+    for p in recurrent + non_recurrent:  # every parameter has its own moments back
+        assert opt.state[p]["exp_avg"].shape == p.shape
+    now = opt.state_dict()
+    for k, st in saved["state"].items():
+        assert torch.equal(now["state"][k]["exp_avg"], st["exp_avg"])
+    assert _all_parameters_train(model, opt, x, y) == []
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(tol=5), "tol"), (dict(tol=0.1, rank=3), "exactly one"), (dict(rank=0), "rank"),
+    (dict(steps=[0]), "cut steps"), (dict(steps=["a"]), "steps"), (dict(selection="best"), "selection"),
+    (dict(min_shrink=2), "min_shrink"), (dict(seed=-1), "seed"), (dict(window=0), "window"),
+    (dict(num_cuts=0), "num_cuts"), (dict(bogus=1), "unknown"),
+])
+def test_schedule_validates_every_option_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        at.CompressionSchedule(total_steps=100, **kwargs)
+
+
+def test_schedule_refuses_a_model_without_compressible_layers_at_its_first_call():
+    sched = at.CompressionSchedule(total_steps=100, tol=0.05)
+    with pytest.raises(ValueError, match="no compressible layer"):
+        sched.step(1, torch.nn.Linear(3, 3), None)  # no cut due at step 1: refused anyway
+
+
+def test_seed_must_be_a_non_negative_integer(trained):
+    model, opt, *_ = trained
+    snap = snapshot(model, opt)
+    with pytest.raises(ValueError, match="seed must be None or a non-negative integer.*-1"):
+        at.compress_(model, rank=5, selection="random", seed=-1, optimizer=opt)
+    assert_identical(model, opt, snap)
+
+
+# ------------------------------------------------------------------------------------- one entry point
+class Hybrid(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lru = at.LRU(4, 12, r_min=0.3, r_max=0.9)
+        self.mixer = at.SelectiveSSM(4, 16, expand=1, d_conv=2)
+
+    def forward(self, u):
+        return self.mixer(self.lru(u))
+
+
+def test_compress_cuts_selective_layers_by_state_selection_and_lti_layers_by_truncation():
+    torch.manual_seed(4)
+    model = Hybrid()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    u = torch.randn(4, 20, 4)
+    model(u).square().mean().backward()
+    opt.step()
+    with pytest.raises(ValueError, match="calibration_inputs="):
+        at.compress_(model, rank=4, optimizer=opt)
+    report = at.compress_(model, rank=4, optimizer=opt, calibration_inputs=u)
+    assert model.lru.state_dim == 4 and model.mixer.state_dim == 4
+    methods = {x.name: x.method for x in report}
+    assert methods == {"lru": "balanced_truncation", "mixer": "state_selection"}
+    assert report["mixer"].detail is not None and report["mixer"].gain is None
+    assert "select" in str(report) and "BT" in str(report)
+    opt.zero_grad()
+    model(u).square().mean().backward()
+    opt.step()
+
+
+def test_compress_is_atomic_across_selective_and_lti_layers(monkeypatch):
+    torch.manual_seed(5)
+    model = Hybrid()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    u = torch.randn(4, 20, 4)
+    model(u).square().mean().backward()
+    opt.step()
+    snap = snapshot(model, opt)
+
+    def boom(system, **kwargs):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(model.lru, "load_system_", boom)
+    with pytest.raises(RuntimeError, match="injected"):
+        at.compress_(model, rank=4, optimizer=opt, calibration_inputs=u)
+    assert model.mixer.state_dim == 16 and model.lru.state_dim == 12
+    assert_identical(model, opt, snap)
+
+
+# ------------------------------------------------------------------------------------- batched channels
+class Channels(torch.nn.Module):
+    """Test-only S4D-like layer: ``H`` independent SISO real-output channels sharing ``n`` complex modes."""
+
+    def __init__(self, H=3, n=10, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        modulus = 0.3 + 0.65 * torch.rand(H, n, generator=g, dtype=torch.float64)
+        phase = torch.rand(H, n, generator=g, dtype=torch.float64) * math.pi
+        lam = torch.polar(modulus, phase)
+        scale = torch.logspace(0, -3, n, dtype=torch.float64)  # decaying energy: a clear cut
+        self.lam_re, self.lam_im = torch.nn.Parameter(lam.real), torch.nn.Parameter(lam.imag)
+        self.B_re = torch.nn.Parameter(torch.randn(H, n, 1, generator=g, dtype=torch.float64) * scale[:, None])
+        self.B_im = torch.nn.Parameter(torch.randn(H, n, 1, generator=g, dtype=torch.float64) * scale[:, None])
+        self.C_re = torch.nn.Parameter(torch.randn(H, 1, n, generator=g, dtype=torch.float64))
+        self.C_im = torch.nn.Parameter(torch.randn(H, 1, n, generator=g, dtype=torch.float64))
+
+    @property
+    def state_dim(self):
+        return self.lam_re.shape[-1]
+
+    def to_system(self):
+        c = lambda re, im: torch.complex(re.detach(), im.detach())  # noqa: E731
+        return lr.DiagonalSystem(c(self.lam_re, self.lam_im), c(self.B_re, self.B_im), c(self.C_re, self.C_im),
+                                 real_output=True)
+
+    def load_system_(self, system):
+        from adapters.torch._params import set_parameter_
+
+        for name, value in (("lam", system.lam), ("B", system.B), ("C", system.C)):
+            set_parameter_(self, f"{name}_re", value.real)
+            set_parameter_(self, f"{name}_im", value.imag)
+
+
+def _dense(system):
+    """Complex realization of one real-output diagonal system (numpy)."""
+    lam, B, C = (x.detach().numpy().astype(complex) for x in (system.lam, system.B, system.C))
+    return (np.diag(np.concatenate([lam, lam.conj()])), np.concatenate([B, B.conj()]),
+            0.5 * np.concatenate([C, C.conj()], axis=1), np.zeros((C.shape[0], B.shape[1])))
+
+
+def test_independent_channels_are_cut_to_one_order_each_within_its_own_bound():
+    from reference import error_system, hinf_norm_ab13dd
+
+    layer = Channels(H=3, n=10, seed=6)
+    before = layer.to_system()
+    hsv = np.stack([lr_numpy(lr.hankel_singular_values(
+        lr.DiagonalSystem(before.lam[c], before.B[c], before.C[c], real_output=True))) for c in range(3)])
+    tol = 0.02
+    need = [int(lr.rank_for_tol(h, tol)) for h in hsv]
+    report = at.compress_(torch.nn.Sequential(layer), tol=tol, min_shrink=0.0, optimizer=None)
+    entry = report.layers[0]
+    after = layer.to_system()
+    assert entry.compressed and entry.channels == 3 and entry.hsv.shape == hsv.shape
+    assert entry.order_after >= max(need)  # one order for all channels: the largest any channel needs
+    gains, errors = [], []
+    for c in range(3):
+        G = lr.DiagonalSystem(before.lam[c], before.B[c], before.C[c], real_output=True)
+        Gr = lr.DiagonalSystem(after.lam[c], after.B[c], after.C[c], real_output=True)
+        gains.append(hinf_norm_ab13dd(*_dense(G)))
+        errors.append(hinf_norm_ab13dd(*error_system(*_dense(G), *_dense(Gr))))
+        k = entry.order_after
+        assert hsv[c, k] * (1 - 1e-6) <= errors[c] <= 2 * hsv[c, k:].sum() * (1 + 1e-6)  # its own bounds
+    assert entry.gain == pytest.approx(max(gains), rel=1e-5)
+    assert entry.error == pytest.approx(max(errors), rel=1e-5)
+
+
+def lr_numpy(x):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+# ------------------------------------------------------------------------------------- issue 15, part 2
+def _lru_map_dense(layer):
+    """Dense complex realization of the LRU's own map (x_k = lam x_{k-1} + B u_k, y_k = Re(C x_k) + D u_k)."""
+    lam = layer.lam.detach().numpy()
+    B = layer.effective_B().detach().numpy()
+    C = torch.complex(layer.C_re, layer.C_im).detach().numpy()
+    D = np.diag(layer.D.detach().numpy())
+    # s_k = x_{k-1}: s_{k+1} = lam s_k + B u_k, y_k = Re(C lam s_k) + (Re(C B) + D) u_k
+    A = np.diag(np.concatenate([lam, lam.conj()]))
+    Cl = C * lam[None, :]
+    return A, np.concatenate([B, B.conj()]), 0.5 * np.concatenate([Cl, Cl.conj()], axis=1), (C @ B).real + D
+
+
+@pytest.mark.parametrize("tol", [0.02, 0.2])
+def test_gain_and_error_match_slicot_and_lie_between_the_bounds(trained, tol):
+    from reference import error_system, hinf_norm_ab13dd
+
+    model, opt, *_ = trained
+    dense_before = [_lru_map_dense(b) for b in model.blocks]
+    report = at.compress_(model, tol=tol, optimizer=opt, min_shrink=0.0)
+    for entry, block, Gd in zip(report, model.blocks, dense_before):
+        assert entry.compressed
+        gain = hinf_norm_ab13dd(*Gd)
+        error = hinf_norm_ab13dd(*error_system(*Gd, *_lru_map_dense(block)))
+        assert entry.gain == pytest.approx(gain, rel=1e-5)
+        assert entry.error == pytest.approx(error, rel=1e-5)
+        budget = 2.0**-7 * entry.hsv_lower  # the LRU's real-mode fix
+        assert entry.hsv_lower - budget <= entry.error <= entry.error_bound
+        assert entry.relative_error == pytest.approx(entry.error / entry.gain)
+    text = str(report)
+    assert "err/gain" in text and "bound/gain" in text and f"{report.layers[0].relative_error:.3g}" in text
+    import json
+
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["layers"][0]["gain"] == report.layers[0].gain and d["layers"][0]["error"] == report.layers[0].error
+    assert d["layers"][0]["relative_error"] == pytest.approx(report.layers[0].relative_error)
+
+
+def test_real_modes_of_a_cut_get_gradients_in_every_direction_and_error_includes_the_fix():
+    torch.manual_seed(2)
+    layer = at.LRU(3, 16, r_min=0.0, r_max=0.95, max_phase=0.3, dtype=torch.float64)  # many near-real modes
+    model = torch.nn.Sequential(layer)
+    report = at.compress_(model, rank=4, optimizer=None)
+    s = layer.to_system()
+    real = [k for k in range(layer.state_dim) if abs(math.sin(float(layer.theta.detach()[k]))) < 0.05]
+    assert real, "the cut produced no real mode; the test proves nothing"
+    u, target = torch.randn(4, 40, 3, dtype=torch.float64), torch.randn(4, 40, 3, dtype=torch.float64)
+    (layer(u) - target).square().mean().backward()
+    for k in real:
+        assert float(layer.theta.grad[k]) != 0 and layer.B_im.grad[k].abs().sum() > 0 and layer.C_im.grad[:, k].abs().sum() > 0
+    assert s.lam.imag.abs().min() > 0
+    assert report.layers[0].error <= report.layers[0].error_bound
