@@ -50,6 +50,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .compress import _REQUIRED
+
 __all__ = ["compress_ddp_"]
 
 
@@ -134,7 +136,7 @@ def _all_agree(value, group) -> list:
     return gathered
 
 
-def compress_ddp_(ddp_model, *, optimizer: torch.optim.Optimizer | None = None, ddp_kwargs: dict | None = None,
+def compress_ddp_(ddp_model, *, optimizer=_REQUIRED, ddp_kwargs: dict | None = None,
                   src: int = 0, compress_fn=None, **compress_kwargs):
     """Compress the module inside a ``DistributedDataParallel`` wrapper and wrap it again.
 
@@ -145,9 +147,10 @@ def compress_ddp_(ddp_model, *, optimizer: torch.optim.Optimizer | None = None, 
     ddp_model : DistributedDataParallel or nn.Module
         The wrapped model (a plain module when ``torch.distributed`` is not initialized, or to compress an
         unwrapped module in a distributed job: it is then synchronized but not wrapped).
-    optimizer : torch.optim.Optimizer, optional
-        The optimizer over ``ddp_model.parameters()``; updated in place by the compression function, then its
-        state for the module's parameters is broadcast from ``src``.
+    optimizer : torch.optim.Optimizer or None, required keyword
+        The optimizer over ``ddp_model.parameters()`` (or ``None`` said explicitly, as for
+        :func:`adapters.torch.compress_`); updated in place by the compression function, then its state for
+        the module's parameters is broadcast from ``src``.
     ddp_kwargs : dict, optional
         Constructor arguments of the new wrapper. Default: the old wrapper's settings (``device_ids``,
         ``output_device``, ``dim``, ``process_group``, ``broadcast_buffers``, ``find_unused_parameters``,
@@ -181,8 +184,9 @@ def compress_ddp_(ddp_model, *, optimizer: torch.optim.Optimizer | None = None, 
     The module is restored from a snapshot on failure, so a copy of the compressible layers' tensors and
     of the optimizer's state references is held during the call. See the module docstring for the design.
     """
-    from .compress import _Snapshot, compress_
+    from .compress import _check_optimizer_argument, _Snapshot, compress_
 
+    _check_optimizer_argument(optimizer, "compress_ddp_")
     compress_fn = compress_fn or compress_
     ddp_class = _ddp_class() if torch.distributed.is_available() else None
     wrapped = ddp_class is not None and isinstance(ddp_model, ddp_class)
