@@ -429,7 +429,7 @@ def _selective_entry(x) -> LayerReport:
 def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = None,
               optimizer: torch.optim.Optimizer | None = _REQUIRED, calibration_inputs=None,
               selection: str = "largest", scope: str = "layer", min_shrink: float = 0.05, method: str = "truncate",
-              seed: int | None = None, hinf_rtol: float = 1e-6) -> CompressionReport:
+              seed: int | None = None, certify: bool = True, hinf_rtol: float = 1e-6) -> CompressionReport:
     """Cut low-energy states of every compressible layer of ``model``, in place.
 
     The one entry point for every layer kind the library knows:
@@ -487,6 +487,9 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         an elementwise ``D`` such as the LRU reject it).
     seed : int >= 0, optional
         Seed for ``selection="random"``.
+    certify : bool
+        Compute each LTI layer's ``gain`` and a-posteriori ``error`` (default). ``False`` skips them (they
+        are ``None`` in the report): for layers with hundreds of modes they cost more than the cut.
     hinf_rtol : float
         Relative accuracy of the reported ``gain`` and ``error`` (:func:`lti_reduce.hinf_norm`).
 
@@ -539,6 +542,8 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
             "(it runs under torch.no_grad() by itself).")
     _check_optimizer_argument(optimizer, "compress_")
     _check_options(tol, rank, selection, scope, min_shrink, method, seed)
+    if certify not in (True, False):
+        raise ValueError(f"certify must be True or False, got {certify!r}.")
     if isinstance(hinf_rtol, bool) or not isinstance(hinf_rtol, (int, float)) or not 0.0 < float(hinf_rtol) < 1.0:
         raise ValueError(f"hinf_rtol must be a float in (0, 1) (relative accuracy of gain and error), got {hinf_rtol!r}.")
     from .mamba import _selective_layers, compress_selective_
@@ -661,19 +666,22 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
                 reset_state_(optimizer, [p for p, _ in rebased])
             mark_rebased_(rebased)
             # 5. A-posteriori norms, on the loaded layers.
-            after = [_layer_map(layers[i][1], _layer_system(layers[i][0], layers[i][1])) for i in cut]
-            gains = _hinf(maps_before, hinf_rtol)
-            errors = _hinf([_difference(maps_before[i], a) for i, a in zip(cut, after)], hinf_rtol)
+            gains, errors = None, None
+            if certify:
+                after = [_layer_map(layers[i][1], _layer_system(layers[i][0], layers[i][1])) for i in cut]
+                gains = _hinf(maps_before, hinf_rtol)
+                errors = _hinf([_difference(maps_before[i], a) for i, a in zip(cut, after)], hinf_rtol)
         except BaseException:
             snapshot.restore()
             raise
     else:
-        gains, errors = _hinf(maps_before, hinf_rtol), []
-    for rep, g in zip(reports, gains):
-        rep.gain = float(np.max(g))
-        rep.error = 0.0
-    for i, e in zip(cut, errors):
-        reports[i].error = float(np.max(e))
+        gains, errors = (_hinf(maps_before, hinf_rtol), []) if certify else (None, None)
+    if certify:
+        for rep, g in zip(reports, gains):
+            rep.gain = float(np.max(g))
+            rep.error = 0.0
+        for i, e in zip(cut, errors):
+            reports[i].error = float(np.max(e))
     if selective_report is not None:
         reports.extend(_selective_entry(x) for x in selective_report.layers)
     return CompressionReport(reports)

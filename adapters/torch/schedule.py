@@ -65,7 +65,7 @@ class CompressionSchedule:
         _check_options(tol, rank, compress_kwargs.get("selection", "largest"), compress_kwargs.get("scope", "layer"),
                        compress_kwargs.get("min_shrink", 0.05), compress_kwargs.get("method", "truncate"),
                        compress_kwargs.get("seed"))
-        known = {"selection", "scope", "min_shrink", "method", "seed", "calibration_inputs", "hinf_rtol"}
+        known = {"selection", "scope", "min_shrink", "method", "seed", "calibration_inputs", "certify", "hinf_rtol"}
         unknown = sorted(set(compress_kwargs) - known)
         if unknown:
             raise ValueError(f"unknown compress_ options {unknown}; known: {sorted(known)}.")
