@@ -367,6 +367,17 @@ def test_parameters_are_resized_in_place_and_every_one_trains_after_a_cut(traine
     assert _all_parameters_train(model, opt, x, y) == []
 
 
+def test_training_resumes_while_the_last_steps_loss_is_still_referenced(trained):
+    model, opt, x, y = trained
+    loss = torch.nn.functional.cross_entropy(model(x), y)  # the loop's `loss` keeps its graph alive
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    at.compress_(model, rank=5, optimizer=opt)
+    assert _all_parameters_train(model, opt, x, y) == []
+    assert loss.grad_fn is not None
+
+
 def test_an_optimizer_not_passed_is_caught_at_its_next_step(trained):
     model, opt, x, y = trained
     at.compress_(model, rank=5, optimizer=None)
