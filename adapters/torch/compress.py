@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -81,11 +81,32 @@ class LayerReport:
     compressed: bool
     note: str = ""
     method: str = "balanced_truncation"
-    gain: float | None = None
-    error: float | None = None
     hsv_lower: float = 0.0
     channels: int = 1
     detail: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self._gain, self._error, self._pending = None, None, None
+
+    @property
+    def gain(self) -> float | None:
+        if self._pending is not None:
+            self._pending.resolve()
+        return self._gain
+
+    @gain.setter
+    def gain(self, value):
+        self._gain = value
+
+    @property
+    def error(self) -> float | None:
+        if self._pending is not None:
+            self._pending.resolve()
+        return self._error
+
+    @error.setter
+    def error(self, value):
+        self._error = value
 
     @property
     def relative_error(self) -> float | None:
@@ -146,7 +167,8 @@ class CompressionReport:
 
         layers = []
         for x in self.layers:
-            d = plain(x)
+            d = {f.name: plain(getattr(x, f.name)) for f in fields(x)}
+            d["gain"], d["error"] = x.gain, x.error
             d["relative_error"], d["relative_error_bound"] = x.relative_error, x.relative_error_bound
             layers.append(d)
         return {"layers": layers, "state_before": self.state_before, "state_after": self.state_after}
@@ -302,15 +324,20 @@ def _reduce_layer(bal, order: int, keep, method: str, max_modes):
     ``(k + q) / 2`` modes (a real eigenvalue takes a whole mode), so a requested
     ``state_dim`` may need a slightly lower order: it is lowered one state at a time.
     Returns ``(results, system)``: one core result per channel (one for an unbatched
-    layer) and the reduced modal system to load; ``(None, None)`` if channels cannot
-    share one number of modes.
+    layer) and the reduced modal system to load. Channels that cannot share one number
+    of modes at ``order`` are tried at the next lower (``max_modes`` given) or higher
+    order; ``(None, None)`` if none works.
     """
     batched = bal.hsv.ndim > 1
+    full = bal.hsv.shape[-1]
     while True:
         if batched:
             results, system = _reduce_channels(bal, order, keep, method)
-            if system is None:
-                return None, None
+            if system is None:  # no common number of modes at this order: try a neighbouring one
+                order += -1 if max_modes is not None else 1
+                if order < 1 or order >= full or keep is not None:
+                    return None, None
+                continue
         else:
             res = bal.reduce(rank=order, method=method) if keep is None else bal.reduce(states=keep, method=method)
             results, system = [res], res.to_diagonal()
@@ -418,6 +445,32 @@ class _Snapshot:
             self.optimizer.state.update(self.state)
 
 
+class _PendingCertificates:
+    """The a-posteriori norms of one :func:`compress_` call, computed when first read.
+
+    Holds detached copies of every LTI layer's map before the cut and of every cut layer's map
+    right after loading, so the figures are those of the cut, whatever the layers do afterwards.
+    """
+
+    def __init__(self, reports, maps_before, cut, maps_after, rtol):
+        self.reports, self.maps_before, self.cut, self.maps_after, self.rtol = reports, maps_before, cut, maps_after, rtol
+        for rep in reports:
+            rep._pending = self
+
+    def resolve(self):
+        if self.reports is None:
+            return
+        gains = _hinf(self.maps_before, self.rtol)
+        errors = _hinf([_difference(self.maps_before[i], a) for i, a in zip(self.cut, self.maps_after)], self.rtol)
+        for rep, g in zip(self.reports, gains):
+            rep._gain, rep._error = float(np.max(g)), 0.0
+        for i, e in zip(self.cut, errors):
+            self.reports[i]._error = float(np.max(e))
+        for rep in self.reports:
+            rep._pending = None
+        self.reports = self.maps_before = self.maps_after = None
+
+
 def _selective_entry(x) -> LayerReport:
     """A :class:`LayerReport` for a selective layer's :class:`SelectiveLayerReport`."""
     return LayerReport(x.name, x.before, x.after, x.before, x.after, np.asarray(x.scores), float(x.energy_kept),
@@ -429,7 +482,7 @@ def _selective_entry(x) -> LayerReport:
 def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = None,
               optimizer: torch.optim.Optimizer | None = _REQUIRED, calibration_inputs=None,
               selection: str = "largest", scope: str = "layer", min_shrink: float = 0.05, method: str = "truncate",
-              seed: int | None = None, certify: bool = True, hinf_rtol: float = 1e-6) -> CompressionReport:
+              seed: int | None = None, certify: bool | str = True, hinf_rtol: float = 1e-6) -> CompressionReport:
     """Cut low-energy states of every compressible layer of ``model``, in place.
 
     The one entry point for every layer kind the library knows:
@@ -487,9 +540,12 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         an elementwise ``D`` such as the LRU reject it).
     seed : int >= 0, optional
         Seed for ``selection="random"``.
-    certify : bool
-        Compute each LTI layer's ``gain`` and a-posteriori ``error`` (default). ``False`` skips them (they
-        are ``None`` in the report): for layers with hundreds of modes they cost more than the cut.
+    certify : {True, "lazy", False}
+        Each LTI layer's ``gain`` and a-posteriori ``error``: computed before returning (``True``,
+        default); ``"lazy"``: the maps before and right after the cut are stored (detached copies) and
+        the norms computed when the report's figures are first read (``report.layers[i].error``, the
+        table, ``to_dict``), so a training loop's cut costs what the cut costs; ``False``: not computed
+        (``None``). For layers with hundreds of modes the norms cost more than the cut.
     hinf_rtol : float
         Relative accuracy of the reported ``gain`` and ``error`` (:func:`lti_reduce.hinf_norm`).
 
@@ -542,8 +598,8 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
             "(it runs under torch.no_grad() by itself).")
     _check_optimizer_argument(optimizer, "compress_")
     _check_options(tol, rank, selection, scope, min_shrink, method, seed)
-    if certify not in (True, False):
-        raise ValueError(f"certify must be True or False, got {certify!r}.")
+    if certify not in (True, False, "lazy"):
+        raise ValueError(f"certify must be True, 'lazy' or False, got {certify!r}.")
     if isinstance(hinf_rtol, bool) or not isinstance(hinf_rtol, (int, float)) or not 0.0 < float(hinf_rtol) < 1.0:
         raise ValueError(f"hinf_rtol must be a float in (0, 1) (relative accuracy of gain and error), got {hinf_rtol!r}.")
     from .mamba import _selective_layers, compress_selective_
@@ -665,23 +721,19 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
             if optimizer is not None:
                 reset_state_(optimizer, [p for p, _ in rebased])
             mark_rebased_(rebased)
-            # 5. A-posteriori norms, on the loaded layers.
-            gains, errors = None, None
+            # 5. A-posteriori norms, on the loaded layers (their maps are stored now).
             if certify:
-                after = [_layer_map(layers[i][1], _layer_system(layers[i][0], layers[i][1])) for i in cut]
-                gains = _hinf(maps_before, hinf_rtol)
-                errors = _hinf([_difference(maps_before[i], a) for i, a in zip(cut, after)], hinf_rtol)
+                maps_after = [_layer_map(layers[i][1], _layer_system(layers[i][0], layers[i][1])) for i in cut]
+                pending = _PendingCertificates(reports, maps_before, cut, maps_after, hinf_rtol)
+                if certify != "lazy":
+                    pending.resolve()
         except BaseException:
             snapshot.restore()
             raise
-    else:
-        gains, errors = (_hinf(maps_before, hinf_rtol), []) if certify else (None, None)
-    if certify:
-        for rep, g in zip(reports, gains):
-            rep.gain = float(np.max(g))
-            rep.error = 0.0
-        for i, e in zip(cut, errors):
-            reports[i].error = float(np.max(e))
+    elif certify:
+        pending = _PendingCertificates(reports, maps_before, [], [], hinf_rtol)
+        if certify != "lazy":
+            pending.resolve()
     if selective_report is not None:
         reports.extend(_selective_entry(x) for x in selective_report.layers)
     return CompressionReport(reports)

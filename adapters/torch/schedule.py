@@ -39,7 +39,9 @@ class CompressionSchedule:
         Explicit cut steps (overrides ``window``/``num_cuts``).
     **compress_kwargs
         Passed to :func:`compress_` (``scope``, ``selection``, ``min_shrink``,
-        ``calibration_inputs``, ...).
+        ``calibration_inputs``, ``certify``, ...). ``certify`` defaults to ``"lazy"`` here:
+        a cut inside the training loop costs only the cut, and each report's ``gain`` and
+        ``error`` (of the maps stored at the cut) are computed when first read.
 
     Raises
     ------
@@ -83,6 +85,9 @@ class CompressionSchedule:
         if not steps or any(s < 1 or s > total_steps for s in steps):
             raise ValueError(f"cut steps must be a non-empty list in 1..total_steps = 1..{total_steps}, got {steps}.")
         self.total_steps, self.steps, self.tol, self.rank = int(total_steps), steps, tol, rank
+        compress_kwargs.setdefault("certify", "lazy")
+        if compress_kwargs["certify"] not in (True, False, "lazy"):
+            raise ValueError(f"certify must be True, 'lazy' or False, got {compress_kwargs['certify']!r}.")
         self.compress_kwargs = compress_kwargs
         self.enabled = True
         self.history: list[dict] = []
