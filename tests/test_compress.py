@@ -684,3 +684,39 @@ def test_lazy_certificates_are_those_of_the_cut_even_after_training_on():
     assert sched.compress_kwargs["certify"] == "lazy"
     with pytest.raises(ValueError, match="certify"):
         at.compress_(model, rank=3, optimizer=opt, certify="yes")
+
+
+class ReplacingChannels(Channels):
+    """A layer that replaces its parameter objects in load_system_ (the older protocol)."""
+
+    def load_system_(self, system):
+        for name, value in (("lam", system.lam), ("B", system.B), ("C", system.C)):
+            setattr(self, f"{name}_re", torch.nn.Parameter(value.real.clone()))
+            setattr(self, f"{name}_im", torch.nn.Parameter(value.imag.clone()))
+
+
+def test_an_optimizer_left_on_replaced_parameters_is_caught_at_its_next_step():
+    model = torch.nn.Sequential(ReplacingChannels(H=2, n=8, seed=1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    at.compress_(model, rank=3, optimizer=None, certify=False)
+    with pytest.raises(at.StaleOptimizerStateError, match="replaced"):
+        opt.step()
+    model2 = torch.nn.Sequential(ReplacingChannels(H=2, n=8, seed=1))
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.1)
+    at.compress_(model2, rank=3, optimizer=opt2, certify=False)  # rebound: steps the live parameters
+    assert {id(p) for g in opt2.param_groups for p in g["params"]} == {id(p) for p in model2.parameters()}
+    opt2.step()
+
+
+def test_an_optimizer_not_passed_to_a_cut_of_selective_layers_is_caught_too():
+    torch.manual_seed(6)
+    model = Hybrid()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    u = torch.randn(4, 20, 4)
+    model(u).square().mean().backward()
+    opt.step()
+    at.compress_(model, rank=4, optimizer=None, calibration_inputs=u, certify=False)
+    opt.zero_grad()
+    model(u).square().mean().backward()
+    with pytest.raises(at.StaleOptimizerStateError, match="optimizer=opt"):
+        opt.step()

@@ -695,10 +695,19 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     if todo or selective:
         snapshot = _Snapshot([layer for layer, _ in todo] + [m for _, m in selective], optimizer)
         try:
+            rebased, dropped = [], []
             if selective:
+                old_sel = {(n, pn): p for n, m in selective for pn, p in m.named_parameters()}
+                shapes = {key: tuple(p.shape) for key, p in old_sel.items()}
                 selective_report = compress_selective_(model, calibration_inputs=calibration_inputs, tol=tol,
                                                        rank=rank, optimizer=optimizer, min_shrink=min_shrink)
-            rebased = []
+                new_sel = {(n, pn): p for n, m in selective for pn, p in m.named_parameters()}
+                for key, p in old_sel.items():
+                    if new_sel.get(key) is not p:
+                        dropped.append((f"{key[0]}.{key[1]}".lstrip("."), p))
+                    elif tuple(p.shape) != shapes[key]:
+                        rebased.append((p, shapes[key]))
+            names = {id(layer): name for name, layer in layers}
             for layer, (system, budget) in todo:
                 old = dict(layer.named_parameters())
                 values = {pname: p.detach().clone() for pname, p in old.items()}
@@ -712,6 +721,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
                     q = new.get(pname)
                     if q is not p:
                         replaced[id(p)] = (p, q)
+                        dropped.append((f"{names[id(layer)]}.{pname}".lstrip("."), p))
                     elif p.shape != values[pname].shape or not torch.equal(p.detach(), values[pname]):
                         rebased.append((p, tuple(values[pname].shape)))
                 anchor = next(iter(old.values()), None)
@@ -720,7 +730,6 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
                     rebind_parameters_(optimizer, replaced, added)
             if optimizer is not None:
                 reset_state_(optimizer, [p for p, _ in rebased])
-            mark_rebased_(rebased)
             # 5. A-posteriori norms, on the loaded layers (their maps are stored now).
             if certify:
                 maps_after = [_layer_map(layers[i][1], _layer_system(layers[i][0], layers[i][1])) for i in cut]
@@ -730,6 +739,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         except BaseException:
             snapshot.restore()
             raise
+        mark_rebased_(rebased, dropped)  # only once the call succeeded: a restored model has its old shapes
     elif certify:
         pending = _PendingCertificates(reports, maps_before, [], [], hinf_rtol)
         if certify != "lazy":

@@ -35,6 +35,7 @@ class StaleOptimizerStateError(RuntimeError):
 
 
 _REBASED = WeakIdKeyDictionary()  # parameter -> set of shapes it had before cuts
+_REPLACED = WeakIdKeyDictionary()  # parameter object a layer replaced by a new one -> its qualified name
 _HOOK = None
 
 
@@ -44,14 +45,21 @@ def reset_state_(optimizer: torch.optim.Optimizer, params) -> None:
         optimizer.state.pop(p, None)
 
 
-def mark_rebased_(params_and_old_shapes) -> None:
-    """Remember re-based parameters and their old shapes, so stale optimizer state is caught at ``step()``."""
+def mark_rebased_(params_and_old_shapes, replaced=()) -> None:
+    """Remember re-based parameters and their old shapes, so stale optimizer state is caught at ``step()``.
+
+    ``replaced``: ``(name, old parameter)`` of parameter objects a layer replaced by new ones (layers that do
+    not resize in place); an optimizer that still steps them trains tensors the model no longer uses.
+    """
     global _HOOK
     items = [(p, tuple(shape)) for p, shape in params_and_old_shapes if tuple(shape) != tuple(p.shape)]
-    if not items:
+    replaced = list(replaced)
+    if not items and not replaced:
         return
     for p, shape in items:
         _REBASED.setdefault(p, set()).add(shape)
+    for name, p in replaced:
+        _REPLACED[p] = name
     if _HOOK is None:
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -59,11 +67,16 @@ def mark_rebased_(params_and_old_shapes) -> None:
 
 
 def _check_stale_state(optimizer, args, kwargs) -> None:
-    if not len(_REBASED):
+    if not len(_REBASED) and not len(_REPLACED):
         return
-    names = None
     for gi, group in enumerate(optimizer.param_groups):
         for pi, p in enumerate(group["params"]):
+            if len(_REPLACED) and p in _REPLACED:
+                raise StaleOptimizerStateError(
+                    f"{type(optimizer).__name__}: param_groups[{gi}]['params'][{pi}] is the parameter {_REPLACED[p]!r} "
+                    "that a cut replaced by a new object; stepping it trains a tensor the model no longer uses. "
+                    "Pass this optimizer to compress_ (optimizer=opt), which points it at the new parameters, or "
+                    "build the optimizer again over model.parameters().")
             old = _REBASED.get(p)
             if old is None:
                 continue
