@@ -669,9 +669,9 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
                     k = res.rank
                     kept_idx = list(range(k)) if res.states is None else list(res.states)
                     dropped = sorted(set(range(order)) - set(kept_idx))
+                    # sigma_{k+1}: no order-k map is closer (whichever states were kept)
                     per.append((float(h2[c, kept_idx].sum()) / totals[c] if totals[c] > 0 else 1.0,
-                                float(lr_to_numpy(res.error_bound)), float(h2[c, dropped].max()) if dropped else 0.0,
-                                k))
+                                float(lr_to_numpy(res.error_bound)), float(h2[c, k]) if dropped else 0.0, k))
                 kept = min(p[0] for p in per)
                 bound = max(p[1] for p in per)
                 lower = max(p[2] for p in per)

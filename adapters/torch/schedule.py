@@ -85,6 +85,9 @@ class CompressionSchedule:
         if not steps or any(s < 1 or s > total_steps for s in steps):
             raise ValueError(f"cut steps must be a non-empty list in 1..total_steps = 1..{total_steps}, got {steps}.")
         self.total_steps, self.steps, self.tol, self.rank = int(total_steps), steps, tol, rank
+        rtol = compress_kwargs.get("hinf_rtol", 1e-6)
+        if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0.0 < float(rtol) < 1.0:
+            raise ValueError(f"hinf_rtol must be a float in (0, 1), got {rtol!r}.")
         compress_kwargs.setdefault("certify", "lazy")
         if compress_kwargs["certify"] not in (True, False, "lazy"):
             raise ValueError(f"certify must be True, 'lazy' or False, got {compress_kwargs['certify']!r}.")
