@@ -278,8 +278,10 @@ class LRU(nn.Module):
            every H-infinity norm of a change; ``compress_`` measures its ``error`` on the loaded layer, so
            this change is inside it.
 
-        A real mode is a slot with ``|Im lam| <= 8 eps |lam|`` and ``||Im M||_F <= 8 eps ||M||_F`` (float64
-        ``eps``); complex modes are loaded exactly.
+        A real mode is a slot with ``|sin theta| <= 8 eps`` whose ``B_k`` and ``C_k``, after the phase
+        rotation, have imaginary parts below ``8 eps`` of their norms (``eps`` of the layer's dtype), i.e. a
+        real ``M_k``; complex modes are loaded exactly. ``M_k`` has rank one, so all of this costs
+        ``O(r (m + p))``.
         """
         new = self._parameters_for(system)
         new = _unfreeze_real_modes(new, real_mode_change)
@@ -415,11 +417,23 @@ def _gamma_log(nu_log: torch.Tensor) -> torch.Tensor:
     return 0.5 * torch.log(-torch.expm1(-2 * torch.exp(nu_log)))
 
 
+def _rank2_norm(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """Spectral norms of ``U V^T`` for real ``U`` (..., p, 2), ``V`` (..., m, 2), without forming the product.
+
+    The nonzero eigenvalues of ``(U V^T)^T (U V^T)`` are those of the 2 x 2 product ``(U^T U)(V^T V)``.
+    """
+    P = (U.mT @ U) @ (V.mT @ V)
+    tr = P[..., 0, 0] + P[..., 1, 1]
+    det = P[..., 0, 0] * P[..., 1, 1] - P[..., 0, 1] * P[..., 1, 0]
+    return torch.sqrt((0.5 * (tr + torch.sqrt((tr * tr - 4 * det).clamp(min=0)))).clamp(min=0))
+
+
 def _unfreeze_real_modes(new: dict, real_mode_change: float | None) -> dict:
     """Move the real modes of :meth:`LRU.load_system_`'s parameters off the conjugation-symmetric point.
 
     ``new`` holds the layer's parameter values (its real dtype) from ``LRU._parameters_for``; the result
-    holds the same map up to the bounded change derived in the Notes of :meth:`LRU.load_system_`.
+    holds the same map up to the bounded change derived in the Notes of :meth:`LRU.load_system_`. Every
+    mode's ``M_k = C_k B_k`` has rank one, so its norms come from the rows and columns (O(r (m + p))).
     """
     if real_mode_change is not None:
         bad = isinstance(real_mode_change, bool) or not isinstance(real_mode_change, (int, float))
@@ -431,30 +445,35 @@ def _unfreeze_real_modes(new: dict, real_mode_change: float | None) -> dict:
     real = new["theta"].dtype
     f64 = {"dtype": torch.float64}
     theta = new["theta"].to(**f64)
-    modulus = torch.exp(-torch.exp(new["nu_log"].to(**f64)))
     gamma = torch.exp(new["gamma_log"].to(**f64)).unsqueeze(-1)
     B = torch.complex(new["B_re"].to(**f64), new["B_im"].to(**f64)) * gamma  # (r, m), effective
-    C = torch.complex(new["C_re"].to(**f64), new["C_im"].to(**f64))  # (p, r)
-    M = C.mT.unsqueeze(-1) * B.unsqueeze(-2)  # (r, p, m): M_k = C[:, k] B[k, :]
+    C = torch.complex(new["C_re"].to(**f64), new["C_im"].to(**f64)).mT  # (r, p): row k is C[:, k]
+    # Remove each mode's free phase (x_k -> e^{i phi} x_k is exact): B as real as possible. A real M_k = c b^T
+    # (c, b complex) is alpha c' (b' / alpha)^T with c', b' real, so then both B_k and C_k are real.
+    phase = torch.exp(-0.5j * torch.angle((B * B).sum(-1)))  # (r,)
+    Bp, Cp = B * phase.unsqueeze(-1), C / phase.unsqueeze(-1)
     tiny = 8 * torch.finfo(real).eps
-    m_norm = torch.linalg.matrix_norm(M)
-    is_real = (theta.sin().abs() <= tiny) & (torch.linalg.matrix_norm(M.imag) <= tiny * m_norm)
+    b_norm, c_norm = torch.linalg.vector_norm(Bp, dim=-1), torch.linalg.vector_norm(Cp, dim=-1)
+    is_real = ((theta.sin().abs() <= tiny) & (b_norm > 0) & (c_norm > 0)
+               & (torch.linalg.vector_norm(Bp.imag, dim=-1) <= tiny * b_norm)
+               & (torch.linalg.vector_norm(Cp.imag, dim=-1) <= tiny * c_norm))
     q = int(is_real.sum())
     if q == 0:
         return new
     idx = torch.nonzero(is_real).squeeze(-1)
-    Bk, Ck, a = B[idx], C[:, idx], modulus[idx] * torch.cos(theta[idx]).sign()
-    # 1. Exact: phase rotation making B as real as possible, then the shear T = [[1, 0], [1, 1]].
-    phase = torch.exp(-0.5j * torch.angle((Bk * Bk).sum(-1)))  # (q,)
-    Bk, Ck = Bk * phase.unsqueeze(-1), Ck / phase
+    a = torch.exp(-torch.exp(new["nu_log"].to(**f64)))[idx] * torch.cos(theta[idx]).sign()
+    # 1. Exact: the shear T = [[1, 0], [1, 1]] of the slot's two real states.
+    Bk, Ck = Bp[idx], Cp[idx]
     Bk = torch.complex(Bk.real, Bk.real + Bk.imag)
     Ck = torch.complex(Ck.real + Ck.imag, Ck.imag)
     # 2. A rotation eps_k per mode, with its H-infinity bound equal to the budget's share.
-    Mk = Ck.mT.unsqueeze(-1) * Bk.unsqueeze(-2)
-    R, I = (torch.linalg.matrix_norm(X, ord=2) for X in (Mk.real, Mk.imag))
+    # Re M = c_re b_re^T - c_im b_im^T and Im M = c_re b_im^T + c_im b_re^T have rank <= 2.
+    cr, ci, br, bi = Ck.real, Ck.imag, Bk.real, Bk.imag
+    R = _rank2_norm(torch.stack([cr, -ci], -1), torch.stack([br, bi], -1))
+    I = _rank2_norm(torch.stack([cr, ci], -1), torch.stack([bi, br], -1))
     absa, gap = a.abs(), 1 - a.abs()
     if real_mode_change is None:
-        real_mode_change = float((torch.linalg.matrix_norm(Mk.real, ord=2) / gap).sum()) * 2.0**-10
+        real_mode_change = float((R / gap).sum()) * 2.0**-10
     share = float(real_mode_change) / q
     alpha = absa * R * (1 + absa) / (2 * gap**3)
     beta = absa * I / gap**2
@@ -465,8 +484,8 @@ def _unfreeze_real_modes(new: dict, real_mode_change: float | None) -> dict:
     theta = theta.clone()
     theta[idx] = theta[idx] + eps
     B, C = B.clone(), C.clone()
-    B[idx], C[:, idx] = Bk, Ck
-    B = B / gamma
+    B[idx], C[idx] = Bk, Ck
+    B, C = B / gamma, C.mT
     out["theta"] = theta.to(real)
     out["B_re"], out["B_im"] = B.real.to(real).contiguous(), B.imag.to(real).contiguous()
     out["C_re"], out["C_im"] = C.real.to(real).contiguous(), C.imag.to(real).contiguous()
