@@ -468,3 +468,25 @@ def test_real_mode_change_must_be_a_finite_nonnegative_number():
     for bad in (-1.0, float("nan"), float("inf"), "1e-3", True):
         with pytest.raises(ValueError, match="real_mode_change"):
             layer.load_system_(_system_with_real_modes(13), real_mode_change=bad)
+
+
+def test_real_modes_leave_the_real_axis_in_training_and_frozen_ones_never_do():
+    system = _system_with_real_modes(14)
+    g = torch.Generator().manual_seed(15)
+    teacher = LRU(3, 6, dtype=torch.float64)
+    u = torch.randn(8, 60, 3, generator=g, dtype=torch.float64)
+    target = teacher(u).detach()
+    moved = {}
+    for budget in (0.0, None):
+        layer = LRU(3, 4, dtype=torch.float64).load_system_(system, real_mode_change=budget)
+        theta0 = layer.theta.detach().clone()
+        opt = torch.optim.Adam(layer.parameters(), lr=1e-2)
+        for _ in range(30):
+            opt.zero_grad()
+            (layer(u) - target).square().mean().backward()
+            opt.step()
+        moved[budget] = (layer.theta.detach() - theta0)[2:].abs()
+    # Frozen at the saddle: the positive real mode (theta exactly 0) does not move at all. (The negative one,
+    # theta = pi rounded, is complex by 1e-16; Adam's normalized steps amplify that tiny gradient.)
+    assert moved[0.0][0] == 0
+    assert bool((moved[None] > 1e-3).all())  # every real mode turned complex

@@ -278,6 +278,11 @@ class LRU(nn.Module):
            every H-infinity norm of a change; ``compress_`` measures its ``error`` on the loaded layer, so
            this change is inside it.
 
+        The bound is for the exact rotation; a float32 layer stores ``theta`` rounded (near ``pi`` its
+        spacing is ``2.4e-7``, and ``pi`` itself is not representable, which alone turns a negative real
+        eigenvalue by ``8.7e-8``), and the ``error`` ``compress_`` measures on the loaded layer includes
+        that rounding.
+
         A real mode is a slot with ``|sin theta| <= 8 eps`` whose ``B_k`` and ``C_k``, after the phase
         rotation, have imaginary parts below ``8 eps`` of their norms (``eps`` of the layer's dtype), i.e. a
         real ``M_k``; complex modes are loaded exactly. ``M_k`` has rank one, so all of this costs
