@@ -227,8 +227,9 @@ def _check_optimizer_argument(optimizer, where: str):
             f"{where} needs optimizer=: pass the optimizer that trains the model (a cut re-bases the SSM "
             "parameters, and their old moments must be reset), or optimizer=None if no optimizer holds state "
             "for them yet (one built afterwards, or a model that is not training).")
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}.")
+    if optimizer is not None and not (hasattr(optimizer, "param_groups") and hasattr(optimizer, "state")):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer (anything with param_groups and state) or "
+                        f"None, got {type(optimizer).__name__}.")
 
 
 def _layer_system(name, layer):
