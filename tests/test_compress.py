@@ -720,3 +720,16 @@ def test_an_optimizer_not_passed_to_a_cut_of_selective_layers_is_caught_too():
     model(u).square().mean().backward()
     with pytest.raises(at.StaleOptimizerStateError, match="optimizer=opt"):
         opt.step()
+
+
+def test_loading_a_compressed_checkpoint_under_a_trained_optimizer_without_its_state_is_caught(trained):
+    model, opt, x, y = trained
+    at.compress_(model, rank=5, optimizer=opt)
+    fresh = Classifier()
+    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=1e-2)
+    train_steps(fresh, fresh_opt, x, y, 1)  # moments of the full-size parameters
+    fresh.load_state_dict(model.state_dict())  # ... but fresh_opt.load_state_dict is forgotten
+    fresh_opt.zero_grad()
+    torch.nn.functional.cross_entropy(fresh(x), y).backward()
+    with pytest.raises(at.StaleOptimizerStateError, match="old shape"):
+        fresh_opt.step()

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ._params import set_parameter_
+from .optim import mark_rebased_
 from .scan import MODES, linear_recurrence
 
 __all__ = ["LRU"]
@@ -338,8 +339,10 @@ class LRU(nn.Module):
                       for name in _STATE_ROWS + _STATE_COLS}
             if all(tuple(state_dict[prefix + k].shape) == shape for k, shape in shapes.items()
                    if prefix + k in state_dict):
+                old = [(getattr(self, name), tuple(getattr(self, name).shape)) for name in shapes]
                 for name, shape in shapes.items():  # in place: optimizers built before loading stay valid
                     set_parameter_(self, name, getattr(self, name).new_zeros(shape))
+                mark_rebased_(old)  # an optimizer still holding state of the old shapes is caught at step()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
