@@ -490,3 +490,23 @@ def test_real_modes_leave_the_real_axis_in_training_and_frozen_ones_never_do():
     # theta = pi rounded, is complex by 1e-16; Adam's normalized steps amplify that tiny gradient.)
     assert moved[0.0][0] == 0
     assert bool((moved[None] > 1e-3).all())  # every real mode turned complex
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_real_mode_bound_holds_for_random_real_modes_near_the_unit_circle(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    q, m = 3, 2
+    modulus = 1 - torch.logspace(-3, -0.5, q, dtype=torch.float64)[torch.randperm(q, generator=g)]
+    sign = torch.where(torch.rand(q, generator=g) < 0.5, -1.0, 1.0).to(torch.float64)
+    lam = torch.cat([(sign * modulus).to(torch.complex128), torch.tensor([0.6 + 0.7j], dtype=torch.complex128)])
+    B = torch.randn(q + 1, m, generator=g, dtype=torch.complex128)
+    C = torch.randn(m, q + 1, generator=g, dtype=torch.complex128)
+    phase = torch.exp(1j * torch.rand(q, generator=g, dtype=torch.float64) * 6.0)  # real M_k = C_k B_k, complex rows
+    B[:q] = B[:q].real.to(B.dtype) * phase[:, None]
+    C[:, :q] = C[:, :q].real.to(C.dtype) / phase[None, :]
+    system = StandInSystem(lam, B, C, torch.zeros(m, m, dtype=torch.float64))
+    budget = float(torch.rand(1, generator=g)) * 1e-2
+    layer = LRU(m, q + 1, dtype=torch.float64).load_system_(system, real_mode_change=budget)
+    loaded = layer.to_system()
+    assert bool((loaded.lam[:q].imag != 0).all()) and torch.allclose(loaded.lam[q], lam[q], rtol=1e-14, atol=0)
+    assert 0 < _map_change(system, loaded) <= budget * (1 + 1e-9)
