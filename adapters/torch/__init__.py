@@ -28,6 +28,7 @@ CompressibleLayer, compressible_layers, is_compressible
 from .compress import CompressionReport, LayerReport, compress_
 from .distributed import compress_ddp_
 from .lru import LRU
+from .optim import StaleOptimizerStateError
 from .mamba import (
     CutMeasurement,
     SelectiveCompressionReport,
@@ -66,6 +67,7 @@ __all__ = [
     "CompressionSchedule",
     "LayerReport",
     "RollbackGuard",
+    "StaleOptimizerStateError",
     "compress_",
     "compressible_layers",
     "hankel_nuclear_norm",
