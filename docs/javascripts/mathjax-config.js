@@ -20,7 +20,10 @@ if (typeof document$ !== "undefined") {
   document$.subscribe(() => {
     const mj = window.MathJax;
     if (mj && mj.typesetPromise && mj.startup && mj.startup.output) {
-      mj.startup.output.clearCache();
+      // The SVG output (used here) names its cache method clearFontCache; CHTML names it clearCache.
+      const output = mj.startup.output;
+      if (typeof output.clearFontCache === "function") output.clearFontCache();
+      else if (typeof output.clearCache === "function") output.clearCache();
       mj.typesetClear();
       mj.texReset();
       mj.typesetPromise();
