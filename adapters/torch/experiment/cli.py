@@ -173,10 +173,11 @@ def _cmd_train(args) -> int:
 # --------------------------------------------------------------------------------------------------- sweep
 def register_sweep(sub) -> None:
     """Add the ``sweep`` subcommand to the ``lti-reduce`` subparsers ``sub``."""
-    from .config import MODELS, ExperimentConfig
+    from .config import MODELS
     from .sweep import DEFAULT_TOLS, PAPER_SETTINGS, SweepConfig
 
-    d, s = ExperimentConfig(), SweepConfig()
+    s = SweepConfig()
+    d = s.base
     paper = "; ".join(f"{name}: tolerances {','.join(map(str, v['tols']))}, paper {v['reported']}"
                       for name, v in PAPER_SETTINGS.items())
     sw = sub.add_parser("sweep", help="accuracy vs state size over tolerances and seeds: full, compressed in training, "
@@ -185,9 +186,9 @@ def register_sweep(sub) -> None:
                         "tolerance the model compressed in training and one trained from scratch at the size it "
                         "reached, with the same steps. Prints mean +- std over seeds, paired per-seed differences "
                         "with 95% t-intervals and speed-ups, writes results.json and accuracy_vs_state.png into "
-                        "--out, and resumes from the runs already there. The default (MNIST-1D, 2 x LRU 256, 60 "
-                        f"epochs, tolerances {','.join(map(str, DEFAULT_TOLS))}, seeds 0,1,2) takes about 25 minutes "
-                        "on 2 quiet CPU cores. --dataset smnist/scifar take the paper's settings "
+                        "--out, and resumes from the runs already there. The default (MNIST-1D, 2 x LRU 256, "
+                        f"{s.base.epochs} epochs, tolerances {','.join(map(str, DEFAULT_TOLS))}, seeds 0,1,2, one "
+                        "thread) is sized for at most 30 minutes on 2 quiet CPU cores. --dataset smnist/scifar take the paper's settings "
                         f"(arXiv 2510.02823, Table 1) and need a GPU: {paper}.")
     _common_options(sw, d)
     sw.add_argument("--model", choices=MODELS, default=None,

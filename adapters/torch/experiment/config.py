@@ -72,6 +72,10 @@ class ExperimentConfig:
         After a cut, the learning rate of the replaced (LRU) parameters ramps up again over
         this many steps (their Adam moments restart; see
         :func:`adapters.torch.experiment.loop.lr_lambdas`).
+    equalize_modes
+        After each cut, rescale every kept mode's state so that its stored ``B`` row and ``C``
+        column have equal norms (map-exact; see
+        :func:`adapters.torch.experiment.loop.equalize_mode_scales_`).
     seed, device, threads
         Random seed; ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda[:N]"``; CPU threads
         (``None``: torch's default; the previous value is restored afterwards).
@@ -108,6 +112,7 @@ class ExperimentConfig:
     cut_window: float = 0.1
     min_shrink: float = 0.05
     rewarm_steps: int = 20
+    equalize_modes: bool = True
     seed: int = 0
     device: str = "auto"
     threads: int | None = None

@@ -17,7 +17,7 @@ from ..protocol import compressible_layers
 from ..schedule import CompressionSchedule
 from .config import ExperimentConfig
 
-__all__ = ["adamw", "evaluate", "lr_lambdas", "param_groups", "predict", "seed_everything", "sync", "train_run",
+__all__ = ["adamw", "equalize_mode_scales_", "evaluate", "lr_lambdas", "param_groups", "predict", "seed_everything", "sync", "train_run",
            "train_step"]
 
 # The recurrence parameters of an LRU: a lower learning rate and no weight decay (Orvieto et al. 2023).
@@ -99,6 +99,41 @@ def lr_lambdas(groups: list[dict], steps: int, config: ExperimentConfig, cuts) -
         return factor
 
     return [after_cut if g["name"].startswith("lru") else warmup_cosine for g in groups]
+
+
+@torch.no_grad()
+def equalize_mode_scales_(model: nn.Module) -> int:
+    """Rescale every LRU mode's state so that its stored ``B`` row and ``C`` column have equal norms.
+
+    ``x_i -> s_i x_i`` with ``s_i = sqrt(|C_i| / |b_i|)`` (``b_i`` the stored row ``B_re + i B_im``,
+    ``C_i`` the column ``C_re + i C_im``) multiplies the row by ``s_i`` and divides the column by it:
+    the layer's map is unchanged up to rounding (each mode is a separate first-order system). After a
+    cut the balanced realization gives near-unit modes stored rows about ``1/gamma`` times larger
+    than their columns; weight decay then shrinks the pair toward equal norms anyway, and Adam's
+    per-element steps are far too small for the large factor and far too large for the small one.
+    Measured on MNIST-1D (2 x LRU 256, 20 epochs, seeds 0-2, tol 0.2): +2.9 points (+1.8 to +4.3)
+    of final accuracy of the compressed model, and +0.3 (-0.9 to +1.0) at tol 0.05.
+
+    Parameters are changed in place (the ``nn.Parameter`` objects stay). Returns the number of
+    layers rescaled.
+    """
+    from ..lru import LRU
+
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, LRU):
+            continue
+        b = torch.complex(module.B_re.double(), module.B_im.double())
+        c = torch.complex(module.C_re.double(), module.C_im.double())
+        row, col = b.abs().square().sum(-1).sqrt(), c.abs().square().sum(0).sqrt()
+        ok = (row > 0) & (col > 0)
+        scale = torch.where(ok, (col / row.clamp(min=torch.finfo(torch.float64).tiny)).sqrt(), torch.ones_like(row))
+        module.B_re.copy_((module.B_re.double() * scale[:, None]).to(module.B_re.dtype))
+        module.B_im.copy_((module.B_im.double() * scale[:, None]).to(module.B_im.dtype))
+        module.C_re.copy_((module.C_re.double() / scale[None, :]).to(module.C_re.dtype))
+        module.C_im.copy_((module.C_im.double() / scale[None, :]).to(module.C_im.dtype))
+        count += 1
+    return count
 
 
 def seed_everything(seed: int) -> None:
@@ -203,6 +238,8 @@ def train_run(model: nn.Module, data: SequenceDataset, config: ExperimentConfig,
             phases.append({"start_step": phase_step, "end_step": step, "state_dims": dims(),
                            "time_s": now - phase_start})
             report = schedule.step(step, model, optimizer)
+            if config.equalize_modes:
+                equalize_mode_scales_(model)
             sync(device)
             took = time.perf_counter() - now
             compress_time += took
