@@ -41,7 +41,7 @@ def layer_class(name: str) -> type:
         have = [m for m in MODELS if getattr(at, _CLASS_NAMES[m], None) is not None]
         raise ConfigError(f"this version of the library has no {_CLASS_NAMES[name]} layer (--model {name}); "
                           f"choose one of: {', '.join(have)}.")
-    if not hasattr(cls, "to_system"):
+    if name == "selective" or not hasattr(cls, "load_system_"):
         raise ConfigError(f"--model {name}: {cls.__name__} is a selective (input-dependent) layer, which the "
                           "experiment cannot cut by tolerance alone (compress_ needs calibration inputs for it); "
                           "choose --model lru.")

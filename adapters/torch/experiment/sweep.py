@@ -120,7 +120,7 @@ def _compact_cuts(cuts: list[dict]) -> list[dict]:
             for c in cuts]
 
 
-def run_sweep(sweep: SweepConfig, *, data: SequenceDataset | None = None, log=print) -> dict:
+def run_sweep(sweep: SweepConfig, *, data: SequenceDataset | None = None, log=None) -> dict:
     """Run (or resume) the sweep into ``sweep.base.out``; return what ``results.json`` holds.
 
     Parameters
@@ -129,7 +129,7 @@ def run_sweep(sweep: SweepConfig, *, data: SequenceDataset | None = None, log=pr
     data : SequenceDataset, optional
         Your own data; default: load ``sweep.base.dataset``.
     log : callable
-        Called with one line per finished run (``print`` by default).
+        Called with one line per finished run (default: print it, flushed).
 
     Returns
     -------
@@ -147,6 +147,7 @@ def run_sweep(sweep: SweepConfig, *, data: SequenceDataset | None = None, log=pr
         Invalid options, or ``out`` holds a sweep of another configuration.
     """
     sweep.check()
+    log = log or (lambda line: print(line, flush=True))
     base = sweep.base
     device = resolve_device(base.device)
     threads = torch.get_num_threads()
