@@ -288,12 +288,23 @@ def test_a_failed_swap_leaves_model_and_optimizer_untouched(monkeypatch):
         assert torch.equal(v, before[k])
 
 
-def test_balanced_truncation_compress_leaves_selective_blocks_alone():
+def test_compress_cuts_lti_and_selective_layers_each_by_its_method():
+    from adapters.torch import LRU
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(LRU(4, 8), SelectiveSSM(4, 8))
+    report = compress_(model, rank=4, optimizer=None, calibration_inputs=torch.randn(2, 10, 4))
+    assert model[0].state_dim == 4 and model[1].state_dim == 4
+    assert [x.method for x in report] == ["balanced_truncation", "state_selection"]
+
+
+def test_compress_needs_calibration_inputs_for_selective_layers():
     from adapters.torch import LRU
 
     model = torch.nn.Sequential(LRU(4, 8), SelectiveSSM(4, 8))
-    compress_(model, rank=4)
-    assert model[0].state_dim == 4 and model[1].state_dim == 8
+    with pytest.raises(ValueError, match="calibration_inputs"):
+        compress_(model, rank=4, optimizer=None)
+    assert model[0].state_dim == 8 and model[1].state_dim == 8
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [({"rank": 2, "tol": 0.1}, "exactly one"), ({"tol": 1.5}, "tol"),

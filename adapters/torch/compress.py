@@ -60,7 +60,10 @@ class LayerReport:
         H-infinity norm of the change ``G - G_r`` of the layer's map, computed a posteriori from the
         layer's ``to_system()`` after loading, so every re-parameterization the layer makes while
         loading is inside it (largest over channels; 0 if not cut). It satisfies
-        ``hsv_lower - (fix budget) <= error <= error_bound``. ``None`` for a selective layer.
+        ``hsv_lower - (fix budget) <= error <= error_bound``. For a selective layer, whose map is not
+        LTI, it is the measured relative output change ``||y - y_cut|| / ||y||`` on held-out (or
+        calibration) data (``detail.error_data`` says which), and ``error_bound`` and ``hsv_lower``
+        are NaN: no bound exists.
     hsv_lower : float
         ``sigma_{r+1}`` (largest over channels): no map of the reduced order is closer to the layer's in
         the H-infinity norm (0 if not cut).
@@ -474,9 +477,10 @@ class _PendingCertificates:
 
 def _selective_entry(x) -> LayerReport:
     """A :class:`LayerReport` for a selective layer's :class:`SelectiveLayerReport`."""
-    return LayerReport(x.name, x.before, x.after, x.before, x.after, np.asarray(x.scores), float(x.energy_kept),
-                       float(x.averaged_bound), bool(x.compressed), x.note, method="state_selection",
-                       hsv_lower=float(getattr(x, "hsv_lower", 0.0)), detail=x)
+    entry = LayerReport(x.name, x.before, x.after, x.before, x.after, np.asarray(x.scores), float(x.energy_kept),
+                        math.nan, bool(x.compressed), x.note, method="state_selection", hsv_lower=math.nan, detail=x)
+    entry.error = float(x.error)  # measured relative output change (see SelectiveLayerReport); no bound exists
+    return entry
 
 
 @torch.no_grad()

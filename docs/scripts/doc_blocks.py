@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-OPTIONAL_MODULES = {"torch", "mnist1d", "slycot", "control", "matplotlib"}
+OPTIONAL_MODULES = {"torch", "mnist1d", "slycot", "control", "matplotlib", "transformers", "lightning"}
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)$")
 _MARKER = re.compile(r"<!--\s*docs-test:\s*(?P<what>[\w-]+)(?P<args>.*?)-->")
