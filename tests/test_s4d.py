@@ -345,3 +345,37 @@ def test_differentiable_system_carries_gradients_to_the_parameters():
 def test_forward_accepts_unbatched_input():
     assert S4D(3, 4)(torch.randn(10, 3)).shape == (10, 3)
     assert math.isfinite(float(S4D(3, 4, mode="chunked")(torch.randn(10, 3)).detach().sum()))
+
+
+def test_compress_cuts_s4d_channels_to_one_order_within_the_reported_bound_and_trains_on():
+    import adapters.torch as at
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(at.S4D(4, 16), torch.nn.Linear(4, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.randn(4, 64, 4)
+
+    def step():
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(5):
+        step()
+    before = model[0].to_system()
+    report = at.compress_(model, tol=0.1, optimizer=opt)
+    (entry,) = report
+    assert entry.compressed and entry.channels == 4 and model[0].state_dim < 16
+    assert entry.hsv_lower - 1e-9 <= entry.error <= entry.error_bound
+    after = model[0].to_system()
+    # Each channel's change, from the layers' own systems, within the reported (worst-channel) bound.
+    for h in range(4):
+        diff = lr.hinf_norm(lr.DiagonalSystem(
+            np.concatenate([before.lam[h].numpy(), after.lam[h].numpy()]),
+            np.concatenate([before.B[h].numpy(), after.B[h].numpy()]),
+            np.concatenate([before.C[h].numpy(), -after.C[h].numpy()], axis=-1),
+            None, real_output=True))
+        assert diff <= entry.error_bound * (1 + 1e-6)
+    assert np.isfinite(step())
