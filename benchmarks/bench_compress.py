@@ -1,15 +1,19 @@
-"""compress_ on a 6-layer LRU model vs one training step of that model (issue 4).
+"""compress_ on LRU models: the cut against one training step, and the cost of the certificates.
 
-Model: 6 LRU layers, d_model 512, d_state 384 (the CompreSSM sCIFAR configuration),
-float32, CPU. Baseline: one training step (forward + backward + Adam) at batch 16,
-length 1024. Target: compress_ costs less than one step (ratio < 1).
+1. Model: 6 LRU layers, d_model 512, d_state 384 (the CompreSSM sCIFAR configuration), float32, CPU.
+   Baseline: one training step (forward + backward + Adam) at batch 16, length 1024. Target: compress_
+   (the cut, ``certify=False``) costs less than one step (ratio < 1).
+2. Certificates: the per-layer ``gain`` and a-posteriori ``error`` (H-infinity norms, ``certify=True``, the
+   default) against the cut without them (``certify=False``), on 2 x LRU(32, n) (the main job's layers have
+   n = 256), measured interleaved (with, without, with, ...) on fresh copies of one model.
 
-    python benchmarks/bench_compress.py [--quick]
+    python benchmarks/bench_compress.py [--quick] [--skip-step] [--sizes 64 128 256]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -45,39 +49,64 @@ def time_train_step(model, batch, length, d_model, repeats):
     return statistics.median(times[1:])
 
 
-def time_compress(d_model, d_state, layers, tol, repeats):
+def time_compress(d_model, d_state, layers, tol, repeats, certify=False):
     times, report = [], None
     for _ in range(repeats):
         model = make_model(d_model, d_state, layers)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         t = time.perf_counter()
-        report = at.compress_(model, tol=tol, optimizer=opt)
+        report = at.compress_(model, tol=tol, optimizer=opt, certify=certify)
         times.append(time.perf_counter() - t)
     return statistics.median(times), report
+
+
+def certificate_cost(d_model, d_state, layers, tol, repeats):
+    """Interleaved medians of compress_ with and without certificates, on copies of one model."""
+    base = make_model(d_model, d_state, layers)
+    with_, without, report = [], [], None
+    for _ in range(repeats):
+        for certify, out in ((True, with_), (False, without)):
+            model = copy.deepcopy(base)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            t = time.perf_counter()
+            r = at.compress_(model, tol=tol, optimizer=opt, certify=certify)
+            out.append(time.perf_counter() - t)
+            report = r if certify else report
+    return statistics.median(with_), statistics.median(without), report
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller length and fewer repeats")
+    ap.add_argument("--skip-step", action="store_true", help="only the certificate measurement")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256], help="d_state of the certificate runs")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for both contenders (default 1: steady on a shared 2-core machine; 0 = torch's default)")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    d_model, d_state, layers, batch = 512, 384, 6, 16
-    length = 256 if args.quick else 1024
     repeats = 1 if args.quick else 3
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU")
-    t_step = time_train_step(make_model(d_model, d_state, layers), batch, length, d_model, repeats)
-    rows = []
-    for tol in (1e-2, 5e-2, 1e-1):
-        t_cmp, report = time_compress(d_model, d_state, layers, tol, repeats)
-        rows.append((tol, t_cmp, report))
-    print(f"\n{layers} x LRU(d_model={d_model}, d_state={d_state}); train step: batch {batch}, length {length}")
-    print(f"{'tol':>6} {'compress_ [s]':>14} {'train step [s]':>15} {'ratio':>7} {'state after':>12}")
-    for tol, t_cmp, report in rows:
-        print(f"{tol:>6g} {t_cmp:>14.3f} {t_step:>15.3f} {t_cmp / t_step:>7.2f} {report.state_after:>12}")
-    print("\ntarget: ratio < 1 (compress_ cheaper than one training step)")
+    if not args.skip_step:
+        d_model, d_state, layers, batch = 512, 384, 6, 16
+        length = 256 if args.quick else 1024
+        t_step = time_train_step(make_model(d_model, d_state, layers), batch, length, d_model, repeats)
+        rows = []
+        for tol in (1e-2, 5e-2, 1e-1):
+            t_cmp, report = time_compress(d_model, d_state, layers, tol, repeats)
+            rows.append((tol, t_cmp, report))
+        print(f"\n1. {layers} x LRU(d_model={d_model}, d_state={d_state}); train step: batch {batch}, length {length}")
+        print(f"{'tol':>6} {'compress_ [s]':>14} {'train step [s]':>15} {'ratio':>7} {'state after':>12}")
+        for tol, t_cmp, report in rows:
+            print(f"{tol:>6g} {t_cmp:>14.3f} {t_step:>15.3f} {t_cmp / t_step:>7.2f} {report.state_after:>12}")
+        print("target: ratio < 1 (compress_ with certify=False cheaper than one training step)")
+    print("\n2. certificates (gain, error): 2 x LRU(d_model=32, n), tol=0.05, interleaved medians")
+    print(f"{'n':>5} {'cut + certificates [s]':>23} {'cut only [s]':>13} {'ratio':>7} {'state after':>12} "
+          f"{'max err/gain':>13} {'max bound/gain':>15}")
+    for n in args.sizes:
+        t_with, t_without, report = certificate_cost(32, n, 2, 0.05, repeats)
+        print(f"{n:>5} {t_with:>23.3f} {t_without:>13.3f} {t_with / t_without:>7.1f} {report.state_after:>12} "
+              f"{max(x.relative_error for x in report):>13.3g} {max(x.relative_error_bound for x in report):>15.3g}")
 
 
 if __name__ == "__main__":

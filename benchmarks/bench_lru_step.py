@@ -1,4 +1,4 @@
-"""Training-step time of one LRU layer for every scan mode, and of the six-layer model of issue 4.
+"""Training-step time of one LRU layer for every scan mode, of S5 and S4D beside it, and of the six-layer model.
 
 A training step is forward + backward + ``Adam.step()`` (``zero_grad`` included) on a mean-square loss.
 All modes of one ``d_state`` are timed round-robin in the same process, so their ratios are comparable even
@@ -9,6 +9,11 @@ Usage::
     python benchmarks/bench_lru_step.py            # d_state 16 .. 512, all modes, issue-4 model
     python benchmarks/bench_lru_step.py --quick    # d_state 16, 64, 256; fewer repetitions
     python benchmarks/bench_lru_step.py --modes chunked scan --sizes 64 256 --skip-model
+    python benchmarks/bench_lru_step.py --skip-modes --skip-model --quick   # only LRU vs S5 vs S4D
+
+The layer table times ``LRU`` (mode "auto"), ``S5`` (mode "auto", the same scan) and ``S4D`` (FFT
+convolution, and its recurrence through the same scan) with the same ``d_model`` and ``d_state`` (complex
+modes per layer for LRU/S5, per channel for S4D), round-robin, and prints each relative to ``LRU``.
 
 Reference (issue 4, a plain torch LRU with an associative scan, this machine): 16 ms at d_state 16, 91 ms at
 64, 354 ms at 256 (batch 16, length 784, d_model 64, CPU).
@@ -36,6 +41,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.torch.lru import LRU  # noqa: E402
+from adapters.torch.s4d import S4D  # noqa: E402
+from adapters.torch.s5 import S5  # noqa: E402
 from adapters.torch.scan import choose_mode  # noqa: E402
 
 REFERENCE_MS = {16: 16.0, 64: 91.0, 256: 354.0}
@@ -100,6 +107,38 @@ def bench_layer_modes(d_state: int, modes, *, batch: int, length: int, d_model: 
     return {mode: median_ms(t) for mode, t in times.items()}
 
 
+LAYERS = {
+    "LRU": lambda m, n, device: LRU(m, n, r_min=0.0, r_max=0.999, device=device),
+    "S5": lambda m, n, device: S5(m, n, device=device),
+    "S4D-fft": lambda m, n, device: S4D(m, n, mode="fft", device=device),
+    "S4D-scan": lambda m, n, device: S4D(m, n, mode="chunked" if device.type == "cpu" else "scan",
+                                         device=device),
+}
+
+
+def bench_layers(d_state: int, *, batch: int, length: int, d_model: int, reps: int, warmup: int,
+                 device) -> dict[str, float]:
+    """ms/step of LRU, S5 and S4D of the same size (same input), timed round-robin."""
+    torch.manual_seed(0)
+    u = torch.randn(batch, length, d_model, device=device)
+    steps = {}
+    for name, build in LAYERS.items():
+        layer = build(d_model, d_state, device)
+        steps[name] = training_step(layer, torch.optim.Adam(layer.parameters(), lr=1e-4), u)
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: median_ms(t) for name, t in times.items()}
+
+
 class ResidualLRUBlock(nn.Module):
     """``x + LRU(LayerNorm(x))``: the LRU and nothing else, so the step time is the layer's."""
 
@@ -149,6 +188,8 @@ def main(argv=None):
     parser.add_argument("--sequential-max", type=int, default=64,
                         help="largest d_state timed with the (slow, reference) sequential mode")
     parser.add_argument("--skip-model", action="store_true", help="skip the six-layer issue-4 model")
+    parser.add_argument("--skip-modes", action="store_true", help="skip the LRU scan-mode table")
+    parser.add_argument("--skip-layers", action="store_true", help="skip the LRU vs S5 vs S4D table")
     parser.add_argument("--tune-malloc", action="store_true", help="glibc: keep freed memory (see docstring)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's default)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -170,21 +211,34 @@ def main(argv=None):
               "barriers when other processes hold the cores (10-30x slower seen); --threads 1 is more stable")
     print(f"one LRU layer, batch {batch}, length {length}, d_model {d_model}; Adam step; median of {reps} steps; "
           f"'auto' resolves to {choose_mode((batch, length, 1), device)!r} here")
-    modes = [m for m in ALL_MODES if m in args.modes]
-    header = f"{'d_state':>7} " + " ".join(f"{m + ' ms':>14}" for m in modes) + " " + " ".join(
-        f"{m + '/scan':>15}" for m in modes if m != "scan") + f" {'reference ms':>13}"
-    print(header)
-    started = time.perf_counter()
-    for n in sizes:
-        timed = [m for m in modes if m != "sequential" or n <= args.sequential_max]
-        result = bench_layer_modes(n, timed, batch=batch, length=length, d_model=d_model, reps=reps,
-                                   warmup=1, device=device)
-        cells = [f"{result[m]:14.1f}" if m in result else f"{'-':>14}" for m in modes]
-        ratios = [f"{result[m] / result['scan']:15.2f}" if m in result and "scan" in result else f"{'-':>15}"
-                  for m in modes if m != "scan"]
-        ref = f"{REFERENCE_MS[n]:13.0f}" if n in REFERENCE_MS else f"{'-':>13}"
-        print(f"{n:7d} " + " ".join(cells) + " " + " ".join(ratios) + " " + ref, flush=True)
-    print(f"(layer table took {time.perf_counter() - started:.0f} s)")
+    modes = [m for m in ALL_MODES if m in args.modes] if not args.skip_modes else []
+    if modes:
+        header = f"{'d_state':>7} " + " ".join(f"{m + ' ms':>14}" for m in modes) + " " + " ".join(
+            f"{m + '/scan':>15}" for m in modes if m != "scan") + f" {'reference ms':>13}"
+        print(header)
+        started = time.perf_counter()
+        for n in sizes:
+            timed = [m for m in modes if m != "sequential" or n <= args.sequential_max]
+            result = bench_layer_modes(n, timed, batch=batch, length=length, d_model=d_model, reps=reps,
+                                       warmup=1, device=device)
+            cells = [f"{result[m]:14.1f}" if m in result else f"{'-':>14}" for m in modes]
+            ratios = [f"{result[m] / result['scan']:15.2f}" if m in result and "scan" in result else f"{'-':>15}"
+                      for m in modes if m != "scan"]
+            ref = f"{REFERENCE_MS[n]:13.0f}" if n in REFERENCE_MS else f"{'-':>13}"
+            print(f"{n:7d} " + " ".join(cells) + " " + " ".join(ratios) + " " + ref, flush=True)
+        print(f"(layer table took {time.perf_counter() - started:.0f} s)")
+
+    if not args.skip_layers:
+        names = list(LAYERS)
+        print(f"LRU vs S5 vs S4D, batch {batch}, length {length}, d_model {d_model}; Adam step; median of {reps} "
+              f"steps; S4D-scan is S4D's recurrence through {LAYERS['S4D-scan'](1, 1, device).mode!r}")
+        print(f"{'d_state':>7} " + " ".join(f"{n + ' ms':>12}" for n in names) + " "
+              + " ".join(f"{n + '/LRU':>13}" for n in names[1:]))
+        for n in sizes:
+            result = bench_layers(n, batch=batch, length=length, d_model=d_model, reps=reps, warmup=1,
+                                  device=device)
+            print(f"{n:7d} " + " ".join(f"{result[k]:12.1f}" for k in names) + " "
+                  + " ".join(f"{result[k] / result['LRU']:13.2f}" for k in names[1:]), flush=True)
 
     if not args.skip_model:
         ms = bench_issue4_model(batch=16, length=1024, reps=2 if args.quick else 3, device=device)

@@ -1,111 +1,151 @@
-"""Selective copying with a SelectiveSSM model: d_state 64 throughout vs compressed during training.
+"""Training-step time of selective SSMs at d_state 128 and at the size a tol=0.05 cut reaches.
 
-The selective copying task (Gu & Dao 2023, section 4.1.1): ``K`` data tokens sit at random positions among
-noise tokens, followed by ``K`` marker tokens; at the marker positions the model must output the data tokens
-in order. An LTI model cannot solve it (the positions vary), a selective one can.
+Two models, each trained briefly at state size 128, then cut with
+:func:`adapters.torch.mamba.compress_selective_` (``tol=0.05``: each layer keeps the fewest states whose
+removal changes its state path's output by at most 5% on calibration data):
 
-Two runs from the same initialization and data: ``full`` keeps ``d_state = 64``; ``compressed`` cuts the
-state with :func:`adapters.torch.mamba.compress_selective_` (``tol``, calibrated on a training batch,
-measured on a held-out batch) at the given fractions of training, as CompreSSM does. Reported: token accuracy
-on held-out sequences, final ``d_state`` per block, mean step time before and after the cuts, and the
-measured output change next to the averaged bound at each cut.
+* ``SelectiveSSM``: 2 blocks (d_model 32, d_inner 64) classifying MNIST-1D (batch 16, length 40), the
+  library's chunked scan;
+* ``MambaForCausalLM`` (transformers, pure-torch path: the mixer's sequential scan): hidden 32,
+  2 layers, a copy task (batch 8, length 32).
 
-Usage: ``python benchmarks/bench_mamba.py [--quick] [--steps N] [--threads T]`` (under 3 minutes on 2 CPU
-cores without ``--quick``).
+Besides the uncut model (128) and the cut one (``r``), copies cut to 64, 32 and 16 states (``rank=``) show how
+the step time scales with the state. All copies of a model are timed interleaved in one run (one
+forward + backward + Adam step each, in turn, ``--repeats`` rounds after two warm-up rounds); reported are
+median milliseconds per step and the ratio to the 128-state model.
+
+Usage: ``python benchmarks/bench_mamba.py [--quick] [--repeats 15] [--threads 1]``
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import statistics
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
 from adapters.torch.mamba import SelectiveSSM, compress_selective_
 
-BLANK, MARKER = 0, 1
+STATE = 128
 
 
-def selective_copying(batch, length, k, vocab, generator):
-    """Tokens (batch, length) and targets (batch, k): ``k`` data tokens in ``length - k`` slots, then markers."""
-    tokens = torch.full((batch, length), BLANK, dtype=torch.long)
-    data = torch.randint(2, 2 + vocab, (batch, k), generator=generator)
-    slots = torch.rand(batch, length - k, generator=generator).argsort(dim=1)[:, :k].sort(dim=1).values
-    tokens.scatter_(1, slots, data)
-    tokens[:, length - k:] = MARKER
-    return tokens, data
-
-
-class Model(nn.Module):
-    def __init__(self, vocab, d_model, d_state, layers):
+class Classifier(nn.Module):
+    def __init__(self, d_model=32, d_state=STATE, layers=2, classes=10):
         super().__init__()
-        self.embed = nn.Embedding(vocab + 2, d_model)
+        self.encoder = nn.Linear(1, d_model)
         self.blocks = nn.ModuleList(SelectiveSSM(d_model, d_state) for _ in range(layers))
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(layers))
-        self.head = nn.Linear(d_model, vocab + 2)
+        self.head = nn.Linear(d_model, classes)
 
-    def forward(self, tokens):
-        h = self.embed(tokens)
+    def forward(self, x):
+        h = self.encoder(x)
         for block, norm in zip(self.blocks, self.norms):
             h = h + block(norm(h))
-        return self.head(h)
+        return self.head(h.mean(1))
 
 
-def run(args, cut_at):
-    torch.manual_seed(0)
-    data = torch.Generator().manual_seed(1)
-    model = Model(args.vocab, args.d_model, args.d_state, args.layers)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    test_tokens, test_targets = selective_copying(128, args.length, args.k, args.vocab, torch.Generator().manual_seed(2))
-    cut_steps = sorted({int(f * args.steps) for f in cut_at})
-    times_before, times_after, cuts = [], [], []
-    for step in range(args.steps):
-        if step in cut_steps:
-            calib, _ = selective_copying(args.batch, args.length, args.k, args.vocab, data)
-            held, _ = selective_copying(args.batch, args.length, args.k, args.vocab, data)
-            report = compress_selective_(model, calibration_inputs=calib, tol=args.tol, optimizer=opt,
-                                         held_out_inputs=held)
-            cuts.append({"step": step, "layers": [
-                {"name": x.name, "state": f"{x.before}->{x.after}", "energy_kept": round(x.energy_kept, 4),
-                 "averaged_bound": x.averaged_bound,
-                 "measured_gain_max": None if x.measurement is None else float(x.measurement.measured_gain.max()),
-                 "ratio_median": None if x.measurement is None else x.measurement.ratio_median,
-                 "within_bound": None if x.measurement is None else x.measurement.fraction_within_bound,
-                 "relative_output_change": None if x.measurement is None else x.measurement.relative_output_change}
-                for x in report]})
-        tokens, targets = selective_copying(args.batch, args.length, args.k, args.vocab, data)
-        start = time.perf_counter()
-        logits = model(tokens)[:, -args.k:]
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+def selective_ssm_setup(seed):
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    data = make_dataset(get_dataset_args())
+    x = torch.as_tensor(np.asarray(data["x"]), dtype=torch.float32)[..., None]
+    y = torch.as_tensor(data["y"])
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+
+    def batch():
+        idx = torch.randint(0, x.shape[0], (16,), generator=g)
+        return x[idx], y[idx]
+
+    def loss_fn(model, b):
+        return nn.functional.cross_entropy(model(b[0]), b[1])
+
+    return Classifier(), batch, loss_fn, x[:64], x[64:128]
+
+
+def hf_mamba_setup(seed):
+    import transformers
+
+    vocab = 16
+    torch.manual_seed(seed)
+    model = transformers.MambaForCausalLM(transformers.MambaConfig(
+        vocab_size=vocab, hidden_size=32, state_size=STATE, num_hidden_layers=2, expand=2, conv_kernel=4,
+        time_step_rank=4))
+    g = torch.Generator().manual_seed(seed)
+
+    def tokens(n, gen):
+        prefix = torch.randint(1, vocab, (n, 16), generator=gen)
+        return torch.cat([prefix, prefix], dim=1)
+
+    def batch():
+        return tokens(8, g)
+
+    def loss_fn(model, ids):
+        return model(ids, labels=ids).loss
+
+    return model, batch, loss_fn, tokens(32, torch.Generator().manual_seed(99)), tokens(32, torch.Generator().manual_seed(98))
+
+
+def bench(name, setup, train_steps, repeats, seed=0):
+    model, batch, loss_fn, calib, held = setup(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(train_steps):
+        loss = loss_fn(model, batch())
         opt.zero_grad()
         loss.backward()
         opt.step()
-        (times_after if cuts else times_before).append(time.perf_counter() - start)
-    with torch.no_grad():
-        accuracy = (model(test_tokens)[:, -args.k:].argmax(-1) == test_targets).float().mean().item()
-    mean = lambda xs: round(1e3 * sum(xs[1:] or xs) / len(xs[1:] or xs), 2) if xs else None  # noqa: E731  (skip warm-up)
-    return {"accuracy": round(accuracy, 4), "final_loss": round(loss.item(), 4),
-            "d_state": [b.state_dim for b in model.blocks], "step_ms_before_cut": mean(times_before),
-            "step_ms_after_cut": mean(times_after), "cuts": cuts}
+    cut = copy.deepcopy(model)
+    report = compress_selective_(cut, calibration_inputs=calib, tol=0.05, held_out_inputs=held)
+    r = max(x.after for x in report)
+    variants = {STATE: model, r: cut}
+    for size in (64, 32, 16):
+        if size not in variants:
+            m = copy.deepcopy(model)
+            compress_selective_(m, calibration_inputs=calib, rank=size, min_shrink=0.0)
+            variants[size] = m
+    opts = {k: torch.optim.Adam(m.parameters(), lr=3e-3) for k, m in variants.items()}
+    times = {k: [] for k in variants}
+    for rnd in range(repeats + 2):
+        b = batch()
+        for k, m in variants.items():  # interleaved: every size sees the same machine state in turn
+            start = time.perf_counter()
+            loss = loss_fn(m, b)
+            opts[k].zero_grad()
+            loss.backward()
+            opts[k].step()
+            if rnd >= 2:
+                times[k].append(time.perf_counter() - start)
+    base = statistics.median(times[STATE])
+    rows = [{"model": name, "state": k, "cut_by_tol": k == r, "ms_per_step": round(1e3 * statistics.median(v), 2),
+             "ratio_to_128": round(statistics.median(v) / base, 3)} for k, v in sorted(times.items(), reverse=True)]
+    cut_info = [{"layer": x.name, "state": f"{x.before}->{x.after}", "path_change_calibration": round(x.calibration_change, 4),
+                 "held_out_output_change": round(x.error, 5)} for x in report]
+    return rows, cut_info
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a short smoke run (about 20 s)")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tol", type=float, default=0.05)
+    parser.add_argument("--quick", action="store_true", help="3 training steps, 3 rounds (a smoke run)")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--train-steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    args.steps = args.steps or (20 if args.quick else 150)
-    args.vocab, args.k, args.length, args.batch = 4, 4, 32, 32
-    args.d_model, args.d_state, args.layers, args.lr = 16, 64, 2, 3e-3
-    config = {k: getattr(args, k) for k in ("steps", "tol", "vocab", "k", "length", "batch", "d_model", "d_state",
-                                              "layers", "lr", "threads")}
-    results = {"config": config, "full": run(args, []), "compressed": run(args, [0.05, 0.1, 0.15])}
-    print(json.dumps(results, indent=1))
+    train_steps, repeats = (3, 3) if args.quick else (args.train_steps, args.repeats)
+    out = {"config": {"train_steps": train_steps, "repeats": repeats, "threads": args.threads, "tol": 0.05}}
+    print(f"{'model':<18} {'state':>6} {'ms/step':>9} {'vs 128':>7}")
+    for name, setup in (("SelectiveSSM", selective_ssm_setup), ("MambaForCausalLM", hf_mamba_setup)):
+        rows, cut = bench(name, setup, train_steps, repeats)
+        out[name] = {"steps": rows, "cut": cut}
+        for row in rows:
+            mark = " (tol=0.05 cut)" if row["cut_by_tol"] else ""
+            print(f"{name:<18} {row['state']:>6} {row['ms_per_step']:>9.2f} {row['ratio_to_128']:>7.3f}{mark}")
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

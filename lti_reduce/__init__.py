@@ -20,6 +20,16 @@ discretize
     Continuous to discrete time (bilinear / zero-order hold).
 UnstableSystemError, LTIInputError
     Input errors (``ValueError`` subclasses).
+SplitReductionResult, SplitConditioningWarning
+    Unstable models (``unstable="split"``): the unstable part kept, the stable part reduced.
+
+Every function above that takes a system also takes a python-control or scipy.signal system
+object (:mod:`lti_reduce.interop`) and continuous-time models (``time="continuous"``, or an
+object with ``dt = 0``; :mod:`lti_reduce.continuous`).
+
+Submodules imported on purpose: :mod:`lti_reduce.lowrank` (large sparse models: low-rank ADI Gramian
+factors and balanced truncation from them) and :mod:`lti_reduce.datasets` (the SLICOT CD player and ISS
+benchmark models, shipped with the package).
 """
 
 from .balancing import BalancedTruncationResult, balance, balanced_truncation, hankel_singular_values
@@ -29,6 +39,7 @@ from .energy import rank_for_tol
 from .errors import LTIInputError, UnstableSystemError
 from .gramians import gramian_factors, gramians
 from .modal import ModalConditioningWarning, modal_form
+from .stable_split import SplitConditioningWarning, SplitReductionResult
 from .systems import DiagonalSystem
 
 __all__ = [
@@ -37,6 +48,8 @@ __all__ = [
     "HSVPerturbation",
     "LTIInputError",
     "ModalConditioningWarning",
+    "SplitConditioningWarning",
+    "SplitReductionResult",
     "UnstableSystemError",
     "balance",
     "balanced_truncation",

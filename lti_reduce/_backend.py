@@ -77,6 +77,8 @@ def _conj(x):
 def r_factor(xp, x):
     """Triangular factor R of ``x = Q R`` (Q is never formed)."""
     if is_torch(x):
+        if x.requires_grad:  # torch differentiates QR only through the reduced Q (mode="r" has no backward)
+            return xp.linalg.qr(x, mode="reduced")[1]
         return xp.linalg.qr(x, mode="r")[1]  # torch returns (Q, R) with an empty Q
     return np.linalg.qr(x, mode="r")
 

@@ -8,11 +8,12 @@
     bound, and writes the reduced model. Needs only numpy and scipy (matplotlib for
     ``--plot``).
 
-``lti-reduce train [--dataset mnist1d|smnist|scifar] [--data-dir D] [--tol T] [--cuts STEPS | --schedule K@F]
-[--seed S] [--epochs E | --steps N] [--device auto|cpu|cuda] [--out DIR] [--quick]``
-    Runs CompreSSM's comparison (full-size baseline, in-training compression, from scratch at
-    the compressed size) with :func:`adapters.torch.training.run_comparison`. PyTorch is
-    imported only here.
+Other subcommands come from installed packages through the ``lti_reduce.commands``
+entry-point group: each entry point names a function ``register(subparsers)`` that adds its
+parser (with ``set_defaults(func=...)``; the function returns the exit status and raises
+:class:`UserError` for a mistake the user can fix). The PyTorch adapter registers ``train``
+and ``sweep`` (:mod:`adapters.torch.experiment.cli`). An entry point is imported only when its
+command runs, so ``reduce`` never imports torch; this module never imports the adapter.
 
 Errors a user can fix print one line ``lti-reduce: error: ...`` (what went wrong and what
 to do) on stderr and exit with status 1 (2 for a malformed command line); anything else is
@@ -28,9 +29,15 @@ from pathlib import Path
 from . import __version__
 from .errors import LTIInputError
 
-__all__ = ["main"]
+__all__ = ["COMMAND_GROUP", "UserError", "main"]
 
 PROG = "lti-reduce"
+
+#: The entry-point group other packages register subcommands in.
+COMMAND_GROUP = "lti_reduce.commands"
+
+# Subcommands the project's own PyTorch adapter provides, for a clear message when it is not installed.
+_ADAPTER_COMMANDS = ("train", "sweep")
 
 
 class UserError(Exception):
@@ -49,11 +56,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --------------------------------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: dict | None = None, stubs: dict | None = None) -> argparse.ArgumentParser:
+    """The parser: ``reduce``, then ``commands`` (name -> ``register(subparsers)``), then one-line ``stubs``."""
     parser = _Parser(prog=PROG, description="Discrete-time balanced truncation of LTI systems, and in-training "
                      "compression of state-space models.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{reduce,train}", parser_class=_Parser)
+    names = ["reduce", *(commands or {}), *(stubs or {})]
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(names) + "}", parser_class=_Parser)
 
     red = sub.add_parser("reduce", help="reduce a state-space model read from .npz or .mat",
                          description="Balanced truncation of a discrete-time model (A, B, C, D) read from a .npz file "
@@ -75,43 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     red.add_argument("--plot", metavar="PNG", help="save a figure of the HSVs and the error bound for every order")
     red.set_defaults(func=_cmd_reduce)
 
-    tr = sub.add_parser("train", help="train an LRU classifier three ways: full size, compressed in training, "
-                        "small from scratch",
-                        description="CompreSSM's comparison on a sequence-classification task: (1) full-size LRU "
-                        "baseline, (2) the same model cut with balanced truncation a few times early in training, "
-                        "(3) a model trained from scratch at the sizes (2) reached. Prints a table and writes "
-                        "results.json and PNG plots into --out.")
-    tr.add_argument("--dataset", choices=("mnist1d", "smnist", "scifar"), default="mnist1d",
-                    help="mnist1d (default; generated locally, no download), or sequential MNIST / CIFAR-10 read from "
-                    "--data-dir with torchvision")
-    tr.add_argument("--data-dir", metavar="DIR", help="for smnist/scifar: the directory with torchvision's files; for "
-                    "mnist1d: where the generated data are cached (default ~/.cache/lti_reduce)")
-    tr.add_argument("--tol", type=_open_unit_float, metavar="T",
-                    help="fraction of each layer's HSV energy one cut may drop (default 0.05)")
-    cuts = tr.add_mutually_exclusive_group()
-    cuts.add_argument("--cuts", type=_step_list, metavar="STEPS", help="comma-separated steps at which (2) cuts, "
-                      "e.g. 50,100,150")
-    cuts.add_argument("--schedule", type=_schedule, metavar="K@F", help="K cuts spread evenly over the first "
-                      "fraction F of the steps (default 4@0.1, the CompreSSM schedule)")
-    tr.add_argument("--seed", type=int, metavar="S", help="random seed (default 0)")
-    length = tr.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=_positive_int, metavar="E", help="epochs per run (default 60)")
-    length.add_argument("--steps", type=_positive_int, metavar="N", help="optimizer steps per run")
-    tr.add_argument("--d-state", type=_positive_int, metavar="N",
-                    help="initial state size per layer, in complex modes (default 256)")
-    tr.add_argument("--d-model", type=_positive_int, metavar="H", help="model width (default 32)")
-    tr.add_argument("--layers", type=_positive_int, metavar="L", help="number of LRU blocks (default 2)")
-    tr.add_argument("--batch-size", type=_positive_int, metavar="B", help="batch size (default 64)")
-    tr.add_argument("--lr", type=_positive_float, metavar="LR", help="peak learning rate (default 0.003)")
-    tr.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
-    tr.add_argument("--threads", type=_positive_int, metavar="N",
-                    help="CPU threads for PyTorch (default: PyTorch's choice, usually the number of cores)")
-    tr.add_argument("--out", metavar="DIR", default="lti_reduce_run",
-                    help="output directory (default ./lti_reduce_run)")
-    tr.add_argument("--quick", action="store_true", help="a smoke test that runs in seconds: d_model 16, d_state 32, "
-                    "2 layers, 40 steps on 1000 examples, cuts at steps 5 and 10, one thread")
-    tr.add_argument("--no-progress", action="store_true", help="no progress bars")
-    tr.set_defaults(func=_cmd_train)
+    for name, register in (commands or {}).items():
+        register(sub)
+    for name, entry in (stubs or {}).items():
+        sub.add_parser(name, help=f"(from {entry.value.split(':')[0]}; see '{PROG} {name} --help')", add_help=False)
     return parser
 
 
@@ -143,29 +119,6 @@ def _open_unit_float(text: str) -> float:
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1 (e.g. 0.05), got {text!r}")
     return value
-
-
-def _step_list(text: str) -> tuple[int, ...]:
-    try:
-        steps = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated step numbers like 50,100,150, got {text!r}") from None
-    if not steps or min(steps) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive step numbers like 50,100,150, got {text!r}")
-    return steps
-
-
-def _schedule(text: str) -> tuple[int, float]:
-    try:
-        count, fraction = text.split("@")
-        count, fraction = int(count), float(fraction)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected K@F, e.g. 4@0.1 (4 cuts in the first 10% of steps), "
-                                         f"got {text!r}") from None
-    if count < 1 or not 0.0 < fraction <= 1.0:
-        raise argparse.ArgumentTypeError(f"need K >= 1 and 0 < F <= 1 in K@F, got {text!r}")
-    return count, fraction
 
 
 # --------------------------------------------------------------------------------------------------- reduce
@@ -251,6 +204,9 @@ def _cmd_reduce(args) -> int:
     system = _load_system(path)
     A, B, C, D = system["A"], system["B"], system["C"], system["D"]
     n, m, p = A.shape[-1], B.shape[-1], C.shape[0]
+    if n == 0:
+        raise UserError(f"'{path}' holds a model with no states (A is 0 x 0): there is nothing to reduce; check that "
+                        "the file holds the model you meant.")
     if args.dt is not None:
         A, B, C, D = lr.discretize(A, B, C, D, dt=args.dt, method=args.discretize)
         time_base = f"discretized from continuous time ({args.discretize}, dt={args.dt:g})"
@@ -288,8 +244,8 @@ def _cmd_reduce(args) -> int:
     if args.dt is not None:
         arrays["dt"] = np.asarray(args.dt)
         arrays["discretization"] = np.asarray(args.discretize)
+    _check_parent(out, "--out")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         np.savez(out, **arrays)
     except OSError as exc:
         raise UserError(f"cannot write '{out}' ({exc.strerror or exc}); choose another --out.") from None
@@ -299,6 +255,13 @@ def _cmd_reduce(args) -> int:
         _plot_reduce(Path(args.plot), hsv, bounds, r, path.name)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _check_parent(path: Path, option: str) -> None:
+    """Refuse a path whose directory does not exist (no directories are created on the user's behalf)."""
+    if not path.parent.is_dir():
+        raise UserError(f"the directory of {option} '{path}' does not exist ('{path.parent}'); create it first or "
+                        f"choose another {option}.")
 
 
 def _plot_reduce(path: Path, hsv, bounds, r: int, title: str) -> None:
@@ -329,51 +292,63 @@ def _plot_reduce(path: Path, hsv, bounds, r: int, title: str) -> None:
     ax_b.set_ylabel(r"$\|G - G_r\|_\infty$")
     ax_b.set_title("error bounds for every order")
     ax_b.legend(fontsize=8)
+    _check_parent(path, "--plot")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot write the plot '{path}' ({_short(exc)}); give a writable .png path.") from None
 
 
-# --------------------------------------------------------------------------------------------------- train
-def _cmd_train(args) -> int:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise UserError("the train command needs PyTorch: pip install 'lti-reduce[torch]' (or pip install torch).") \
-            from None
-    from adapters.torch.data import DatasetError
-    from adapters.torch.training import ConfigError, ExperimentConfig, format_table, run_comparison
+# --------------------------------------------------------------------------------------------------- commands
+def _entry_points() -> dict:
+    """The installed ``lti_reduce.commands`` entry points by name (none is imported here)."""
+    from importlib.metadata import entry_points
 
-    overrides = {"dataset": args.dataset, "data_dir": args.data_dir, "out": args.out, "device": args.device,
-                 "progress": not args.no_progress}
-    optional = {"tol": args.tol, "seed": args.seed, "epochs": args.epochs, "steps": args.steps,
-                "d_state": args.d_state, "d_model": args.d_model, "n_layers": args.layers,
-                "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads, "cuts": args.cuts}
-    overrides.update({k: v for k, v in optional.items() if v is not None})
-    if args.epochs is not None:
-        overrides["steps"] = None
-    if args.schedule is not None:
-        overrides["n_cuts"], overrides["cut_window"] = args.schedule
-        overrides["cuts"] = None
-    config = ExperimentConfig.quick(**overrides) if args.quick else ExperimentConfig(**overrides)
     try:
-        results = run_comparison(config)
-    except (ConfigError, DatasetError, FloatingPointError) as exc:  # FloatingPointError: the loss diverged
-        raise UserError(str(exc)) from None
-    print(format_table(results))
-    files = results.get("files", {})
-    print(f"\nwrote {', '.join(Path(f).name for f in files.values())} to {Path(config.out)}")
-    print(f"total wall time {results['wall_time_s']:.1f}s")
-    return 0
+        found = entry_points(group=COMMAND_GROUP)
+    except Exception:  # broken metadata of some other package must not break `reduce`
+        return {}
+    return {ep.name: ep for ep in found if ep.name != "reduce"}
+
+
+def _load_command(name: str, entry) -> object:
+    try:
+        return entry.load()
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or str(exc)
+        hint = (" pip install 'lti-reduce[torch]' (or pip install torch)." if "torch" in str(missing) else
+                f" reinstall the package that provides it ({entry.value.split(':')[0]}).")
+        raise UserError(f"the {name} command cannot be loaded ({_short(exc)});{hint}") from None
+
+
+def _first_command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 # --------------------------------------------------------------------------------------------------- main
-def main(argv=None) -> int:
-    """Entry point of the ``lti-reduce`` console script; returns the exit status."""
-    parser = build_parser()
+def main(argv=None, *, commands: dict | None = None) -> int:
+    """Entry point of the ``lti-reduce`` console script; returns the exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default ``sys.argv[1:]``).
+    commands : dict, optional
+        Extra subcommands, name -> ``register(subparsers)``, besides those of the
+        ``lti_reduce.commands`` entry points (a package's own ``main`` passes its commands here).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        commands = dict(commands or {})
+        found = {k: v for k, v in _entry_points().items() if k not in commands}
+        wanted = _first_command(argv)
+        if wanted in found:
+            commands[wanted] = _load_command(wanted, found.pop(wanted))
+        elif wanted in _ADAPTER_COMMANDS and wanted not in commands:
+            raise UserError(f"the {wanted} command comes with the PyTorch adapter, which is not registered in this "
+                            "installation: run pip install -e '.[torch]' in the project's checkout (it registers the "
+                            f"{COMMAND_GROUP} entry points), or python -m adapters.torch.experiment {wanted} ...")
+        parser = build_parser(commands, found)
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help(sys.stderr)

@@ -36,12 +36,14 @@ which matches the DC gain ``G(1)`` exactly. Both methods satisfy
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import _backend as be
+from . import _dispatch
 from .energy import rank_for_tol
 from .errors import LTIInputError
 from .gramians import _factor_pair, _no_matrices
@@ -161,13 +163,15 @@ class _Decomposition:
     floor: Any
     lam: Any = None  # diagonal path: eigenvalues (..., n) of sysw.A (see _diagonal_times), else None
     real_output: bool = False
+    time: str = "discrete"  # "continuous": sysw is a continuous model (see lti_reduce.continuous)
+    wrap: Any = None  # lti_reduce.interop.SystemInput of a system object given by the user, else None
 
     def __getitem__(self, idx):
         sw = self.sysw
         A = sw.A[idx]
         sub = _Dense(sw.xp, A, sw.B[idx], sw.C[idx], sw.D[idx], tuple(A.shape[:-2]), sw.out_dtype, sw.like)
         return _Decomposition(sub, self.s[idx], self.Fc[idx], self.Mc[idx], self.Fo[idx], self.Mo[idx], self.floor[idx],
-                              None if self.lam is None else self.lam[idx], self.real_output)
+                              None if self.lam is None else self.lam[idx], self.real_output, self.time, self.wrap)
 
 
 def _reduce(dec: _Decomposition, keep, method: str, projection: str = "sr"):
@@ -191,7 +195,14 @@ def _reduce(dec: _Decomposition, keep, method: str, projection: str = "sr"):
     k = sysw.n - r
     eye = xp.eye(k, dtype=Ab.dtype, device=Ab.device if be.is_torch(Ab) else None)
     rhs = xp.concat([A21, B2], axis=-1)
-    X = xp.linalg.solve(eye - A22, rhs)
+    # residualization at the DC point: z = 1 (discrete), s = 0 (continuous)
+    if dec.time == "discrete":
+        K = eye - A22
+    else:
+        from .continuous import spa_residual_matrix
+
+        K = spa_residual_matrix(dec, order, r, A22)
+    X = xp.linalg.solve(K, rhs)
     XA, XB = X[..., :, :r], X[..., :, r:]
     return A11 + A12 @ XA, B1 + A12 @ XB, C1 + C2 @ XA, sysw.D + C2 @ XB
 
@@ -217,6 +228,16 @@ class BalancedTruncationResult:
         right projection).
     error_bound : array, shape (...)
         A-priori bound ``2 * sum(hsv[r:])`` on ``||G - G_r||_inf`` (both methods).
+    time : str
+        ``"discrete"`` or ``"continuous"``: the time base of the model (and of the reduced one).
+    system : object
+        The reduced model as the kind of object that was given: a python-control
+        ``StateSpace``/``TransferFunction`` or a scipy ``signal.StateSpace``/``lti``/``dlti``, with
+        the same time base ``dt`` (see :mod:`lti_reduce.interop`); for arrays, the tuple
+        ``(A, B, C, D)``.
+    dt : object
+        The time base of the system object that was given (python-control: ``0``, ``True``
+        or the sampling period; scipy: ``None`` for ``lti``); ``None`` for arrays.
 
     Notes
     -----
@@ -234,6 +255,8 @@ class BalancedTruncationResult:
         self.method = method
         self.projection = projection
         self.states = None if states is None else tuple(int(i) for i in states)
+        self.time = dec.time
+        self.dt = None if dec.wrap is None else dec.wrap.dt
         xp, dt = sysw.xp, sysw.out_dtype
         self.hsv = xp.astype(s, be.real_dtype(xp, dt))
         if self.states is None:
@@ -276,6 +299,13 @@ class BalancedTruncationResult:
         """Order of the full model."""
         return self._sysw.n
 
+    @property
+    def system(self):
+        """The reduced model as the kind of object given (same ``dt``); ``(A, B, C, D)`` for arrays."""
+        from .interop import rebuild_system
+
+        return rebuild_system(self._dec.wrap, self._model())
+
     def error_bounds(self):
         """A-priori bounds ``2 * sum(hsv[r:])`` for every order ``r = 0..n``.
 
@@ -309,6 +339,13 @@ class BalancedTruncationResult:
             share no value.
         projection : {"sr", "bfsr"}, optional
             Defaults to this result's projection (see :func:`balanced_truncation`).
+
+        Raises
+        ------
+        LTIInputError
+            For ``rank``/``tol`` as in :func:`balanced_truncation`, more than one of
+            ``rank``, ``tol`` and ``states``, or ``states`` that are not distinct integer
+            indices in ``0..n-1`` (floats and bools are refused, not truncated).
         """
         method = self.method if method is None else check_choice(method, "method", _METHODS)
         projection = self.projection if projection is None else projection
@@ -316,9 +353,13 @@ class BalancedTruncationResult:
         if states is not None:
             if rank is not None or tol is not None:
                 raise LTIInputError("give only one of rank=, tol= and states=.")
+            states = list(states)
+            if any(isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) for i in states):
+                raise LTIInputError(f"states must be integer indices in 0..{self.n - 1} (balanced states, as in "
+                                    f"hsv), got {states!r}; a float such as 0.5 is not an index.")
             keep = sorted({int(i) for i in states})
-            if not keep or keep[0] < 0 or keep[-1] >= self.n or len(keep) != len(list(states)):
-                raise LTIInputError(f"states must be distinct indices in 0..{self.n - 1}, got {list(states)!r}.")
+            if not keep or keep[0] < 0 or keep[-1] >= self.n or len(keep) != len(states):
+                raise LTIInputError(f"states must be distinct indices in 0..{self.n - 1}, got {states!r}.")
             return BalancedTruncationResult(self._dec, len(keep), method, keep, projection)
         rank = _resolve_rank(self._s, rank, tol, self.n)
         return BalancedTruncationResult(self._dec, rank, method, projection=projection)
@@ -352,6 +393,7 @@ class BalancedTruncationResult:
         bound = be.to_numpy(self.error_bound)
         b = f"{float(bound):.3e}" if bound.ndim == 0 else f"max {float(bound.max()):.3e}"
         proj = "" if self.projection == "sr" else f", projection={self.projection!r}"
+        proj += "" if self.time == "discrete" else f", time={self.time!r}"
         return (f"BalancedTruncationResult(n={self.n} -> rank={self.rank}, method={self.method!r}{proj}{batch}, "
                 f"error_bound={b})")
 
@@ -388,8 +430,8 @@ def _decompose(A, B, C, D) -> _Decomposition:
     return _Decomposition(sysw, s, Lc, be.mH(Vh), Lo, U, floor)
 
 
-def balance(A, B=None, C=None, D=None) -> BalancedTruncationResult:
-    """Balance a discrete-time system once; cut any order from the result.
+def balance(A, B=None, C=None, D=None, *, time=None, unstable="error", margin=1e-8) -> BalancedTruncationResult:
+    """Balance a system once; cut any order from the result.
 
     The expensive part of balanced truncation (Gramian factors and the balancing
     SVD), for when the order is chosen later or many orders are wanted (cf. MATLAB's
@@ -402,11 +444,13 @@ def balance(A, B=None, C=None, D=None) -> BalancedTruncationResult:
     B : array, shape (..., n, m)
     C : array, shape (..., p, n)
     D : array, shape (..., p, m), optional
+    time, unstable, margin
+        As in :func:`balanced_truncation`. ``A`` may be a python-control or scipy system object.
 
     Returns
     -------
     BalancedTruncationResult
-        Of full order ``n``: ``.A, .B, .C, .D`` are the balanced realization
+        Of full order ``n`` (a :class:`~lti_reduce.SplitReductionResult` with ``unstable="split"``): ``.A, .B, .C, .D`` are the balanced realization
         (formed only when accessed), ``.hsv`` the HSVs, ``.error_bounds()`` the bound
         for every order, and ``.reduce(rank=|tol=|states=)`` a truncated model.
 
@@ -417,21 +461,29 @@ def balance(A, B=None, C=None, D=None) -> BalancedTruncationResult:
     >>> [bal.reduce(rank=r).rank for r in (1, 2)]
     [1, 2]
     """
+    if _dispatch.routed(A, time, unstable):
+        return _dispatch.balance(A, B, C, D, time=time, unstable=unstable, margin=margin)
     dec = _decompose(A, B, C, D)
     return BalancedTruncationResult(dec, dec.sysw.n, "truncate")
 
 
-def hankel_singular_values(A, B=None, C=None):
-    """Hankel singular values of a discrete-time system, sorted descending.
+def hankel_singular_values(A, B=None, C=None, *, time=None, unstable="error", margin=1e-8):
+    """Hankel singular values of a system, sorted descending.
 
-    .. math:: \\sigma_i = \\sqrt{\\lambda_i(P Q)}, \\quad P = A P A^H + B B^H, \\; Q = A^H Q A + C^H C.
+    .. math:: \\sigma_i = \\sqrt{\\lambda_i(P Q)}, \\quad P = A P A^H + B B^H, \\; Q = A^H Q A + C^H C
+
+    in discrete time; ``A P + P A^H + B B^H = 0``, ``A^H Q + Q A + C^H C = 0`` with ``time="continuous"``.
 
     Parameters
     ----------
-    A : array, shape (..., n, n), or DiagonalSystem
-        Schur-stable state matrix (or a :class:`~lti_reduce.DiagonalSystem` alone).
+    A : array, shape (..., n, n), DiagonalSystem, or system object
+        Stable state matrix (or a :class:`~lti_reduce.DiagonalSystem`, or a python-control /
+        scipy system object, alone).
     B : array, shape (..., n, m)
     C : array, shape (..., p, n)
+    time, unstable, margin
+        As in :func:`balanced_truncation`. With ``unstable="split"``, unstable states get
+        ``inf`` (MATLAB's ``hsvd`` convention), followed by the stable part's HSVs.
 
     Returns
     -------
@@ -439,11 +491,23 @@ def hankel_singular_values(A, B=None, C=None):
         ``sigma_1 >= ... >= sigma_n >= 0``; exactly zero beyond the rank of the
         Gramian factors (non-minimal systems). Invariant under state transformations.
 
+    Raises
+    ------
+    UnstableSystemError
+        If ``A`` has spectral radius ``>= 1 - 1e-12`` (the message gives it).
+    LTIInputError
+        Shape mismatch, NaN/Inf, a bad dtype, an empty batch, or HSVs beyond the float64
+        range (``sigma_1 > 1.8e308``).
+
     Notes
     -----
     Computed as the singular values of ``L_o^H L_c`` (square-root factors), which is
-    accurate to ``O(eps * sigma_1)`` for every ``sigma_i``. Reference: SLICOT
-    ``AB09AD`` (``DICO='D'``) returns the same values.
+    accurate to ``O(eps * sigma_1)`` for every ``sigma_i``; a :class:`DiagonalSystem` (numpy)
+    is as accurate. Reference: SLICOT ``AB09AD`` (``DICO='D'``) returns the same values.
+    ``B`` and ``C`` with entries beyond ``2^200`` or below ``2^-200`` are first scaled by
+    powers of two (``sigma_i(A, a B, c C) = |a c| sigma_i(A, B, C)``), so extreme scales
+    give the right values. torch inputs with ``requires_grad`` give differentiable HSVs
+    (gradients are well defined where the HSVs are distinct and nonzero).
 
     Examples
     --------
@@ -452,20 +516,67 @@ def hankel_singular_values(A, B=None, C=None):
     >>> round(float(hsv[0]), 12)        # 1 / (1 - 0.5**2)
     1.333333333333
     """
+    if _dispatch.routed(A, time, unstable):
+        return _dispatch.hankel_singular_values(A, B, C, time=time, unstable=unstable, margin=margin)
+    scaled = _scaled_for_hsv(A, B, C)
+    if scaled is not None:  # extreme scales: HSVs of (A, B 2^-eb, C 2^-ec), times 2^(eb + ec)
+        hsv = hankel_singular_values(*scaled[:-1])
+        return _unscale_hsv(hsv, scaled[-1])
     dec = _decompose(A, B, C, None)
     xp = dec.sysw.xp
     return xp.astype(dec.s, be.real_dtype(xp, dec.sysw.out_dtype))
 
 
+def _scaled_for_hsv(A, B, C):
+    """``(A, B', C', e)`` or ``(system', e)`` with entries of ``B', C'`` near 1 and ``hsv = 2^e hsv'``; None if not needed.
+
+    HSVs are homogeneous: ``sigma_i(A, a B, c C) = |a c| sigma_i(A, B, C)``. ``B`` and ``C`` with entries
+    beyond ``2^200`` (or below ``2^-200``) would overflow (underflow) once squared in the Gramians, so they
+    are scaled by powers of two (exact) first.
+    """
+    from .systems import DiagonalSystem
+    from .validate import needs_scaling, power_of_two_exponent, scale_by_power_of_two
+
+    system = A if isinstance(A, DiagonalSystem) else None
+    Bm, Cm = (system.B, system.C) if system is not None else (B, C)
+    if Bm is None or Cm is None or not (be.is_numpy(Bm) or be.is_torch(Bm)) or not (be.is_numpy(Cm) or be.is_torch(Cm)):
+        return None
+    try:
+        xp = be.namespace(Bm, Cm)
+        eb, ec = power_of_two_exponent(xp, Bm), power_of_two_exponent(xp, Cm)
+    except Exception:  # mixed backends, bad dtypes: let the validation of the unscaled call report it
+        return None
+    if not (needs_scaling(eb) or needs_scaling(ec)) or eb is None or ec is None:
+        return None
+    Bs, Cs = scale_by_power_of_two(Bm, -eb), scale_by_power_of_two(Cm, -ec)
+    if system is not None:
+        return DiagonalSystem(system.lam, Bs, Cs, system.D, real_output=system.real_output), eb + ec
+    return A, Bs, Cs, eb + ec
+
+
+def _unscale_hsv(hsv, e: int):
+    from .validate import scale_by_power_of_two
+
+    xp = be.namespace(hsv)
+    top = float(be.to_numpy(xp.max(hsv))) if int(np.prod(hsv.shape)) else 0.0
+    if top > 0.0 and math.frexp(top)[1] + e > 1024:
+        raise LTIInputError(f"the Hankel singular values exceed the float64 range (sigma_1 = {top!r} * 2^{e}); "
+                            "scale B or C down (sigma_i(A, a B, c C) = |a c| sigma_i(A, B, C)).")
+    return scale_by_power_of_two(hsv, e)
+
+
 def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, method: str = "truncate",
-                        projection: str = "sr"):
-    """Reduce a discrete-time system by square-root balanced truncation (or SPA).
+                        projection: str = "sr", time=None, unstable="error", margin=1e-8):
+    """Reduce a system by square-root balanced truncation (or SPA).
 
     Parameters
     ----------
-    A : array, shape (..., n, n), or DiagonalSystem
-        Schur-stable state matrix (spectral radius < 1), or a
-        :class:`~lti_reduce.DiagonalSystem` given alone.
+    A : array, shape (..., n, n), DiagonalSystem, or system object
+        Stable state matrix (discrete time: spectral radius < 1; continuous time: every
+        eigenvalue in the open left half plane), or a :class:`~lti_reduce.DiagonalSystem`
+        given alone, or a python-control ``StateSpace``/``TransferFunction`` or scipy
+        ``signal.StateSpace``/``lti``/``dlti`` given alone (see :mod:`lti_reduce.interop`):
+        its time base is used, and ``.system`` is the reduced model as the same kind of object.
     B : array, shape (..., n, m)
     C : array, shape (..., p, n)
     D : array, shape (..., p, m), optional
@@ -488,6 +599,19 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
         ``W^H V = I``. Same reduced transfer function; better conditioned projections
         for badly scaled systems, but the reduced realization is not balanced.
         Truncation only; every kept HSV must be nonzero.
+    time : {None, "discrete", "continuous"}
+        The time base of matrices: ``None`` means discrete for arrays and the object's own
+        time base for a system object. ``"continuous"``: Gramians from
+        ``A P + P A^H + B B^H = 0`` and SPA matching ``G(0)`` (see :mod:`lti_reduce.continuous`).
+    unstable : {"error", "split"}
+        ``"error"``: an unstable model raises :class:`~lti_reduce.UnstableSystemError`.
+        ``"split"``: keep the unstable part exactly and reduce the stable part
+        (:mod:`lti_reduce.stable_split`); ``rank`` then counts the whole reduced order,
+        ``tol`` and the bound refer to the stable part. One system at a time.
+    margin : float
+        With ``unstable="split"``: poles within this distance of the stability boundary
+        (``| |lambda| - 1 | <= margin``; continuous: ``|Re lambda| <= margin * max(1, |lambda|)``)
+        cannot be classified and raise :class:`~lti_reduce.LTIInputError`.
 
     Returns
     -------
@@ -498,7 +622,8 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
     Raises
     ------
     UnstableSystemError
-        If ``A`` has spectral radius ``>= 1`` (the message gives it).
+        If ``A`` has spectral radius ``>= 1`` (continuous time: an eigenvalue with
+        ``Re >= 0``) and ``unstable="error"`` (the message gives it).
     LTIInputError
         Shape mismatch, NaN/Inf, ``rank`` outside ``1..n``, ``tol`` outside (0, 1),
         both or neither of ``rank``/``tol``, unknown ``method`` or ``projection``.
@@ -525,6 +650,9 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
     >>> bool(res.error_bound == 2 * res.hsv[2:].sum())
     True
     """
+    if _dispatch.routed(A, time, unstable):
+        return _dispatch.balanced_truncation(A, B, C, D, rank=rank, tol=tol, method=method, projection=projection,
+                                             time=time, unstable=unstable, margin=margin)
     check_choice(method, "method", _METHODS)
     _check_projection(projection, method)
     dec = _decompose(A, B, C, D)

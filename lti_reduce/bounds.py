@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _backend as be
@@ -143,10 +145,51 @@ def _polish(Ac, Bc, Cc, Dc, theta0, h):
     return float(-res.fun)
 
 
-def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10):
-    """H-infinity norm of a stable discrete-time system.
+def _check_rtol(rtol) -> float:
+    if isinstance(rtol, (bool, np.bool_)) or not isinstance(rtol, (int, float, np.integer, np.floating)) \
+            or not 0.0 < float(rtol) < 1.0:
+        raise LTIInputError(f"rtol must be a float strictly between 0 and 1 (the relative accuracy of the norm, "
+                            f"e.g. 1e-10), got {rtol!r} of type {type(rtol).__name__}.")
+    return float(rtol)
 
-    .. math:: \\|G\\|_{\\mathcal{H}_\\infty} = \\sup_{\\theta \\in [0, 2\\pi)} \\sigma_{\\max}\\big(C (e^{i\\theta} I - A)^{-1} B + D\\big).
+
+def _hinf_scaled(A, B, C, D, rtol) -> float:
+    """:func:`_hinf_single` on ``(A, B 2^-eb, C 2^-ec', D 2^-e)``, times ``2^e`` (exact power-of-two scaling).
+
+    ``||G||_inf`` is homogeneous in ``(B, C, D)``: ``e = max(eb + ec, ed)`` puts every entry of the scaled
+    ``B``, ``C``, ``D`` at most 1 (``ec' = e - eb``), so the level-set iteration, which squares ``gamma``,
+    never overflows or underflows, whatever the scale of the system (norms up to the float64 maximum).
+    With ``m = 0`` inputs or ``p = 0`` outputs ``G`` is the empty matrix, of norm 0.
+    """
+    from .validate import power_of_two_exponent
+
+    if B.shape[1] == 0 or C.shape[0] == 0:
+        return 0.0
+    eb, ec, ed = (power_of_two_exponent(np, X) for X in (B, C, D))
+    if eb is None or ec is None:  # G(z) = D
+        return float(np.linalg.norm(D, 2)) if ed is not None else 0.0
+    e = eb + ec if ed is None else max(eb + ec, ed)
+    with np.errstate(under="ignore"):
+        Bs, Cs, Ds = np.ldexp(B.real, -eb), np.ldexp(C.real, -(e - eb)), np.ldexp(D.real, -e)
+        if np.iscomplexobj(B):
+            Bs = Bs + 1j * np.ldexp(B.imag, -eb)
+        if np.iscomplexobj(C):
+            Cs = Cs + 1j * np.ldexp(C.imag, -(e - eb))
+        if np.iscomplexobj(D):
+            Ds = Ds + 1j * np.ldexp(D.imag, -e)
+    g = _hinf_single(A, Bs, Cs, Ds, rtol)
+    if g > 0.0 and math.frexp(g)[1] + e > 1024:
+        raise LTIInputError(f"the H-infinity norm exceeds the float64 range ({g!r} * 2^{e}); scale B, C and D "
+                            "down (the norm is homogeneous in them).")
+    return float(np.ldexp(g, e))
+
+
+def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None):
+    """H-infinity norm of a stable system.
+
+    .. math:: \\|G\\|_{\\mathcal{H}_\\infty} = \\sup_{\\theta \\in [0, 2\\pi)} \\sigma_{\\max}\\big(C (e^{i\\theta} I - A)^{-1} B + D\\big)
+
+    in discrete time, ``sup_w sigma_max(C (i w I - A)^{-1} B + D)`` with ``time="continuous"``.
 
     Parameters
     ----------
@@ -155,13 +198,27 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10):
     B : array, shape (..., n, m)
     C : array, shape (..., p, n)
     D : array, shape (..., p, m), optional
-    rtol : float
+    rtol : float in (0, 1)
         Relative accuracy of the returned value.
+    time : {None, "discrete", "continuous"}
+        ``None``: discrete for arrays, the object's time base for a python-control / scipy
+        system object (given alone as ``A``; the norm is then a float). ``"continuous"``:
+        the norm on the imaginary axis of a Hurwitz system, computed on its Cayley map
+        (same norm, see :mod:`lti_reduce.continuous`).
 
     Returns
     -------
     array, shape (...)
-        The norm per system, real, in the input's backend and device.
+        The norm per system, real, in the input's backend and device; 0 for a system
+        with no inputs (``m = 0``) or no outputs (``p = 0``).
+
+    Raises
+    ------
+    UnstableSystemError
+        If ``A`` has spectral radius ``>= 1 - 1e-12``.
+    LTIInputError
+        Shape mismatch, NaN/Inf, an empty batch, ``rtol`` not a number in ``(0, 1)``
+        (``0``, negative, NaN, a string), or a norm beyond the float64 range.
 
     Notes
     -----
@@ -171,8 +228,9 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10):
     imaginary eigenvalues of a Hamiltonian matrix mark the frequencies where
     ``sigma_max = gamma``. A pole near ``z = -1`` (sent to ``s = inf``) would be badly
     resolved, so the circle is first rotated, ``G(e^{i phi} z)`` (same norm), to send the
-    point farthest from the poles to infinity instead. This is an a-posteriori check, so it runs in float64 on the
-    host (torch inputs are copied there). Reference: SLICOT ``AB13DD`` (``DICO='D'``).
+    point farthest from the poles to infinity instead. ``B``, ``C`` and ``D`` are first scaled by powers of two
+    (exact; the norm is homogeneous in them), so any scale works, from subnormal to ``1e308``. This is an
+    a-posteriori check, so it runs in float64 on the host (torch inputs are copied there). Reference: SLICOT ``AB13DD`` (``DICO='D'``).
     A :class:`~lti_reduce.DiagonalSystem` may be given alone instead of the matrices.
 
     Examples
@@ -181,8 +239,11 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10):
     >>> round(float(lr.hinf_norm(np.array([[0.5]]), np.array([[1.0]]), np.array([[1.0]]))), 10)  # G(1) = 2
     2.0
     """
+    from . import _dispatch
     from .systems import DiagonalSystem, _as_dense
 
+    if _dispatch.routed(A, time):
+        return _dispatch.hinf_norm(A, B, C, D, time=time, rtol=rtol)
     if isinstance(A, DiagonalSystem):
         from .gramians import _no_matrices
 
@@ -190,9 +251,11 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10):
         A, B, C, D = _as_dense(A)
     if B is None or C is None:
         raise TypeError("hinf_norm(A, B, C[, D]) needs B and C (or pass a DiagonalSystem as the only argument).")
+    rtol = _check_rtol(rtol)
     sysw = dense_system(A, B, C, D, check_stability=True)
-    As, Bs, Cs, Ds = (be.to_numpy(M).reshape((-1,) + tuple(M.shape[-2:])) for M in (sysw.A, sysw.B, sysw.C, sysw.D))
-    out = np.array([_hinf_single(a, b, c, d, rtol) for a, b, c, d in zip(As, Bs, Cs, Ds)]).reshape(sysw.batch_shape)
+    count = be.batch_size(sysw.batch_shape)
+    As, Bs, Cs, Ds = (be.to_numpy(M).reshape((count,) + tuple(M.shape[-2:])) for M in (sysw.A, sysw.B, sysw.C, sysw.D))
+    out = np.array([_hinf_scaled(a, b, c, d, rtol) for a, b, c, d in zip(As, Bs, Cs, Ds)]).reshape(sysw.batch_shape)
     xp = sysw.xp
     res = be.from_numpy_like(out, sysw.like)
     return xp.astype(res, be.real_dtype(xp, sysw.out_dtype))
@@ -325,7 +388,7 @@ def hsv_perturbation_bound(system1, system2, *, rank=None):
     -----
     The certificate bounds a *change that happened* between two known systems; it
     does not predict how HSVs evolve under future training steps. Two diagonal
-    systems use the closed-form path (whose accuracy is ``~sqrt(order * eps) * sigma_1``).
+    systems use the closed-form path (accurate to ``O(order * eps) * sigma_1`` for numpy inputs).
 
     Examples
     --------

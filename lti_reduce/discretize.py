@@ -43,6 +43,14 @@ def discretize(A, B, C, D=None, *, dt: float, method: str = "bilinear"):
     Ad, Bd, Cd, Dd : numpy arrays
         Discrete-time model; Schur stable iff ``A`` is Hurwitz (for "bilinear").
 
+    Raises
+    ------
+    LTIInputError
+        If ``dt`` is not a positive finite number (a bool is refused, not read as 1), if
+        ``method`` is unknown, for a batch, if ``I - (dt/2) A`` is singular ("bilinear"), or if
+        the zero-order hold overflows (an unstable ``A`` with a large ``dt``, or ``dt ||A||``
+        beyond the matrix exponential's range): never a model with NaN or Inf entries.
+
     Examples
     --------
     >>> import numpy as np, lti_reduce as lr
@@ -51,8 +59,10 @@ def discretize(A, B, C, D=None, *, dt: float, method: str = "bilinear"):
     0.904762
     """
     check_choice(method, "method", ("bilinear", "zoh"))
-    if not (isinstance(dt, (int, float, np.floating)) and np.isfinite(dt) and dt > 0):
-        raise LTIInputError(f"dt must be a positive finite step, got {dt!r}.")
+    if isinstance(dt, (bool, np.bool_)) or not (isinstance(dt, (int, float, np.integer, np.floating))
+                                                and np.isfinite(dt) and dt > 0):
+        raise LTIInputError(f"dt must be a positive finite step (a float such as 0.01), got {dt!r} of type "
+                            f"{type(dt).__name__}.")
     sysw = dense_system(A, B, C, D)
     if sysw.batch_shape:
         raise LTIInputError("discretize takes a single system; loop over the batch.")
@@ -69,5 +79,13 @@ def discretize(A, B, C, D=None, *, dt: float, method: str = "bilinear"):
         CM = scipy.linalg.lu_solve(lu, C.T, trans=1).T if not np.iscomplexobj(A) else np.linalg.solve(left.T, C.T).T
         return Ad, np.sqrt(h) * MB, np.sqrt(h) * CM, D + 0.5 * h * (C @ MB)
     m = B.shape[1]
-    E = scipy.linalg.expm(np.block([[A, B], [np.zeros((m, n + m))]]) * h)
+    with np.errstate(over="ignore", invalid="ignore"):
+        E = scipy.linalg.expm(np.block([[A, B], [np.zeros((m, n + m), dtype=A.dtype)]]) * h)
+    if not np.all(np.isfinite(E)):
+        abscissa = float(np.max(np.linalg.eigvals(A).real))
+        why = (f"A is unstable (largest real part of its eigenvalues {abscissa:.6g} > 0), so exp(A dt) grows like "
+               f"exp({abscissa:.3g} dt) and overflows float64 for dt above about {709.0 / abscissa:.3g}"
+               if abscissa > 0 else
+               f"dt * ||A|| = {h * float(np.linalg.norm(A, 1)):.3g} is too large for the matrix exponential")
+        raise LTIInputError(f"zero-order hold with dt = {h!r} gives a non-finite model: {why}. Use a smaller dt.")
     return E[:n, :n], E[:n, n:], C.copy(), D.copy()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _backend as be
+from .errors import LTIInputError
 from .validate import check_choice, check_tol
 
 __all__ = ["rank_for_tol"]
@@ -38,6 +39,13 @@ def rank_for_tol(hsv, tol, *, energy: str = "sum"):
         The order ``r`` in ``1..n`` for each system of the batch (a Python ``int``
         for a single system).
 
+    Raises
+    ------
+    LTIInputError
+        If ``tol`` is not in ``(0, 1)``, ``energy`` is unknown, or ``hsv`` is not a real
+        array of shape ``(..., n)``, ``n >= 1``, with finite, non-negative values sorted
+        descending along the last axis.
+
     Examples
     --------
     >>> import numpy as np, lti_reduce as lr
@@ -46,9 +54,21 @@ def rank_for_tol(hsv, tol, *, energy: str = "sum"):
     """
     tol = check_tol(tol)
     check_choice(energy, "energy", ("sum", "squared"))
-    h = be.to_numpy(hsv).astype(np.float64)
+    h = be.to_numpy(hsv)
+    if np.iscomplexobj(h) or not (np.issubdtype(h.dtype, np.floating) or np.issubdtype(h.dtype, np.integer)):
+        raise LTIInputError(f"hsv must be a real array of Hankel singular values, got dtype {h.dtype}; pass "
+                            "the output of hankel_singular_values.")
+    h = h.astype(np.float64)
     if h.ndim < 1 or h.shape[-1] < 1:
-        raise ValueError(f"hsv must have shape (..., n) with n >= 1, got {h.shape}.")
+        raise LTIInputError(f"hsv must have shape (..., n) with n >= 1, got {h.shape}.")
+    if not np.all(np.isfinite(h)):
+        raise LTIInputError("hsv contains NaN or Inf; Hankel singular values are finite (check the system "
+                            "they came from).")
+    if np.any(h < 0):
+        raise LTIInputError(f"hsv must be >= 0 (singular values), got a minimum of {float(h.min())!r}.")
+    if h.shape[-1] > 1 and np.any(np.diff(h, axis=-1) > 0):
+        raise LTIInputError("hsv must be sorted descending (as hankel_singular_values returns them); sort first, "
+                            "e.g. np.sort(hsv)[..., ::-1].")
     if energy == "squared":
         h = h * h
     cs = np.cumsum(h, axis=-1)

@@ -635,8 +635,8 @@ def _double(xp, Ak, Z, n, eps):
     return Z, done
 
 
-def gramian_factors(A, B=None, C=None):
-    """Square-root factors of the discrete-time controllability and observability Gramians.
+def gramian_factors(A, B=None, C=None, *, time=None):
+    """Square-root factors of the controllability and observability Gramians.
 
     Parameters
     ----------
@@ -648,6 +648,11 @@ def gramian_factors(A, B=None, C=None):
         Input matrix.
     C : array, shape (..., p, n)
         Output matrix.
+    time : {None, "discrete", "continuous"}
+        ``None``: discrete for arrays, the object's time base for a python-control / scipy
+        system object (given alone as ``A``). ``"continuous"``: factors of the Lyapunov
+        solutions ``A P + P A^H + B B^H = 0``, ``A^H Q + Q A + C^H C = 0`` for a Hurwitz
+        ``A`` (see :mod:`lti_reduce.continuous`).
 
     Returns
     -------
@@ -681,8 +686,11 @@ def gramian_factors(A, B=None, C=None):
     >>> bool(np.allclose(P, A @ P @ A.T + B @ B.T))
     True
     """
+    from . import _dispatch
     from .systems import DiagonalSystem, _diagonal_factors
 
+    if _dispatch.routed(A, time):
+        return _dispatch.gramian_factors(A, B, C, time=time, products=False)
     if isinstance(A, DiagonalSystem):
         _no_matrices(B, C)
         return _diagonal_factors(A)
@@ -694,12 +702,15 @@ def gramian_factors(A, B=None, C=None):
     return xp.astype(Lc, sysw.out_dtype), xp.astype(Lo, sysw.out_dtype)
 
 
-def gramians(A, B=None, C=None):
-    """Discrete-time controllability and observability Gramians.
+def gramians(A, B=None, C=None, *, time=None):
+    """Controllability and observability Gramians.
 
     Solves the Stein equations
 
-    .. math:: P = A P A^H + B B^H, \\qquad Q = A^H Q A + C^H C.
+    .. math:: P = A P A^H + B B^H, \\qquad Q = A^H Q A + C^H C
+
+    (discrete time), or with ``time="continuous"`` the Lyapunov equations
+    ``A P + P A^H + B B^H = 0``, ``A^H Q + Q A + C^H C = 0``.
 
     Parameters
     ----------
@@ -708,6 +719,8 @@ def gramians(A, B=None, C=None):
         may be given instead of ``(A, B, C)`` (closed-form Gramians, no solver).
     B : array, shape (..., n, m)
     C : array, shape (..., p, n)
+    time : {None, "discrete", "continuous"}
+        As in :func:`gramian_factors`; ``A`` may be a system object given alone.
 
     Returns
     -------
@@ -733,8 +746,11 @@ def gramians(A, B=None, C=None):
     >>> round(float(P[0, 0]), 12), round(float(Q[0, 0]), 12)      # 1 / (1 - 0.25), 4 / (1 - 0.25)
     (1.333333333333, 5.333333333333)
     """
+    from . import _dispatch
     from .systems import DiagonalSystem, _diagonal_gramians
 
+    if _dispatch.routed(A, time):
+        return _dispatch.gramian_factors(A, B, C, time=time, products=True)
     if isinstance(A, DiagonalSystem):
         _no_matrices(B, C)
         return _diagonal_gramians(A)

@@ -20,16 +20,11 @@ import warnings
 import numpy as np
 
 from . import _backend as be
-from .errors import LTIInputError, UnstableSystemError
+from .errors import LTIInputError
 from .systems import DiagonalSystem
-from .validate import dense_system
+from .validate import check_stable_eigenvalues, dense_system
 
 __all__ = ["modal_form", "ModalConditioningWarning"]
-
-# Eigenvalues are pulled back inside the unit disc by at least this margin, since a
-# layer cannot store |lam| >= 1 (round-off can put a stable pole there).
-_MAX_RADIUS = 1.0 - 1e-9
-
 
 class ModalConditioningWarning(UserWarning):
     """The eigenvector matrix of a modal conversion is ill-conditioned."""
@@ -118,7 +113,7 @@ def _modal_real(A, B, C, D, cond_warn):
     Bm[is_pair] = 0.5 * (Z[keep][is_pair] - 1j * Z[nxt[is_pair]])
     Cm = CV[:, keep].astype(np.complex128)
     Cm[:, is_pair] = 2.0 * (CV[:, keep][:, is_pair] + 1j * CV[:, nxt[is_pair]])
-    mu = _clamp(mu[keep])
+    mu = mu[keep]
     _warn_conditioning(cond, cond_warn)
     return mu, Bm, Cm, D, cond, True
 
@@ -136,16 +131,14 @@ def _modal_complex(A, B, C, D, cond_warn):
     _check_defective(cond)
     Bm = X_inv @ B
     Cm = C @ X
-    mu = _clamp(mu)
     _warn_conditioning(cond, cond_warn)
     return mu, Bm, Cm, D, cond, False
 
 
 def _check_radius(mu):
-    radius = np.abs(mu)
-    if radius.size and radius.max() >= 1.0 + np.sqrt(np.finfo(np.float64).eps):
-        raise UnstableSystemError(f"the state matrix is unstable: spectral radius {radius.max():.17g} > 1; a stable "
-                                  "system is needed for a modal form a layer can store.")
+    """The library's one stability rule (:func:`lti_reduce.validate.check_stable_eigenvalues`) on ``eig(A)``."""
+    check_stable_eigenvalues(mu, "eigenvalue", "The state matrix must have spectral radius < 1 - 1e-12 for a modal "
+                             "form a layer can store; reduce a stable system, or stabilize the model first.")
 
 
 def _check_defective(cond):
@@ -155,22 +148,19 @@ def _check_defective(cond):
             "it has no modal form. Use a smaller rank, or keep the dense realization.")
 
 
-def _clamp(mu):
-    """Pull eigenvalues with ``|mu| >= 1 - 1e-9`` (round-off on a marginal pole) back to that radius."""
-    radius = np.abs(mu)
-    clamped = radius >= _MAX_RADIUS
-    if np.any(clamped):
-        warnings.warn(f"{int(clamped.sum())} eigenvalue(s) with |lam| = {radius.max():.17g} >= 1 - 1e-9 (round-off "
-                      "on a marginal pole) were pulled back to |lam| = 1 - 1e-9.", RuntimeWarning, stacklevel=4)
-        mu = np.where(clamped, mu / np.where(clamped, radius, 1.0) * _MAX_RADIUS, mu)
-    return mu
-
-
 def _warn_conditioning(cond, cond_warn):
     if cond > cond_warn:
         warnings.warn(f"modal form: eigenvector condition number {cond:.3e} > {cond_warn:.1e}; the diagonal "
                       "realization may be inaccurate (frequency response error up to ~cond * eps).",
                       ModalConditioningWarning, stacklevel=4)
+
+
+def _check_cond_warn(cond_warn) -> float:
+    if isinstance(cond_warn, bool) or not isinstance(cond_warn, (int, float, np.integer, np.floating)) \
+            or not float(cond_warn) > 0.0:
+        raise LTIInputError(f"cond_warn must be a positive number (the eigenvector condition number above which "
+                            f"modal_form warns, e.g. 1e8; inf never warns), got {cond_warn!r}.")
+    return float(cond_warn)
 
 
 def _modal_single(A, B, C, D, cond_warn):
@@ -191,7 +181,8 @@ def modal_form(A, B, C, D=None, *, cond_warn: float = 1e8):
     C : array, shape (..., p, r)
     D : array, shape (..., p, m), optional
     cond_warn : float
-        Warn (:class:`ModalConditioningWarning`) when ``cond(X)`` exceeds it.
+        Warn (:class:`ModalConditioningWarning`) when ``cond(X)`` exceeds it; a positive
+        number (``inf`` never warns).
 
     Returns
     -------
@@ -206,16 +197,20 @@ def modal_form(A, B, C, D=None, *, cond_warn: float = 1e8):
     Raises
     ------
     UnstableSystemError
-        If ``A`` has an eigenvalue clearly outside the unit disc.
+        If ``A`` has an eigenvalue with ``|mu| >= 1 - 1e-12``: the stability rule of every
+        function (dense systems, :class:`DiagonalSystem`, layers loading a system).
     LTIInputError
-        If ``A`` is numerically defective, or, for a batch, if the systems have
+        If ``A`` is numerically defective, if ``cond_warn`` is not a positive number (NaN,
+        a string, a bool), if the batch is empty, or, for a batch, if the systems have
         different numbers of modes (index the batch and convert one at a time).
 
     Notes
     -----
     Runs ``eig`` on the host in float64 (torch inputs are copied there and the result
-    copied back): these are small ``r x r`` matrices. Eigenvalues are never returned
-    with ``|lam| >= 1``: round-off excursions are pulled back to ``1 - 1e-9`` with a warning.
+    copied back): these are small ``r x r`` matrices. Eigenvalues are returned as computed,
+    never moved: a model with a pole within ``1e-12`` of the unit circle is refused instead.
+    With ``m = 0`` inputs or ``p = 0`` outputs the result has empty ``B`` or ``C`` (the
+    modes of ``A``, a zero transfer function).
 
     A real system stays in real arithmetic: LAPACK ``dgeev`` stores a pair's eigenvector
     ``x = u + i v`` as the two real columns ``u, v`` of ``V``; ``X^{-1} B`` and ``C X`` follow
@@ -231,8 +226,10 @@ def modal_form(A, B, C, D=None, *, cond_warn: float = 1e8):
     >>> sys.n, sys.real_output
     (1, True)
     """
+    cond_warn = _check_cond_warn(cond_warn)
     sysw = dense_system(A, B, C, D)
-    Ms = [be.to_numpy(M).reshape((-1,) + tuple(M.shape[-2:])) for M in (sysw.A, sysw.B, sysw.C, sysw.D)]
+    count = be.batch_size(sysw.batch_shape)
+    Ms = [be.to_numpy(M).reshape((count,) + tuple(M.shape[-2:])) for M in (sysw.A, sysw.B, sysw.C, sysw.D)]
     parts = [_modal_single(a, b, c, d, cond_warn) for a, b, c, d in zip(*Ms)]
     sizes = {p[0].shape[0] for p in parts}
     if len(sizes) > 1:

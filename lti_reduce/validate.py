@@ -45,6 +45,13 @@ def check_finite(xp, x, name: str) -> None:
         raise LTIInputError(f"{name} contains NaN or Inf; clean the input (e.g. check the training run that produced it).")
 
 
+def check_nonempty_batch(batch) -> None:
+    """Refuse a batch of zero systems (a leading dimension of size 0), which has no result to give."""
+    if any(int(b) == 0 for b in batch):
+        raise LTIInputError(f"the batch is empty (batch shape {tuple(int(b) for b in batch)}): there is no system "
+                            "to work on; pass at least one system, or skip the call for an empty batch.")
+
+
 def check_matrix(x, name: str, xp=None):
     x = be.as_array(x, name)
     xp = xp or be.namespace(x)
@@ -99,6 +106,7 @@ def dense_system(A, B, C, D=None, *, check_stability: bool = False) -> _Dense:
         raise LTIInputError(f"D must have shape (..., p, m) = (..., {p}, {m}) to match B and C, got {_shape_str(D)}.")
     names = ["A", "B", "C", "D"][: len(arrays)]
     batch = broadcast_batch([a.shape[:-2] for a in arrays], names)
+    check_nonempty_batch(batch)
     for a, nm in zip(arrays, names):
         check_finite(xp, a, nm)
     out_dtype = be.result_dtype(xp, *arrays)
@@ -154,6 +162,14 @@ def spectral_radius(xp, A):
     return xp.max(xp.abs(xp.linalg.eigvals(A)), axis=-1)
 
 
+# The one stability rule of the library, for dense systems, DiagonalSystem, modal forms and layers that
+# load a system: a discrete-time model is accepted iff its spectral radius is below 1 - STABILITY_MARGIN.
+# Beyond that the Gramians (sums of powers lam^k up to k ~ 36 / (1 - |lam|)) are not computable in
+# double precision, and a pole that close to the circle is one rounding away from an unstable one.
+STABILITY_MARGIN = 1e-12
+MAX_SPECTRAL_RADIUS = 1.0 - STABILITY_MARGIN
+
+
 def raise_unstable(xp, A, detail: str = "") -> None:
     rho = be.to_numpy(spectral_radius(xp, A))
     worst = float(np.max(rho)) if rho.size else float("nan")
@@ -169,8 +185,45 @@ def raise_unstable(xp, A, detail: str = "") -> None:
 
 def require_stable(sysw: _Dense) -> None:
     rho = be.to_numpy(spectral_radius(sysw.xp, sysw.A))
-    if rho.size and not np.all(rho < 1.0 - 1e-12):
+    if rho.size and not np.all(rho < MAX_SPECTRAL_RADIUS):
         raise_unstable(sysw.xp, sysw.A)
+
+
+def check_stable_eigenvalues(lam, name: str = "lam", fix: str = "") -> None:
+    """Raise :class:`UnstableSystemError` unless every ``|lam| < 1 - 1e-12`` (the library's stability rule).
+
+    Parameters
+    ----------
+    lam : array (numpy or torch, any shape)
+        Eigenvalues (a ``DiagonalSystem``'s ``lam``, a modal form's, or those a layer is about to store).
+    name : str
+        How the message names them.
+    fix : str
+        The fix the message suggests (a default one if empty).
+
+    Raises
+    ------
+    UnstableSystemError
+        With the largest ``|lam|`` to 17 digits, if it is ``>= 1 - 1e-12``. NaN counts as unstable.
+
+    Notes
+    -----
+    The same rule as the dense functions' ``spectral radius < 1 - 1e-12``; layers that load a system
+    (``load_system_``) call this before writing, so that every path accepts the same models.
+    """
+    x = be.as_array(lam, name)
+    xp = be.namespace(x)
+    if int(np.prod(x.shape)) == 0:
+        return
+    radius = xp.abs(x)
+    ok = bool(xp.all(radius < MAX_SPECTRAL_RADIUS))
+    if not ok:
+        worst = float(be.to_numpy(xp.max(xp.where(xp.isnan(radius), xp.inf, radius))))
+        raise UnstableSystemError(
+            f"{name} must satisfy |{name}| < 1 - 1e-12 (a stable discrete-time system; the same rule as the "
+            f"dense functions' spectral radius); the largest |{name}| is {worst:.17g}. "
+            + (fix or "Clamp or re-parameterize the eigenvalues (e.g. lam = exp(-exp(nu_log) + i theta)).")
+        )
 
 
 def check_rank_tol(rank, tol, n: int):
@@ -201,3 +254,29 @@ def check_choice(value, name: str, choices) -> str:
     if value not in choices:
         raise LTIInputError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}.")
     return value
+
+
+# Entry sizes (max |x|) outside [2^-_SCALE_RANGE, 2^_SCALE_RANGE] are scaled by a power of two before a
+# computation that squares them (Gramians, H-infinity level sets): beyond ~1e154 squares overflow, below
+# ~1e-154 they underflow. Inside the range nothing is scaled, so ordinary inputs give bit-identical results.
+_SCALE_RANGE = 200
+
+
+def power_of_two_exponent(xp, X):
+    """``e`` with ``max |X|`` in ``[2^(e-1), 2^e)`` (``math.frexp``), or None for an empty or zero ``X``."""
+    if int(np.prod(X.shape)) == 0:
+        return None
+    top = float(be.to_numpy(xp.max(xp.abs(X))))
+    if top == 0.0:
+        return None
+    return math.frexp(top)[1]
+
+
+def needs_scaling(e) -> bool:
+    return e is not None and abs(e) > _SCALE_RANGE
+
+
+def scale_by_power_of_two(X, e: int):
+    """``X * 2^e``, exact (away from subnormals), in two steps so that ``2^e`` itself never overflows."""
+    half = int(e) // 2
+    return (X * math.ldexp(1.0, half)) * math.ldexp(1.0, int(e) - half)

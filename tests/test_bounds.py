@@ -201,3 +201,85 @@ def test_hinf_norm_of_a_resonance_next_to_z_minus_one_rotates_the_circle_and_mat
     assert bounds._far_rotation(np.linalg.eigvals(A[2:, 2:] * 0.5)) == 0.0  # poles far from -1: no rotation
     got = float(lr.hinf_norm(A, B, C))
     assert got == pytest.approx(ref.hinf_norm_ab13dd(A, B, C, np.zeros((2, 2))), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# extreme scales (issue 15): scaled internally, the right value (the unscaled one times the scale)
+# ---------------------------------------------------------------------------------------------------------------
+
+_SCALE_SYS = build_system(11, 6, 2, 3, rho=0.9)
+
+
+@pytest.mark.parametrize("b, c", [
+    (1e200, 1e100),  # a norm ~1e300: beyond 1e154, where gamma^2 overflowed
+    (1e-160, 1e-160),  # a norm ~1e-320 (subnormal): LinAlgError before
+    (1e-160, 1e150),
+], ids=["1e300", "1e-320", "1e-10"])
+def test_hinf_norm_at_extreme_scales_is_the_unscaled_norm_times_the_scale(b, c):
+    A, B, C, D = _SCALE_SYS.matrices()
+    scale = b * c
+    reference = float(lr.hinf_norm(A, B, C))  # D = 0: homogeneous in (B, C)
+    got = float(lr.hinf_norm(A, b * B, c * C))
+    # a subnormal result carries only ~log10(scale / 5e-324) digits
+    rtol = 1e-9 if scale > 1e-300 else 1e-3
+    assert abs(got - reference * scale) <= rtol * reference * scale, (got, reference * scale)
+
+
+def test_hinf_norm_with_a_huge_feedthrough_matches_the_unscaled_norm_times_the_scale():
+    A, B, C, D = _SCALE_SYS.matrices()
+    reference = float(lr.hinf_norm(A, B, C, D))
+    got = float(lr.hinf_norm(A, 1e150 * B, 1e150 * C, 1e300 * D))
+    assert abs(got / 1e300 - reference) <= 1e-9 * reference
+
+
+@pytest.mark.parametrize("b, c", [(1e300, 1.0), (1e300, 1e-300), (1.0, 1e-300), (1e-200, 1e-100)])
+def test_hankel_singular_values_at_extreme_scales_are_the_unscaled_ones_times_the_scale(b, c):
+    A, B, C, _ = _SCALE_SYS.matrices()
+    reference = np.asarray(lr.hankel_singular_values(A, B, C))
+    got = np.asarray(lr.hankel_singular_values(A, b * B, c * C))
+    np.testing.assert_allclose(got / (b * c), reference, rtol=0, atol=1e-12 * reference[0])
+
+
+def test_diagonal_hankel_singular_values_at_extreme_scales_are_the_unscaled_ones_times_the_scale():
+    from test_diagonal import build_diagonal_system
+
+    sys = build_diagonal_system(2, 8, 2, 3, real_output=True)
+    reference = np.asarray(lr.hankel_singular_values(sys))
+    got = np.asarray(lr.hankel_singular_values(lr.DiagonalSystem(sys.lam, 1e300 * sys.B, sys.C, real_output=True)))
+    np.testing.assert_allclose(got / 1e300, reference, rtol=0, atol=1e-12 * reference[0])
+
+
+def test_hinf_norm_beyond_the_float64_range_is_refused_clearly():
+    A, B, C, D = _SCALE_SYS.matrices()
+    with pytest.raises(lr.LTIInputError, match="float64 range"):
+        lr.hinf_norm(A, 1e160 * B, 1e160 * C)
+
+
+def test_hankel_singular_values_beyond_the_float64_range_are_refused_clearly():
+    A, B, C, _ = _SCALE_SYS.matrices()
+    with pytest.raises(lr.LTIInputError, match="exceed the float64 range"):
+        lr.hankel_singular_values(A, 1e300 * B, 1e300 * C)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# differentiable HSVs (issue 15): gradients against finite differences (torch.autograd.gradcheck, float64)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_dense_hankel_singular_values_are_differentiable(torch):
+    S = build_system(3, 4, 2, 3, rho=0.7)
+    args = tuple(torch.tensor(X, dtype=torch.float64, requires_grad=True) for X in S.matrices()[:3])
+    hsv = lr.hankel_singular_values(*args)
+    assert np.min(np.diff(-hsv.detach().numpy())) > 1e-3 * float(hsv[0])  # distinct: the SVD is differentiable
+    assert torch.autograd.gradcheck(lambda A, B, C: lr.hankel_singular_values(A, B, C), args, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("real_output, m", [(True, 2), (False, 2), (True, 1)], ids=["real_output", "complex", "m1"])
+def test_diagonal_hankel_singular_values_are_differentiable(torch, real_output, m):
+    g = torch.Generator().manual_seed(4)
+    n = 4
+    lam = (0.8 * torch.exp(1j * 3 * torch.rand(n, generator=g, dtype=torch.float64))).requires_grad_()
+    B = torch.randn(n, m, generator=g, dtype=torch.complex128, requires_grad=True)
+    C = torch.randn(2, n, generator=g, dtype=torch.complex128, requires_grad=True)
+    f = lambda l, b, c: lr.hankel_singular_values(lr.DiagonalSystem(l, b, c, real_output=real_output))[:4]  # noqa: E731
+    assert torch.autograd.gradcheck(f, (lam, B, C), atol=1e-6, rtol=1e-5)

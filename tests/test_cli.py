@@ -24,7 +24,18 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
+    """The core's ``main``, or for train/sweep the adapter's (the core's with its commands registered).
+
+    The installed metadata of a development checkout may predate the ``lti_reduce.commands`` entry
+    points, so the adapter's commands are passed explicitly here; the discovery itself is tested below.
+    """
+    argv = [str(a) for a in argv]
+    if argv and argv[0] in ("train", "sweep"):
+        from adapters.torch.experiment.cli import main as adapter_main
+
+        code = adapter_main(argv)
+    else:
+        code = main(argv)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -214,8 +225,10 @@ def quick_run(tmp_path_factory):
     from contextlib import redirect_stderr, redirect_stdout
 
     stdout, stderr = io.StringIO(), io.StringIO()
+    from adapters.torch.experiment.cli import main as adapter_main
+
     with redirect_stdout(stdout), redirect_stderr(stderr):
-        code = main(["train", "--quick", "--out", str(out), "--data-dir", str(cache), "--seed", "3"])
+        code = adapter_main(["train", "--quick", "--out", str(out), "--data-dir", str(cache), "--seed", "3"])
     return code, stdout.getvalue(), stderr.getvalue(), out
 
 
@@ -256,10 +269,11 @@ def test_train_quick_writes_png_plots(quick_run):
 
 def test_train_help_states_the_real_defaults(capsys):
     pytest.importorskip("torch")
-    from adapters.torch.training import ExperimentConfig
+    from adapters.torch.experiment import ExperimentConfig
+    from adapters.torch.experiment.cli import main as adapter_main
 
     with pytest.raises(SystemExit):
-        main(["train", "--help"])
+        adapter_main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     config = ExperimentConfig()
     for phrase in (f"(default {config.epochs})", f"complex modes (default {config.d_state})",
@@ -267,3 +281,110 @@ def test_train_help_states_the_real_defaults(capsys):
                    f"batch size (default {config.batch_size})", f"learning rate (default {config.lr:g})",
                    f"(default {config.tol:g})", f"default {config.n_cuts}@{config.cut_window:g}"):
         assert phrase in text, phrase
+
+
+def test_train_quick_states_intervals_and_the_noise(quick_run):
+    _, stdout, _, out = quick_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"]["n_test"] == 500 and "500 examples" in stdout
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for r in results["runs"].values():
+        k, n = r["test_correct"], r["n_test"]
+        assert r["test_accuracy"] == k / n
+        ci = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert r["test_ci95"] == pytest.approx([ci.low, ci.high], abs=1e-12)
+    comparisons = results["comparisons"]
+    assert set(comparisons) == {"compressed-baseline", "compressed-scratch", "scratch-baseline"}
+    for c in comparisons.values():
+        n_disc = c["only_a"] + c["only_b"]
+        expected = scipy_stats.binomtest(c["only_a"], n_disc, 0.5).pvalue if n_disc else 1.0
+        assert c["p_value"] == pytest.approx(expected, rel=1e-9)
+        assert c["significant"] == (c["p_value"] < 0.05)
+    assert "McNemar" in stdout and "95% CI" in stdout
+    assert ("inside the noise" in stdout) or ("outside the noise" in stdout)
+
+
+# --------------------------------------------------------------------------------------------------- commands
+def test_the_core_cli_never_imports_the_adapter():
+    import ast
+
+    tree = ast.parse((REPO / "lti_reduce" / "_cli.py").read_text())
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m.split(".")[0] == "adapters"], imported
+    assert "import_module" not in (REPO / "lti_reduce" / "_cli.py").read_text()
+
+
+def test_pyproject_registers_train_and_sweep_as_entry_points():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    group = project["entry-points"]["lti_reduce.commands"]
+    assert group == {"train": "adapters.torch.experiment.cli:register_train",
+                     "sweep": "adapters.torch.experiment.cli:register_sweep"}
+    import importlib
+
+    for value in group.values():
+        module, name = value.split(":")
+        assert callable(getattr(importlib.import_module(module), name))
+
+
+def _fake_entry_points(monkeypatch, points):
+    import importlib.metadata as md
+
+    def entry_points(group=None, **kwargs):
+        return [md.EntryPoint(name, value, group) for name, value in points.items()] if group == "lti_reduce.commands" \
+            else []
+
+    monkeypatch.setattr(md, "entry_points", entry_points)
+
+
+def test_an_entry_point_command_is_discovered_and_run(capsys, monkeypatch, tmp_path):
+    pytest.importorskip("torch")
+    _fake_entry_points(monkeypatch, {"train": "adapters.torch.experiment.cli:register_train",
+                                     "sweep": "adapters.torch.experiment.cli:register_sweep"})
+    code = main(["train", "--quick", "--no-progress", "--device", "tpu", "--out", str(tmp_path / "run")])
+    _, err = capsys.readouterr()
+    assert_one_line_error(code, err, "unknown device", "--device cpu")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "sweep" in capsys.readouterr().out
+
+
+def test_reduce_does_not_load_command_entry_points(capsys, monkeypatch, stable_npz, tmp_path):
+    _fake_entry_points(monkeypatch, {"broken": "no_such_module_for_lti_reduce:register"})
+    code, out, _ = run_cli(capsys, "reduce", stable_npz, "--rank", 2, "--out", tmp_path / "r.npz")
+    assert code == 0 and (tmp_path / "r.npz").is_file()
+    code = main(["broken"])
+    _, err = capsys.readouterr()
+    assert_one_line_error(code, err, "cannot be loaded", "no_such_module_for_lti_reduce")
+
+
+def test_train_without_a_registered_adapter_says_how_to_get_it(capsys, monkeypatch):
+    _fake_entry_points(monkeypatch, {})
+    code = main(["train", "--quick"])
+    _, err = capsys.readouterr()
+    assert_one_line_error(code, err, "PyTorch adapter", "pip install -e '.[torch]'", "python -m adapters.torch.experiment")
+
+
+@pytest.mark.parametrize("option", ["--out", "--plot"])
+def test_reduce_refuses_to_create_missing_parent_directories(capsys, tmp_path, stable_npz, option):
+    target = tmp_path / "no" / "such" / ("r.npz" if option == "--out" else "hsv.png")
+    extra = [option, target] + (["--out", tmp_path / "r.npz"] if option == "--plot" else [])
+    code, _, err = run_cli(capsys, "reduce", stable_npz, "--rank", 2, *extra)
+    assert_one_line_error(code, err, option, "does not exist", "create it first")
+    assert not (tmp_path / "no").exists()
+
+
+def test_reduce_of_a_model_without_states_is_a_clear_error(capsys, tmp_path):
+    path = tmp_path / "empty.npz"
+    np.savez(path, A=np.zeros((0, 0)), B=np.zeros((0, 1)), C=np.zeros((1, 0)))
+    code, _, err = run_cli(capsys, "reduce", path, "--rank", 1)
+    assert_one_line_error(code, err, "no states", "nothing to reduce")
+
+
+def test_train_out_with_a_missing_parent_is_refused(capsys, tmp_path):
+    pytest.importorskip("torch")
+    code, _, err = run_cli(capsys, "train", "--quick", "--no-progress", "--out", tmp_path / "a" / "b" / "run")
+    assert_one_line_error(code, err, "--out", "does not exist")
+    assert not (tmp_path / "a").exists()

@@ -1,6 +1,7 @@
 """compress_: the adapter's contract (issue 4)."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -84,7 +85,7 @@ def test_output_change_is_within_each_layers_error_bound():
     layer = at.LRU(4, 40, r_min=0.2, r_max=0.9, dtype=torch.float64)
     u = torch.randn(8, 200, 4, dtype=torch.float64)
     y0 = layer(u).detach()
-    report = at.compress_(torch.nn.Sequential(layer), tol=1e-3)
+    report = at.compress_(torch.nn.Sequential(layer), tol=1e-3, optimizer=None)
     entry = report.layers[0]
     assert entry.compressed and layer.state_dim < 40
     dy = layer(u).detach() - y0
@@ -105,7 +106,9 @@ def test_report_lists_every_layer_with_hsvs_energy_and_bound(trained):
         k = r.order_after
         assert r.hsv.shape == (48,) and np.all(np.diff(r.hsv) <= 1e-12)
         assert r.energy_kept == pytest.approx(r.hsv[:k].sum() / r.hsv.sum())
-        assert r.error_bound == pytest.approx(2 * r.hsv[k:].sum())
+        # 2 * the discarded HSVs, plus the LRU's real-mode budget of 2^-7 sigma_{r+1}
+        assert r.hsv_lower == pytest.approx(r.hsv[k])
+        assert r.error_bound == pytest.approx(2 * r.hsv[k:].sum() + 2.0**-7 * r.hsv[k], rel=1e-12)
     text = str(report)
     assert "blocks.0" in text and "24->" in text and "total" in text
     assert report.to_dict()["state_before"] == 48
@@ -198,7 +201,7 @@ def test_failure_in_optimizer_update_restores(trained, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("optimizer update failed")
 
-    monkeypatch.setattr("adapters.torch.compress.rebind_parameters_", broken)
+    monkeypatch.setattr("adapters.torch.compress.reset_state_", broken)
     with pytest.raises(RuntimeError, match="optimizer update failed"):
         at.compress_(model, rank=6, optimizer=opt)
     assert_identical(model, opt, snap)
@@ -222,8 +225,8 @@ def test_compressed_checkpoint_loads_into_fresh_full_size_model_and_training_res
 def test_selection_smallest_keeps_less_energy_than_largest(trained):
     model, opt, *_ = trained
     m2 = copy.deepcopy(model)
-    largest = at.compress_(model, rank=6)
-    smallest = at.compress_(m2, rank=6, selection="smallest")
+    largest = at.compress_(model, rank=6, optimizer=None)
+    smallest = at.compress_(m2, rank=6, selection="smallest", optimizer=None)
     for a, b in zip(largest, smallest):
         assert b.energy_kept < a.energy_kept
         assert b.error_bound > a.error_bound
@@ -232,8 +235,8 @@ def test_selection_smallest_keeps_less_energy_than_largest(trained):
 def test_selection_random_is_reproducible_with_a_seed(trained):
     model, *_ = trained
     m2 = copy.deepcopy(model)
-    r1 = at.compress_(model, rank=6, selection="random", seed=3)
-    r2 = at.compress_(m2, rank=6, selection="random", seed=3)
+    r1 = at.compress_(model, rank=6, selection="random", seed=3, optimizer=None)
+    r2 = at.compress_(m2, rank=6, selection="random", seed=3, optimizer=None)
     assert [x.energy_kept for x in r1] == [x.energy_kept for x in r2]
     for a, b in zip(model.parameters(), m2.parameters()):
         assert torch.equal(a, b)
@@ -243,7 +246,7 @@ def test_global_scope_picks_layer_adaptive_orders():
     torch.manual_seed(0)
     model = torch.nn.Sequential(at.LRU(4, 30, r_min=0.0, r_max=0.3, dtype=torch.float64),
                                 at.LRU(4, 30, r_min=0.9, r_max=0.999, dtype=torch.float64))
-    report = at.compress_(model, tol=0.05, scope="global", min_shrink=0.0)
+    report = at.compress_(model, tol=0.05, scope="global", min_shrink=0.0, optimizer=None)
     fast, slow = report.layers
     assert fast.order_after != slow.order_after
     dropped = [1 - r.energy_kept for r in report]
@@ -252,7 +255,7 @@ def test_global_scope_picks_layer_adaptive_orders():
 
 def test_min_shrink_gate_skips_small_cuts(trained):
     model, *_ = trained
-    report = at.compress_(model, rank=23, min_shrink=0.05)
+    report = at.compress_(model, rank=23, min_shrink=0.05, optimizer=None)
     assert not report.compressed
     assert all("min_shrink" in r.note for r in report)
     assert [b.state_dim for b in model.blocks] == [24, 24]
@@ -271,12 +274,12 @@ def test_min_shrink_gate_skips_small_cuts(trained):
 def test_bad_options_raise_clear_value_errors(trained, kwargs, match):
     model, *_ = trained
     with pytest.raises(ValueError, match=match):
-        at.compress_(model, **kwargs)
+        at.compress_(model, optimizer=None, **kwargs)
 
 
 def test_model_without_compressible_layers_is_an_error():
     with pytest.raises(ValueError, match="no compressible layer"):
-        at.compress_(torch.nn.Linear(3, 3), tol=0.1)
+        at.compress_(torch.nn.Linear(3, 3), tol=0.1, optimizer=None)
 
 
 def test_optimizer_that_does_not_own_the_parameters_is_rejected(trained):
@@ -302,8 +305,8 @@ def test_schedule_cuts_in_window_and_round_trips_state():
     assert [s for s in range(1, 1001) if sched.should_cut(s)] == [25, 50, 75, 100]
     torch.manual_seed(0)
     model = torch.nn.Sequential(at.LRU(4, 20, r_min=0.0, r_max=0.6, dtype=torch.float64))
-    assert sched.step(24, model) is None
-    report = sched.step(25, model)
+    assert sched.step(24, model, None) is None
+    report = sched.step(25, model, None)
     assert report is not None and sched.history[0]["state_after"] == report.state_after
     other = at.CompressionSchedule(total_steps=10)
     other.load_state_dict(sched.state_dict())
@@ -336,3 +339,397 @@ def test_hankel_nuclear_norm_is_differentiable_and_matches_the_core():
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert any(float(g.abs().max()) > 0 for g in grads)
+
+
+# ------------------------------------------------------------------------------------- issue 15, part 1
+def _all_parameters_train(model, opt, x, y):
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_steps(model, opt, x, y, 1)
+    return [n for n, p in model.named_parameters() if p.shape != before[n].shape or torch.equal(p.detach(), before[n])]
+
+
+def test_forgetting_the_optimizer_is_an_immediate_type_error(trained):
+    model, opt, *_ = trained
+    sizes = [b.state_dim for b in model.blocks]
+    with pytest.raises(TypeError, match="optimizer="):
+        at.compress_(model, tol=0.05)
+    sched = at.CompressionSchedule(total_steps=10, steps=[1], tol=0.05)
+    with pytest.raises(TypeError, match="optimizer"):
+        sched.step(1, model)
+    assert [b.state_dim for b in model.blocks] == sizes
+
+
+def test_parameters_are_resized_in_place_and_every_one_trains_after_a_cut(trained):
+    model, opt, x, y = trained
+    objects = {n: p for n, p in model.named_parameters()}
+    at.compress_(model, rank=5, optimizer=opt)
+    assert all(p is objects[n] for n, p in model.named_parameters())
+    assert _all_parameters_train(model, opt, x, y) == []
+
+
+def test_training_resumes_while_the_last_steps_loss_is_still_referenced(trained):
+    model, opt, x, y = trained
+    loss = torch.nn.functional.cross_entropy(model(x), y)  # the loop's `loss` keeps its graph alive
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    at.compress_(model, rank=5, optimizer=opt)
+    assert _all_parameters_train(model, opt, x, y) == []
+    assert loss.grad_fn is not None
+
+
+def test_an_optimizer_not_passed_is_caught_at_its_next_step(trained):
+    model, opt, x, y = trained
+    at.compress_(model, rank=5, optimizer=None)
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    with pytest.raises(at.StaleOptimizerStateError, match="optimizer=opt"):
+        opt.step()
+    # The fix the message names works: drop the stale moments, then every parameter trains.
+    for p in model.parameters():
+        opt.state.pop(p, None)
+    assert _all_parameters_train(model, opt, x, y) == []
+
+
+def test_compress_refuses_inference_mode_and_changes_nothing(trained):
+    model, opt, *_ = trained
+    snap = snapshot(model, opt)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        at.compress_(model, rank=5, optimizer=opt)
+    assert_identical(model, opt, snap)
+
+
+def test_optimizer_built_before_loading_a_compressed_checkpoint_trains_every_parameter(trained):
+    model, opt, x, y = trained
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    train_steps(model, opt, x, y, 2)
+    at.compress_(model, rank=5, optimizer=opt)
+    train_steps(model, opt, x, y, 1)
+    compressed_sd, osd = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    fresh = Classifier()
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)  # built BEFORE loading (the issue's order)
+    fresh.load_state_dict(compressed_sd)
+    fresh_opt.load_state_dict(osd)
+    assert len(list(fresh.parameters())) == 20
+    assert all(fresh_opt.state[p]["exp_avg"].shape == p.shape for p in fresh.parameters())
+    before = {n: p.detach().clone() for n, p in fresh.named_parameters()}
+    np.testing.assert_allclose(train_steps(fresh, fresh_opt, x, y, 3), train_steps(model, opt, x, y, 3), rtol=1e-12)
+    assert [n for n, p in fresh.named_parameters() if torch.equal(p.detach(), before[n])] == []
+
+
+def test_rollback_guard_restores_groups_in_another_order_by_identity():
+    torch.manual_seed(3)
+    model = Classifier()
+    x, y = toy_task()
+    recurrent = [p for n, p in model.named_parameters() if n.startswith("blocks.") and not n.endswith(".D")]
+    non_recurrent = [p for n, p in model.named_parameters() if not (n.startswith("blocks.") and not n.endswith(".D"))]
+    opt = torch.optim.AdamW([{"params": non_recurrent}, {"params": recurrent, "lr": 1e-2, "weight_decay": 0.0}],
+                            lr=1e-3, weight_decay=0.1)
+    train_steps(model, opt, x, y, 1)
+    groups = [[id(p) for p in g["params"]] for g in opt.param_groups]
+    hyper = [(g["lr"], g["weight_decay"]) for g in opt.param_groups]
+    guard = at.RollbackGuard(model, opt, max_drop=0.01)
+    guard.checkpoint(1.0)
+    saved = copy.deepcopy(opt.state_dict())
+    at.compress_(model, rank=5, optimizer=opt)
+    assert guard.check(0.0)  # rolled back
+    assert [b.state_dim for b in model.blocks] == [24, 24]
+    assert [[id(p) for p in g["params"]] for g in opt.param_groups] == groups
+    assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == hyper
+    for p in recurrent + non_recurrent:  # every parameter has its own moments back
+        assert opt.state[p]["exp_avg"].shape == p.shape
+    now = opt.state_dict()
+    for k, st in saved["state"].items():
+        assert torch.equal(now["state"][k]["exp_avg"], st["exp_avg"])
+    assert _all_parameters_train(model, opt, x, y) == []
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(tol=5), "tol"), (dict(tol=0.1, rank=3), "exactly one"), (dict(rank=0), "rank"),
+    (dict(steps=[0]), "cut steps"), (dict(steps=["a"]), "steps"), (dict(selection="best"), "selection"),
+    (dict(min_shrink=2), "min_shrink"), (dict(seed=-1), "seed"), (dict(window=0), "window"),
+    (dict(num_cuts=0), "num_cuts"), (dict(bogus=1), "unknown"),
+])
+def test_schedule_validates_every_option_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        at.CompressionSchedule(total_steps=100, **kwargs)
+
+
+def test_schedule_refuses_a_model_without_compressible_layers_at_its_first_call():
+    sched = at.CompressionSchedule(total_steps=100, tol=0.05)
+    with pytest.raises(ValueError, match="no compressible layer"):
+        sched.step(1, torch.nn.Linear(3, 3), None)  # no cut due at step 1: refused anyway
+
+
+def test_seed_must_be_a_non_negative_integer(trained):
+    model, opt, *_ = trained
+    snap = snapshot(model, opt)
+    with pytest.raises(ValueError, match="seed must be None or a non-negative integer.*-1"):
+        at.compress_(model, rank=5, selection="random", seed=-1, optimizer=opt)
+    assert_identical(model, opt, snap)
+
+
+# ------------------------------------------------------------------------------------- one entry point
+class Hybrid(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lru = at.LRU(4, 12, r_min=0.3, r_max=0.9)
+        self.mixer = at.SelectiveSSM(4, 16, expand=1, d_conv=2)
+
+    def forward(self, u):
+        return self.mixer(self.lru(u))
+
+
+def test_compress_cuts_selective_layers_by_state_selection_and_lti_layers_by_truncation():
+    torch.manual_seed(4)
+    model = Hybrid()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    u = torch.randn(4, 20, 4)
+    model(u).square().mean().backward()
+    opt.step()
+    with pytest.raises(ValueError, match="calibration_inputs="):
+        at.compress_(model, rank=4, optimizer=opt)
+    report = at.compress_(model, rank=4, optimizer=opt, calibration_inputs=u)
+    assert model.lru.state_dim == 4 and model.mixer.state_dim == 4
+    methods = {x.name: x.method for x in report}
+    assert methods == {"lru": "balanced_truncation", "mixer": "state_selection"}
+    assert report["mixer"].detail is not None and report["mixer"].gain is None
+    assert "select" in str(report) and "BT" in str(report)
+    opt.zero_grad()
+    model(u).square().mean().backward()
+    opt.step()
+
+
+def test_compress_is_atomic_across_selective_and_lti_layers(monkeypatch):
+    torch.manual_seed(5)
+    model = Hybrid()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    u = torch.randn(4, 20, 4)
+    model(u).square().mean().backward()
+    opt.step()
+    snap = snapshot(model, opt)
+
+    def boom(system, **kwargs):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(model.lru, "load_system_", boom)
+    with pytest.raises(RuntimeError, match="injected"):
+        at.compress_(model, rank=4, optimizer=opt, calibration_inputs=u)
+    assert model.mixer.state_dim == 16 and model.lru.state_dim == 12
+    assert_identical(model, opt, snap)
+
+
+# ------------------------------------------------------------------------------------- batched channels
+class Channels(torch.nn.Module):
+    """Test-only S4D-like layer: ``H`` independent SISO real-output channels sharing ``n`` complex modes."""
+
+    def __init__(self, H=3, n=10, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        modulus = 0.3 + 0.65 * torch.rand(H, n, generator=g, dtype=torch.float64)
+        phase = torch.rand(H, n, generator=g, dtype=torch.float64) * math.pi
+        lam = torch.polar(modulus, phase)
+        scale = torch.logspace(0, -3, n, dtype=torch.float64)  # decaying energy: a clear cut
+        self.lam_re, self.lam_im = torch.nn.Parameter(lam.real), torch.nn.Parameter(lam.imag)
+        self.B_re = torch.nn.Parameter(torch.randn(H, n, 1, generator=g, dtype=torch.float64) * scale[:, None])
+        self.B_im = torch.nn.Parameter(torch.randn(H, n, 1, generator=g, dtype=torch.float64) * scale[:, None])
+        self.C_re = torch.nn.Parameter(torch.randn(H, 1, n, generator=g, dtype=torch.float64))
+        self.C_im = torch.nn.Parameter(torch.randn(H, 1, n, generator=g, dtype=torch.float64))
+
+    @property
+    def state_dim(self):
+        return self.lam_re.shape[-1]
+
+    def to_system(self):
+        c = lambda re, im: torch.complex(re.detach(), im.detach())  # noqa: E731
+        return lr.DiagonalSystem(c(self.lam_re, self.lam_im), c(self.B_re, self.B_im), c(self.C_re, self.C_im),
+                                 real_output=True)
+
+    def load_system_(self, system):
+        from adapters.torch._params import set_parameter_
+
+        for name, value in (("lam", system.lam), ("B", system.B), ("C", system.C)):
+            set_parameter_(self, f"{name}_re", value.real)
+            set_parameter_(self, f"{name}_im", value.imag)
+
+
+def _real_realization(lam, B, C):
+    """Real realization of order 2n of ``y = Re(C x)``: 2x2 rotation blocks, ``[Re b; Im b]``, ``[Re c, -Im c]``."""
+    lam, B, C = (x.detach().numpy().astype(complex) for x in (lam, B, C))
+    n = lam.shape[0]
+    A = np.zeros((2 * n, 2 * n))
+    Br = np.zeros((2 * n, B.shape[1]))
+    Cr = np.zeros((C.shape[0], 2 * n))
+    for k in range(n):
+        a, b = lam[k].real, lam[k].imag
+        A[2 * k:2 * k + 2, 2 * k:2 * k + 2] = [[a, -b], [b, a]]
+        Br[2 * k], Br[2 * k + 1] = B[k].real, B[k].imag
+        Cr[:, 2 * k], Cr[:, 2 * k + 1] = C[:, k].real, -C[:, k].imag
+    return A, Br, Cr, np.zeros((C.shape[0], B.shape[1]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("kwargs", [dict(tol=0.02), dict(tol=0.1), dict(rank=3)], ids=["tol.02", "tol.1", "rank3"])
+def test_independent_channels_are_cut_to_one_order_each_within_its_own_bound(seed, kwargs):
+    from reference import error_system, hinf_norm_ab13dd, hsv_ab09ad
+
+    H = 4
+    layer = Channels(H=H, n=10, seed=seed)
+    before = layer.to_system()
+    dense = [_real_realization(before.lam[c], before.B[c], before.C[c]) for c in range(H)]
+    hsv = np.stack([hsv_ab09ad(*d[:3]) for d in dense])  # SLICOT, on the real realization of each channel
+    report = at.compress_(torch.nn.Sequential(layer), min_shrink=0.0, optimizer=None, **kwargs)
+    entry = report.layers[0]
+    after = layer.to_system()
+    assert entry.compressed and entry.channels == H and entry.hsv.shape == hsv.shape
+    # (The core's diagonal path is accurate to about sqrt(eps) sigma_1 in the small HSVs.)
+    np.testing.assert_allclose(entry.hsv, hsv, rtol=1e-6, atol=1e-6 * hsv.max())
+    # Each channel's order, read off the loaded modal form (a real eigenvalue is one state, a complex one two).
+    orders = [2 * after.n - int((after.lam[c].imag == 0).sum()) for c in range(H)]
+    if "tol" in kwargs:  # every channel keeps at least the order the most demanding channel's rule needs
+        cs = np.cumsum(hsv, -1)
+        need = [int(np.sum(cs[c] < (1 - kwargs["tol"]) * cs[c, -1]) + 1) for c in range(H)]
+        assert min(orders) >= max(need)
+    else:
+        assert after.n <= kwargs["rank"]
+    gains, errors = [], []
+    for c in range(H):
+        reduced = _real_realization(after.lam[c], after.B[c], after.C[c])
+        gains.append(hinf_norm_ab13dd(*dense[c]))
+        errors.append(hinf_norm_ab13dd(*error_system(*dense[c], *reduced)))
+        k = orders[c]
+        assert hsv[c, k] * (1 - 1e-6) <= errors[c] <= 2 * hsv[c, k:].sum() * (1 + 1e-6)  # its own bounds
+    assert entry.gain == pytest.approx(max(gains), rel=1e-5)
+    assert entry.error == pytest.approx(max(errors), rel=1e-5)
+    assert max(errors) <= entry.error_bound * (1 + 1e-9)
+
+
+def lr_numpy(x):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+# ------------------------------------------------------------------------------------- issue 15, part 2
+def _lru_map_dense(layer):
+    """Dense complex realization of the LRU's own map (x_k = lam x_{k-1} + B u_k, y_k = Re(C x_k) + D u_k)."""
+    lam = layer.lam.detach().numpy()
+    B = layer.effective_B().detach().numpy()
+    C = torch.complex(layer.C_re, layer.C_im).detach().numpy()
+    D = np.diag(layer.D.detach().numpy())
+    # s_k = x_{k-1}: s_{k+1} = lam s_k + B u_k, y_k = Re(C lam s_k) + (Re(C B) + D) u_k
+    A = np.diag(np.concatenate([lam, lam.conj()]))
+    Cl = C * lam[None, :]
+    return A, np.concatenate([B, B.conj()]), 0.5 * np.concatenate([Cl, Cl.conj()], axis=1), (C @ B).real + D
+
+
+@pytest.mark.parametrize("tol", [0.02, 0.2])
+def test_gain_and_error_match_slicot_and_lie_between_the_bounds(trained, tol):
+    from reference import error_system, hinf_norm_ab13dd
+
+    model, opt, *_ = trained
+    dense_before = [_lru_map_dense(b) for b in model.blocks]
+    report = at.compress_(model, tol=tol, optimizer=opt, min_shrink=0.0)
+    for entry, block, Gd in zip(report, model.blocks, dense_before):
+        assert entry.compressed
+        gain = hinf_norm_ab13dd(*Gd)
+        error = hinf_norm_ab13dd(*error_system(*Gd, *_lru_map_dense(block)))
+        assert entry.gain == pytest.approx(gain, rel=1e-5)
+        assert entry.error == pytest.approx(error, rel=1e-5)
+        budget = 2.0**-7 * entry.hsv_lower  # the LRU's real-mode fix
+        assert entry.hsv_lower - budget <= entry.error <= entry.error_bound
+        assert entry.relative_error == pytest.approx(entry.error / entry.gain)
+    text = str(report)
+    assert "err/gain" in text and "bound/gain" in text and f"{report.layers[0].relative_error:.3g}" in text
+    import json
+
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["layers"][0]["gain"] == report.layers[0].gain and d["layers"][0]["error"] == report.layers[0].error
+    assert d["layers"][0]["relative_error"] == pytest.approx(report.layers[0].relative_error)
+
+
+def test_real_modes_of_a_cut_get_gradients_in_every_direction_and_error_includes_the_fix():
+    torch.manual_seed(2)
+    layer = at.LRU(3, 16, r_min=0.0, r_max=0.95, max_phase=0.3, dtype=torch.float64)  # many near-real modes
+    model = torch.nn.Sequential(layer)
+    report = at.compress_(model, rank=4, optimizer=None)
+    s = layer.to_system()
+    real = [k for k in range(layer.state_dim) if abs(math.sin(float(layer.theta.detach()[k]))) < 0.05]
+    assert real, "the cut produced no real mode; the test proves nothing"
+    u, target = torch.randn(4, 40, 3, dtype=torch.float64), torch.randn(4, 40, 3, dtype=torch.float64)
+    (layer(u) - target).square().mean().backward()
+    for k in real:
+        assert float(layer.theta.grad[k]) != 0 and layer.B_im.grad[k].abs().sum() > 0 and layer.C_im.grad[:, k].abs().sum() > 0
+    assert s.lam.imag.abs().min() > 0
+    assert report.layers[0].error <= report.layers[0].error_bound
+
+
+def test_lazy_certificates_are_those_of_the_cut_even_after_training_on():
+    torch.manual_seed(0)
+    model = Classifier()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = toy_task()
+    train_steps(model, opt, x, y, 2)
+    twin = copy.deepcopy(model)
+    twin_opt = torch.optim.Adam(twin.parameters(), lr=1e-2)
+    twin_opt.load_state_dict(opt.state_dict())
+    eager = at.compress_(twin, rank=5, optimizer=twin_opt)
+    lazy = at.compress_(model, rank=5, optimizer=opt, certify="lazy")
+    assert all(x._pending is not None for x in lazy)
+    train_steps(model, opt, x, y, 3)  # the layers move on; the report keeps the cut's figures
+    for a, b in zip(eager, lazy):
+        assert b.gain == a.gain and b.error == a.error and b._pending is None
+    off = at.compress_(model, rank=4, optimizer=opt, certify=False, min_shrink=0.0)
+    assert off.layers[0].gain is None and off.layers[0].error is None and off.layers[0].relative_error is None
+    assert "-" in str(off) and off.to_dict()["layers"][0]["gain"] is None
+    sched = at.CompressionSchedule(total_steps=10, steps=[1], rank=3)
+    assert sched.compress_kwargs["certify"] == "lazy"
+    with pytest.raises(ValueError, match="certify"):
+        at.compress_(model, rank=3, optimizer=opt, certify="yes")
+
+
+class ReplacingChannels(Channels):
+    """A layer that replaces its parameter objects in load_system_ (the older protocol)."""
+
+    def load_system_(self, system):
+        for name, value in (("lam", system.lam), ("B", system.B), ("C", system.C)):
+            setattr(self, f"{name}_re", torch.nn.Parameter(value.real.clone()))
+            setattr(self, f"{name}_im", torch.nn.Parameter(value.imag.clone()))
+
+
+def test_an_optimizer_left_on_replaced_parameters_is_caught_at_its_next_step():
+    model = torch.nn.Sequential(ReplacingChannels(H=2, n=8, seed=1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    at.compress_(model, rank=3, optimizer=None, certify=False)
+    with pytest.raises(at.StaleOptimizerStateError, match="replaced"):
+        opt.step()
+    model2 = torch.nn.Sequential(ReplacingChannels(H=2, n=8, seed=1))
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.1)
+    at.compress_(model2, rank=3, optimizer=opt2, certify=False)  # rebound: steps the live parameters
+    assert {id(p) for g in opt2.param_groups for p in g["params"]} == {id(p) for p in model2.parameters()}
+    opt2.step()
+
+
+def test_an_optimizer_not_passed_to_a_cut_of_selective_layers_is_caught_too():
+    torch.manual_seed(6)
+    model = Hybrid()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    u = torch.randn(4, 20, 4)
+    model(u).square().mean().backward()
+    opt.step()
+    at.compress_(model, rank=4, optimizer=None, calibration_inputs=u, certify=False)
+    opt.zero_grad()
+    model(u).square().mean().backward()
+    with pytest.raises(at.StaleOptimizerStateError, match="optimizer=opt"):
+        opt.step()
+
+
+def test_loading_a_compressed_checkpoint_under_a_trained_optimizer_without_its_state_is_caught(trained):
+    model, opt, x, y = trained
+    at.compress_(model, rank=5, optimizer=opt)
+    fresh = Classifier()
+    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=1e-2)
+    train_steps(fresh, fresh_opt, x, y, 1)  # moments of the full-size parameters
+    fresh.load_state_dict(model.state_dict())  # ... but fresh_opt.load_state_dict is forgotten
+    fresh_opt.zero_grad()
+    torch.nn.functional.cross_entropy(fresh(x), y).backward()
+    with pytest.raises(at.StaleOptimizerStateError, match="old shape"):
+        fresh_opt.step()

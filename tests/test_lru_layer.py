@@ -273,8 +273,9 @@ def test_load_system_changes_size_and_keeps_requires_grad_and_D():
     keep = slice(0, 5)
     layer.load_system_(StandInSystem(system.lam[keep], system.B[keep], system.C[:, keep], system.D))
     assert layer.state_dim == 5 and layer.B_re.shape == (5, 3) and layer.C_im.shape == (3, 5)
-    assert layer.theta is not old_theta and not layer.theta.requires_grad
-    assert layer.D is old_D  # D is not re-based by a reduction: same Parameter, optimizer state survives
+    # In place: the Parameter objects (and their requires_grad) are kept, so optimizers hold live tensors.
+    assert layer.theta is old_theta and not layer.theta.requires_grad
+    assert layer.D is old_D
     layer(torch.randn(1, 10, 3, dtype=torch.float64)).sum().backward()
 
 
@@ -356,3 +357,156 @@ def test_differentiable_system_carries_gradients_to_the_parameters():
     system = layer.to_system(differentiable=True)
     (system.lam.abs().sum() + system.B.abs().sum() + system.C.abs().sum()).backward()
     assert layer.nu_log.grad is not None and layer.gamma_log.grad is not None and layer.C_re.grad is not None
+
+
+def test_load_system_resizes_in_place_so_an_optimizer_built_before_trains_every_parameter():
+    torch.manual_seed(9)
+    layer = LRU(3, 8, dtype=torch.float64)
+    params = dict(layer.named_parameters())
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    system = layer.to_system()
+    layer.load_system_(StandInSystem(system.lam[:4], system.B[:4], system.C[:, :4], system.D))
+    assert all(p is params[name] for name, p in layer.named_parameters())
+    before = {name: p.detach().clone() for name, p in layer.named_parameters()}
+    layer(torch.randn(2, 20, 3, dtype=torch.float64)).square().sum().backward()
+    opt.step()
+    for name, p in layer.named_parameters():
+        assert p.shape == before[name].shape and not torch.equal(p.detach(), before[name]), name
+
+
+def test_checkpoint_load_resizes_in_place():
+    torch.manual_seed(10)
+    small = LRU(4, 16, dtype=torch.float64)
+    system = small.to_system()
+    small.load_system_(StandInSystem(system.lam[:6], system.B[:6], system.C[:, :6], system.D))
+    fresh = LRU(4, 16, dtype=torch.float64)
+    params = dict(fresh.named_parameters())
+    fresh.load_state_dict(small.state_dict())
+    assert fresh.state_dim == 6 and all(p is params[name] for name, p in fresh.named_parameters())
+
+
+# ------------------------------------------------------------------------------------------------ real modes
+def _dense_real_output(lam, B, C, D=None):
+    """Complex realization of ``y = Re(C x) + D u``: ``diag(lam, conj lam)``, ``[B; conj B]``, ``[C, conj C] / 2``."""
+    np = pytest.importorskip("numpy")
+    lam, B, C = (x.detach().cpu().numpy().astype(complex) for x in (lam, B, C))
+    A = np.diag(np.concatenate([lam, lam.conj()]))
+    return A, np.concatenate([B, B.conj()]), 0.5 * np.concatenate([C, C.conj()], axis=1), \
+        (None if D is None else D.detach().cpu().numpy())
+
+
+def _map_change(sys1, sys2):
+    """||G1 - G2||_inf of two real-output diagonal systems, by SLICOT ab13dd on the dense realization."""
+    from reference import error_system, hinf_norm_ab13dd
+
+    A, B, C, D = error_system(*_dense_real_output(sys1.lam, sys1.B, sys1.C, sys1.D),
+                              *_dense_real_output(sys2.lam, sys2.B, sys2.C, sys2.D))
+    return hinf_norm_ab13dd(A, B, C, D)
+
+
+def _system_with_real_modes(seed, d_model=3):
+    """A real-output system with two complex and two real modes (one negative), real B/C rows on the real ones."""
+    g = torch.Generator().manual_seed(seed)
+    lam = torch.tensor([0.7 + 0.5j, -0.2 + 0.9j, 0.95, -0.6], dtype=torch.complex128)
+    B = torch.randn(4, d_model, generator=g, dtype=torch.complex128)
+    C = torch.randn(d_model, 4, generator=g, dtype=torch.complex128)
+    B[2:], C[:, 2:] = B[2:].real.to(B.dtype), C[:, 2:].real.to(C.dtype)
+    D = torch.diag(torch.randn(d_model, generator=g, dtype=torch.float64))
+    return StandInSystem(lam, B, C, D)
+
+
+def _real_mode_gradients(layer, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(4, 40, layer.d_model, generator=g, dtype=layer.B_re.dtype)
+    target = torch.randn(4, 40, layer.d_model, generator=g, dtype=layer.B_re.dtype)
+    layer.zero_grad()
+    (layer(u) - target).square().mean().backward()
+    return layer.theta.grad[2:], layer.B_im.grad[2:], layer.C_im.grad[:, 2:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_real_modes_get_a_gradient_in_every_direction_after_loading(dtype):
+    system = _system_with_real_modes(11)
+    frozen = LRU(3, 4, dtype=dtype).load_system_(system, real_mode_change=0.0)
+    # The defect: at a conjugation-symmetric real mode the loss is even in (theta, B_im, C_im).
+    # (Zero up to pi rounded to the dtype, which leaves a slightly complex mode with a tiny gradient.)
+    grads = _real_mode_gradients(frozen)
+    scale = frozen.theta.grad[:2].abs().max()
+    for grad in grads:
+        assert grad.abs().max() <= (1e-12 if dtype == torch.float64 else 1e-5) * scale
+    layer = LRU(3, 4, dtype=dtype).load_system_(system)
+    theta, b_im, c_im = _real_mode_gradients(layer)
+    assert bool((theta.abs() > 0).all())
+    assert bool((b_im.abs().sum(-1) > 0).all()) and bool((c_im.abs().sum(0) > 0).all())
+    assert theta.abs().min() > 1e-3 * theta.abs().max().clamp(min=1e-30) or theta.abs().min() > 1e-6
+
+
+@pytest.mark.parametrize("budget", [None, 1e-3, 1e-8])
+def test_real_mode_fix_changes_the_map_by_at_most_its_budget(budget):
+    system = _system_with_real_modes(12)
+    layer = LRU(3, 4, dtype=torch.float64).load_system_(system, real_mode_change=budget)
+    loaded = layer.to_system()
+    # Complex modes are loaded exactly, real modes are moved off the real axis.
+    assert torch.allclose(loaded.lam[:2], system.lam[:2], rtol=1e-14, atol=0)
+    assert bool((loaded.lam[2:].imag != 0).all())
+    if budget is None:  # the documented default
+        M = system.C[:, 2:].mT.unsqueeze(-1) * system.B[2:].unsqueeze(-2)
+        budget = float((torch.linalg.matrix_norm(M.real, ord=2) / (1 - system.lam[2:].abs())).sum()) * 2.0**-10
+    change = _map_change(system, loaded)
+    assert 0 < change <= budget * (1 + 1e-9)
+    assert change >= 0.1 * budget  # the rotation uses its budget (the bound is within a small factor)
+
+
+def test_real_mode_fix_leaves_complex_systems_and_complex_products_alone():
+    layer, (lam, B, C, D) = layer_with_modes(torch.tensor([0.5, -0.3, 0.2 + 0.4j], dtype=torch.complex128))
+    # Random complex B, C give complex C_k B_k on the real eigenvalues: not a symmetric point, loaded exactly.
+    assert torch.equal(layer.theta.detach()[:2], torch.tensor([0.0, math.pi], dtype=torch.float64))
+
+
+def test_real_mode_change_must_be_a_finite_nonnegative_number():
+    layer = LRU(3, 4, dtype=torch.float64)
+    for bad in (-1.0, float("nan"), float("inf"), "1e-3", True):
+        with pytest.raises(ValueError, match="real_mode_change"):
+            layer.load_system_(_system_with_real_modes(13), real_mode_change=bad)
+
+
+def test_real_modes_leave_the_real_axis_in_training_and_frozen_ones_never_do():
+    system = _system_with_real_modes(14)
+    g = torch.Generator().manual_seed(15)
+    teacher = LRU(3, 6, dtype=torch.float64)
+    u = torch.randn(8, 60, 3, generator=g, dtype=torch.float64)
+    target = teacher(u).detach()
+    moved = {}
+    for budget in (0.0, None):
+        layer = LRU(3, 4, dtype=torch.float64).load_system_(system, real_mode_change=budget)
+        theta0 = layer.theta.detach().clone()
+        opt = torch.optim.Adam(layer.parameters(), lr=1e-2)
+        for _ in range(30):
+            opt.zero_grad()
+            (layer(u) - target).square().mean().backward()
+            opt.step()
+        moved[budget] = (layer.theta.detach() - theta0)[2:].abs()
+    # Frozen at the saddle: the positive real mode (theta exactly 0) does not move at all. (The negative one,
+    # theta = pi rounded, is complex by 1e-16; Adam's normalized steps amplify that tiny gradient.)
+    assert moved[0.0][0] == 0
+    assert bool((moved[None] > 1e-3).all())  # every real mode turned complex
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_real_mode_bound_holds_for_random_real_modes_near_the_unit_circle(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    q, m = 3, 2
+    modulus = 1 - torch.logspace(-3, -0.5, q, dtype=torch.float64)[torch.randperm(q, generator=g)]
+    sign = torch.where(torch.rand(q, generator=g) < 0.5, -1.0, 1.0).to(torch.float64)
+    lam = torch.cat([(sign * modulus).to(torch.complex128), torch.tensor([0.6 + 0.7j], dtype=torch.complex128)])
+    B = torch.randn(q + 1, m, generator=g, dtype=torch.complex128)
+    C = torch.randn(m, q + 1, generator=g, dtype=torch.complex128)
+    phase = torch.exp(1j * torch.rand(q, generator=g, dtype=torch.float64) * 6.0)  # real M_k = C_k B_k, complex rows
+    B[:q] = B[:q].real.to(B.dtype) * phase[:, None]
+    C[:, :q] = C[:, :q].real.to(C.dtype) / phase[None, :]
+    system = StandInSystem(lam, B, C, torch.zeros(m, m, dtype=torch.float64))
+    budget = float(torch.rand(1, generator=g)) * 1e-2
+    layer = LRU(m, q + 1, dtype=torch.float64).load_system_(system, real_mode_change=budget)
+    loaded = layer.to_system()
+    assert bool((loaded.lam[:q].imag != 0).all()) and torch.allclose(loaded.lam[q], lam[q], rtol=1e-14, atol=0)
+    assert 0 < _map_change(system, loaded) <= budget * (1 + 1e-9)

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from adapters.torch import compress_  # noqa: E402
-from adapters.torch.mamba import (  # noqa: E402
+from adapters.torch import compress_
+from adapters.torch.mamba import (
     SelectiveSSM,
     compress_selective_,
+    leave_one_state_out,
     measure_selective_cut,
     selective_scan,
     selective_scan_reference,
+    selective_state_scores,
 )
 
 
 def _scan_inputs(batch=2, length=29, d=3, n=5, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    make = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    make = lambda *s: torch.randn(*s, generator=g, dtype=dtype)
     return (make(batch, length, d), torch.rand(batch, length, d, generator=g, dtype=dtype) * 0.5,
             -torch.rand(d, n, generator=g, dtype=dtype) * 4, make(batch, length, n), make(batch, length, n), make(d))
 
@@ -103,28 +103,90 @@ def test_the_cut_is_exact_surgery_on_the_kept_states():
     torch.testing.assert_close(block(u), masked)
 
 
-def test_measured_output_change_is_reported_next_to_the_averaged_bound():
+def _masked_forward(block, u, keep):
+    mask = torch.zeros(block.state_dim, dtype=u.dtype)
+    mask[list(keep)] = 1
+    block._state_mask = mask
+    try:
+        return block(u)
+    finally:
+        block._state_mask = None
+
+
+def test_reported_error_is_the_measured_held_out_output_change():
     torch.manual_seed(4)
-    block = SelectiveSSM(4, 16)
-    report = compress_selective_(block, calibration_inputs=torch.randn(4, 32, 4), tol=0.2,
-                                 held_out_inputs=torch.randn(4, 32, 4))
+    block = SelectiveSSM(4, 16).double()
+    held = torch.randn(4, 32, 4, dtype=torch.float64)
+    before = block(held).detach()
+    report = compress_selective_(block, calibration_inputs=torch.randn(4, 32, 4, dtype=torch.float64), tol=0.2,
+                                 held_out_inputs=held)
     layer = report.layers[0]
-    assert layer.compressed and layer.measurement is not None
-    m = layer.measurement
-    assert m.measured_gain.shape == m.averaged_bound.shape == (block.d_inner,)
-    for value in (m.ratio_max, m.ratio_median, m.relative_output_change, layer.averaged_bound, layer.hsv_lower):
-        assert math.isfinite(value)
-    assert 0.0 <= m.fraction_within_bound <= 1.0
-    assert "meas/bound" in str(report)
+    assert layer.compressed and layer.error_data == "held_out" and layer.method == "state_selection"
+    after = block(held).detach()
+    expected = float((before - after).norm() / before.norm())
+    assert layer.error == pytest.approx(expected, rel=1e-9)
+    assert layer.measurement.relative_output_change == pytest.approx(expected, rel=1e-9)
+    assert "error" in str(report) and "held_out" in str(report)
+
+
+def test_without_held_out_inputs_the_error_is_measured_on_the_calibration_inputs():
+    torch.manual_seed(4)
+    block = SelectiveSSM(4, 16).double()
+    calib = torch.randn(4, 32, 4, dtype=torch.float64)
+    before = block(calib).detach()
+    layer = compress_selective_(block, calibration_inputs=calib, rank=5).layers[0]
+    assert layer.error_data == "calibration"
+    assert layer.error == pytest.approx(float((before - block(calib).detach()).norm() / before.norm()), rel=1e-9)
+
+
+def test_tol_keeps_the_fewest_states_within_the_state_path_change():
+    torch.manual_seed(9)
+    block = SelectiveSSM(4, 16).double()
+    with torch.no_grad():
+        block.B_proj.weight.mul_(torch.logspace(0, -2, 16, dtype=torch.float64)[:, None])  # unequal states
+    u = torch.randn(6, 24, 4, dtype=torch.float64)
+    tol = 0.1
+    reference = block.state_dict()
+    layer = compress_selective_(block, calibration_inputs=u, tol=tol, min_shrink=0.0).layers[0]
+    fresh = SelectiveSSM(4, 16).double()
+    fresh.load_state_dict(reference)
+    full, none = fresh(u).detach(), _masked_forward(fresh, u, [])
+
+    def change(keep):  # brute force: the block's own forward with the other states removed
+        return float((full - _masked_forward(fresh, u, keep)).norm() / (full - none).norm())
+
+    order = sorted(range(16), key=lambda n: -layer.scores[n])
+    assert layer.calibration_change == pytest.approx(change(layer.kept), rel=1e-9)
+    assert change(order[:layer.after]) <= tol < change(order[:layer.after - 1])
+
+
+def test_output_energy_score_equals_leave_one_state_out_on_the_same_inputs():
+    torch.manual_seed(10)
+    block = SelectiveSSM(4, 8).double()
+    u = torch.randn(3, 20, 4, dtype=torch.float64)
+    full = block(u).detach()
+    brute = torch.tensor([float((full - _masked_forward(block, u, [k for k in range(8) if k != n])).norm()
+                                / full.norm()) for n in range(8)], dtype=torch.float64)
+    torch.testing.assert_close(leave_one_state_out(block, u)[0], brute, rtol=1e-9, atol=1e-14)
+    energy = selective_state_scores(block, u)[0]
+    torch.testing.assert_close(energy.sqrt() / full.norm(), brute, rtol=1e-9, atol=1e-14)
+
+
+def test_the_old_averaged_score_is_still_available():
+    torch.manual_seed(11)
+    block = SelectiveSSM(4, 6).double()
+    u = torch.randn(2, 12, 4, dtype=torch.float64)
+    system = block.to_system(calibration=u)
+    hsv = (system.B[..., 0] * system.C[:, 0, :]).abs() / (1 - system.lam ** 2)
+    torch.testing.assert_close(selective_state_scores(block, u, ranking="averaged_hsv")[0], hsv.sum(0))
 
 
 def test_measurement_changes_nothing():
     torch.manual_seed(5)
     block = SelectiveSSM(4, 8)
-    u = torch.randn(2, 10, 4)
-    block.calibrate_(u)
     before = {k: v.clone() for k, v in block.state_dict().items()}
-    measure_selective_cut(block, [0, 1], torch.randn(2, 10, 4))
+    m = measure_selective_cut(block, [0, 1], torch.randn(2, 10, 4))
+    assert 0 < m.relative_output_change and m.sequences == 2
     assert block.state_dim == 8 and block._state_mask is None
     for k, v in block.state_dict().items():
         assert torch.equal(v, before[k])
@@ -147,12 +209,17 @@ def test_training_works_after_the_cut(optimizer_state):
 
     for _ in range(3):
         step()
-    old_moment = opt.state[model[0].A_log]["exp_avg"].clone()
+    params = [p for g in opt.param_groups for p in g["params"]]
+    a_log = model[0].A_log
+    old_moment = opt.state[a_log]["exp_avg"].clone()
+    old_step = opt.state[a_log]["step"].clone()
     report = compress_selective_(model, calibration_inputs=u, rank=6, optimizer=opt, optimizer_state=optimizer_state)
     kept = report.layers[0].kept
-    state = opt.state.get(model[0].A_log, {})
+    assert model[0].A_log is a_log and [p for g in opt.param_groups for p in g["params"]] == params
+    state = opt.state.get(a_log, {})
     if optimizer_state == "slice":
         torch.testing.assert_close(state["exp_avg"], old_moment[:, kept])
+        assert torch.equal(state["step"], old_step)
     else:
         assert not state
     losses = [step() for _ in range(15)]
@@ -160,14 +227,33 @@ def test_training_works_after_the_cut(optimizer_state):
     assert losses[-1] < losses[0]
 
 
+def test_training_continues_while_the_previous_steps_loss_is_alive():
+    """Regression: assigning ``param.data`` of a new shape kept the parameter's cached gradient accumulator,
+    which the last step's ``loss`` (still referenced) kept alive: the next backward raised "invalid gradient"."""
+    torch.manual_seed(12)
+    block = SelectiveSSM(4, 16)
+    opt = torch.optim.Adam(block.parameters(), lr=1e-2)
+    u = torch.randn(4, 12, 4)
+    loss = block(u).pow(2).mean()
+    loss.backward()
+    opt.step()
+    compress_selective_(block, calibration_inputs=u, rank=5, optimizer=opt)  # ``loss`` is still referenced
+    opt.zero_grad()
+    loss = block(u).pow(2).mean()
+    loss.backward()
+    opt.step()
+    assert block.A_log.grad.shape == (block.d_inner, 5)
+
+
 def test_compressed_checkpoint_loads_into_a_fresh_block():
     torch.manual_seed(7)
     block = SelectiveSSM(4, 16)
     compress_selective_(block, calibration_inputs=torch.randn(2, 12, 4), rank=5)
     fresh = SelectiveSSM(4, 16)
+    a_log = fresh.A_log
     fresh.load_state_dict(block.state_dict())
     u = torch.randn(2, 12, 4)
-    assert fresh.state_dim == 5
+    assert fresh.state_dim == 5 and fresh.A_log is a_log and fresh.B_proj.out_features == 5
     torch.testing.assert_close(fresh(u), block(u))
 
 
@@ -178,17 +264,26 @@ def test_a_failed_swap_leaves_model_and_optimizer_untouched(monkeypatch):
     block(torch.randn(2, 8, 4)).sum().backward()
     opt.step()
     before = {k: v.clone() for k, v in block.state_dict().items()}
-    params_before = [list(g["params"]) for g in opt.param_groups]
-    import adapters.torch.optim as optim_module
+    grads = {n: p.grad.clone() for n, p in block.named_parameters()}
+    params = {n: p for n, p in block.named_parameters()}
+    moments = {n: opt.state[p]["exp_avg"].clone() for n, p in params.items()}
+    import adapters.torch.mamba as mamba_module
+
+    calls = []
+    real = mamba_module._sliced_state
 
     def boom(*args, **kwargs):
-        raise RuntimeError("injected")
+        calls.append(1)
+        if len(calls) == 2:  # after the first parameter was already resized
+            raise RuntimeError("injected")
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(optim_module, "rebind_parameters_", boom)
+    monkeypatch.setattr(mamba_module, "_sliced_state", boom)
     with pytest.raises(RuntimeError, match="injected"):
         compress_selective_(block, calibration_inputs=torch.randn(2, 8, 4), rank=4, optimizer=opt)
-    assert block.state_dim == 16
-    assert [list(g["params"]) for g in opt.param_groups] == params_before
+    assert block.state_dim == 16 and block.B_proj.out_features == 16
+    for n, p in block.named_parameters():
+        assert p is params[n] and torch.equal(p.grad, grads[n]) and torch.equal(opt.state[p]["exp_avg"], moments[n])
     for k, v in block.state_dict().items():
         assert torch.equal(v, before[k])
 
@@ -202,14 +297,15 @@ def test_balanced_truncation_compress_leaves_selective_blocks_alone():
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [({"rank": 2, "tol": 0.1}, "exactly one"), ({"tol": 1.5}, "tol"),
-                                                ({"rank": 0}, "rank"), ({"rank": 2, "optimizer_state": "x"}, "optimizer_state")])
+                                                ({"rank": 0}, "rank"), ({"rank": 2, "optimizer_state": "x"}, "optimizer_state"),
+                                                ({"rank": 2, "ranking": "x"}, "ranking")])
 def test_bad_options_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         compress_selective_(SelectiveSSM(4, 8), calibration_inputs=torch.randn(1, 4, 4), **kwargs)
 
 
 def test_a_model_without_selective_blocks_is_rejected():
-    with pytest.raises(ValueError, match="no SelectiveSSM"):
+    with pytest.raises(ValueError, match="no selective layer"):
         compress_selective_(torch.nn.Linear(2, 2), calibration_inputs=torch.randn(1, 2), rank=1)
 
 
@@ -217,6 +313,50 @@ def test_a_model_without_selective_blocks_is_rejected():
 def test_block_and_cut_run_on_cuda():
     block = SelectiveSSM(4, 16, device="cuda")
     u = torch.randn(2, 20, 4, device="cuda")
-    report = compress_selective_(block, calibration_inputs=u, rank=6, held_out_inputs=u)
-    assert block.A_log.is_cuda and block.state_dim == 6 and report.compressed
+    opt = torch.optim.Adam(block.parameters())
     block(u).sum().backward()
+    opt.step()
+    report = compress_selective_(block, calibration_inputs=u, rank=6, held_out_inputs=u, optimizer=opt)
+    assert block.A_log.is_cuda and block.state_dim == 6 and report.compressed
+    assert opt.state[block.A_log]["exp_avg"].shape == (block.d_inner, 6) and opt.state[block.A_log]["exp_avg"].is_cuda
+    block(u).sum().backward()
+    opt.step()
+
+
+def test_where_torch_refuses_the_swap_the_parameters_are_replaced_and_the_optimizer_follows(monkeypatch):
+    """Other owners of a parameter's tensor (a DistributedDataParallel reducer) make swap_tensors refuse."""
+    torch.manual_seed(13)
+    block = SelectiveSSM(4, 16)
+    opt = torch.optim.Adam(block.parameters(), lr=1e-2)
+    u = torch.randn(4, 12, 4)
+    loss = block(u).pow(2).mean()
+    loss.backward()
+    opt.step()
+    old = block.A_log
+    moment = opt.state[old]["exp_avg"].clone()
+
+    def refuse(*args):
+        raise RuntimeError("Expected use_count of t1 to be 1 or 2")
+
+    monkeypatch.setattr(torch.utils, "swap_tensors", refuse)
+    kept = compress_selective_(block, calibration_inputs=u, rank=5, optimizer=opt).layers[0].kept
+    assert block.A_log is not old and old not in opt.state
+    assert any(p is block.A_log for g in opt.param_groups for p in g["params"])
+    assert not any(p is old for g in opt.param_groups for p in g["params"])
+    torch.testing.assert_close(opt.state[block.A_log]["exp_avg"], moment[:, kept])
+    opt.zero_grad()
+    block(u).pow(2).mean().backward()  # ``loss`` of the earlier step is still alive
+    opt.step()
+    assert block.A_log.grad.shape == (block.d_inner, 5)
+
+
+def test_importing_the_adapter_does_not_import_transformers():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, adapters.torch, adapters.torch.mamba; assert 'transformers' not in sys.modules, 'imported'"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]

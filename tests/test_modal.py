@@ -14,6 +14,7 @@ symmetry to exploit and comes back with ``real_output=False`` and ``r`` modes.
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -135,12 +136,51 @@ def test_modal_eigenvalues_are_inside_the_unit_circle(case):
     assert np.all(np.abs(ref.as_numpy(modal.lam)) < 1.0)
 
 
-def test_an_eigenvalue_within_1e_9_of_the_unit_circle_is_pulled_back_with_a_warning():
+@pytest.mark.parametrize("radius", [1.0, 1.0 - 1e-15, 1.0 - 1e-13], ids=["1", "1-1e-15", "1-1e-13"])
+def test_an_eigenvalue_within_1e_12_of_the_unit_circle_is_refused_like_on_the_dense_path(radius):
+    # One stability rule (issue 15): modal_form used to pull such eigenvalues back to 1 - 1e-9 with a warning,
+    # while the dense functions raise. The dense path is the reference here.
+    A = np.diag([radius, 0.3])
+    with pytest.raises(lr.UnstableSystemError):
+        lr.hankel_singular_values(A, np.ones((2, 1)), np.ones((1, 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(lr.UnstableSystemError, match=re.escape(f"{radius:.17g}")):
+            lr.modal_form(A, np.ones((2, 1)), np.ones((1, 2)))
+
+
+def test_an_eigenvalue_just_inside_the_rule_is_kept_unchanged():
     A = np.diag([1.0 - 1e-11, 0.3])
-    with pytest.warns(RuntimeWarning, match="pulled back"):
-        modal, _ = lr.modal_form(A, np.ones((2, 1)), np.ones((1, 2)))
-    assert np.all(np.abs(modal.lam) < 1.0)
-    np.testing.assert_allclose(np.abs(modal.lam), [1.0 - 1e-9, 0.3], rtol=1e-15)
+    modal, _ = lr.modal_form(A, np.ones((2, 1)), np.ones((1, 2)))
+    np.testing.assert_allclose(np.sort(np.abs(modal.lam)), [0.3, 1.0 - 1e-11], rtol=1e-15)
+
+
+@pytest.mark.parametrize("cond_warn", [np.nan, "x", True, 0.0, -1.0], ids=repr)
+def test_cond_warn_that_is_not_a_positive_number_is_refused(cond_warn):
+    with pytest.raises(lr.LTIInputError, match="cond_warn must be a positive number"):
+        lr.modal_form(np.diag([0.5, 0.3]), np.ones((2, 1)), np.ones((1, 2)), cond_warn=cond_warn)
+
+
+def test_cond_warn_inf_never_warns():
+    A, B, C = nearly_defective(1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lr.modal_form(A, B, C, cond_warn=np.inf)
+
+
+@pytest.mark.parametrize("m, p", [(0, 2), (2, 0), (0, 0)])
+def test_no_inputs_or_no_outputs_give_an_empty_modal_system(m, p):
+    # Reference: the modes of A (its eigenvalues) with empty B / C; the transfer function is the empty matrix.
+    A = np.array([[0.5, -0.4], [0.4, 0.5]])
+    modal, cond = lr.modal_form(A, np.ones((2, m)), np.ones((p, 2)))
+    assert modal.B.shape == (1, m) and modal.C.shape == (p, 1) and modal.D.shape == (p, m)
+    np.testing.assert_allclose(np.sort_complex(np.concatenate([modal.lam, modal.lam.conj()])),
+                               np.sort_complex(np.linalg.eigvals(A)), atol=1e-15)
+
+
+def test_a_batch_of_zero_systems_is_refused_clearly():
+    with pytest.raises(lr.LTIInputError, match="batch is empty"):
+        lr.modal_form(np.zeros((0, 2, 2)), np.zeros((0, 2, 1)), np.zeros((0, 1, 2)))
 
 
 def test_a_marginal_mode_of_a_diagonal_layer_reduces_to_a_stable_modal_layer():

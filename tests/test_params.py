@@ -28,3 +28,14 @@ def test_resize_from_checkpoint_resizes_only_same_rank_mismatches():
     sd = {"p.weight": torch.ones(3, 4), "p.bias": torch.ones(2, 2)}
     assert resize_from_checkpoint_(lin, sd, "p.", ["weight", "bias"]) == ["weight"]
     assert lin.weight.shape == (3, 4) and lin.bias.shape == (6,)
+
+
+def test_backward_works_after_a_resize_while_an_old_graph_is_still_alive():
+    lin = nn.Linear(4, 6)
+    loss = lin(torch.randn(2, 4)).sum()  # kept alive, as the previous step's loss in a training loop
+    loss.backward()
+    set_parameter_(lin, "weight", lin.weight.detach()[:3])
+    set_parameter_(lin, "bias", lin.bias.detach()[:3])
+    lin(torch.randn(2, 4)).square().sum().backward()
+    assert lin.weight.grad.shape == (3, 4) and lin.bias.grad.shape == (3,)
+    assert loss.grad_fn is not None

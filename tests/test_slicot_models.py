@@ -1,7 +1,6 @@
 """SLICOT benchmark models (CD player, n = 120; ISS component 1r, n = 270), discretized by the bilinear map.
 
-The data live in the shared checkout beside the repository (``<repo>/../shared/data/slicot``); CI clones the
-repository with ``shared/`` next to it. Without the data these tests skip.
+The models ship with the package (:mod:`lti_reduce.datasets`), so these tests run everywhere.
 
 The bilinear (Tustin) map with the ``sqrt(dt)`` scaling of ``reference.bilinear_discretization`` keeps the
 Hankel singular values, so the discrete HSVs of ``lti_reduce`` must equal the *continuous* ones that SLICOT
@@ -10,36 +9,22 @@ Hankel singular values, so the discrete HSVs of ``lti_reduce`` must equal the *c
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import lti_reduce as lr
 import reference as ref
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "slicot"
-
-pytestmark = [
-    pytest.mark.skipif(not DATA.is_dir(), reason=f"SLICOT benchmark data not found at {DATA} (shared/ checkout)"),
-]
+from lti_reduce import datasets
 
 # Reduced orders with a clear gap sigma_r / sigma_{r+1} (1.36 and 2.1), so that the reduced model is unique.
 MODELS = {"CDplayer": 20, "iss": 10}
+LOADERS = {"CDplayer": datasets.cd_player, "iss": datasets.iss}
 
 
 class Model:
     def __init__(self, name: str):
-        import scipy.io
-        import scipy.sparse
-
-        path = DATA / f"{name}.mat"
-        if not path.is_file():
-            pytest.skip(f"{path} is missing")
-        raw = scipy.io.loadmat(path)
-        mats = [raw[k].toarray() if scipy.sparse.issparse(raw[k]) else np.asarray(raw[k]) for k in "ABCD"]
         self.name = name
-        self.Ac, self.Bc, self.Cc, self.Dc = (np.asarray(X, dtype=float) for X in mats)  # CDplayer's D is uint8
+        self.Ac, self.Bc, self.Cc, self.Dc = LOADERS[name]()
         # Step at the geometric mean of the pole magnitudes: the bilinear map then sends the band of poles
         # symmetrically around z = i instead of crowding it at z = +-1.
         poles = np.abs(np.linalg.eigvals(self.Ac))

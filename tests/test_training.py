@@ -190,3 +190,39 @@ def test_file_datasets_explain_a_missing_torchvision(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_torchvision)
     with pytest.raises(DatasetError, match="pip install torchvision"):
         load_dataset("smnist", tmp_path)
+
+
+def test_a_larger_mnist1d_test_split_comes_from_one_generator_call(tmp_path):
+    published = mnist1d(tmp_path)
+    same = mnist1d(tmp_path, test_examples=1000)  # num_samples 5000, train_split 0.8: the published arguments
+    assert torch.equal(same.x_train, published.x_train) and torch.equal(same.y_test, published.y_test)
+    larger = mnist1d(tmp_path, test_examples=2000)
+    assert larger.x_train.shape == (4000, 40, 1) and larger.x_test.shape == (2000, 40, 1)
+    assert larger.name == "mnist1d-4000/2000" and published.name == "mnist1d"
+    assert sorted(torch.bincount(torch.cat([larger.y_train, larger.y_test])).tolist()) == [600] * 10
+
+
+def test_equalizing_mode_scales_keeps_the_layer_map_and_its_parameters():
+    from adapters.torch import LRU
+    from adapters.torch.experiment.loop import equalize_mode_scales_
+
+    torch.manual_seed(1)
+    layer = LRU(3, 5, dtype=torch.float64)
+    with torch.no_grad():
+        layer.B_re.mul_(torch.logspace(-2, 2, 5, dtype=torch.float64)[:, None])
+
+    def response(system):  # G(z) = Re-output map via the complex realization diag(lam, conj lam)
+        lam, B, C = (np.asarray(t) for t in (system.lam, system.B, system.C))
+        z = np.exp(1j * np.linspace(0, np.pi, 33))[:, None]
+        G1 = np.einsum("pn,fn,nm->fpm", C, 1 / (z - lam), B)
+        G2 = np.einsum("pn,fn,nm->fpm", C.conj(), 1 / (z - lam.conj()), B.conj())
+        return 0.5 * (G1 + G2)
+
+    before = response(layer.to_system())
+    params = [id(p) for p in layer.parameters()]
+    assert equalize_mode_scales_(torch.nn.Sequential(layer)) == 1
+    assert np.abs(response(layer.to_system()) - before).max() <= 1e-12 * np.abs(before).max()
+    assert [id(p) for p in layer.parameters()] == params
+    rows = torch.complex(layer.B_re, layer.B_im).abs().square().sum(-1).sqrt()
+    cols = torch.complex(layer.C_re, layer.C_im).abs().square().sum(0).sqrt()
+    assert torch.allclose(rows, cols, rtol=1e-12)

@@ -231,3 +231,130 @@ def test_integer_input_is_computed_in_floating_point():
     res = lr.balanced_truncation(np.array([[0, 0], [1, 0]]), np.array([[1], [0]]), np.array([[0, 1]]), rank=1)
     assert np.issubdtype(res.A.dtype, np.floating)
     np.testing.assert_allclose(res.hsv, [1.0, 1.0], atol=1e-12)  # G(z) = z^-2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One stability rule for every path (issue 15): spectral radius < 1 - 1e-12
+# ---------------------------------------------------------------------------------------------------------------
+
+MARGINAL = [1.0, 1.0 - 1e-15, 1.0 - 1e-13, 1.0 - 1e-12]
+
+
+def _paths(radius):
+    lam = np.array([-radius + 0j, 0.4j])  # |lam| exactly radius
+    A_real = np.diag([radius, 0.4])
+    ones = (np.ones((2, 1)), np.ones((1, 2)))
+    return {
+        "dense": lambda: lr.hankel_singular_values(A_real, *ones),
+        "diagonal": lambda: lr.DiagonalSystem(lam, *ones, real_output=True),
+        "modal": lambda: lr.modal_form(A_real, *ones),
+        "check_stable_eigenvalues": lambda: __import__("lti_reduce.validate", fromlist=["x"]).check_stable_eigenvalues(lam),
+    }
+
+
+@pytest.mark.parametrize("path", ["dense", "diagonal", "modal", "check_stable_eigenvalues"])
+@pytest.mark.parametrize("radius", MARGINAL, ids=repr)
+def test_every_path_refuses_a_radius_within_1e_12_of_the_unit_circle(path, radius):
+    with pytest.raises(lr.UnstableSystemError):
+        _paths(radius)[path]()
+
+
+@pytest.mark.parametrize("path", ["dense", "diagonal", "modal", "check_stable_eigenvalues"])
+def test_every_path_accepts_a_radius_just_inside_the_rule(path):
+    _paths(1.0 - 1e-11)[path]()
+
+
+def test_check_stable_eigenvalues_takes_torch_tensors_and_names_them(torch):
+    from lti_reduce.validate import check_stable_eigenvalues
+
+    radius = 1.0 - 2.0 ** -52
+    with pytest.raises(lr.UnstableSystemError, match=r"system\.lam.*" + re.escape(f"{radius:.17g}")):
+        check_stable_eigenvalues(torch.tensor([0.5, radius], dtype=torch.float64), "system.lam")
+    check_stable_eigenvalues(torch.tensor([0.5 + 0.5j]), "system.lam")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rank_for_tol, reduce(states=), hinf_norm(rtol=), discretize(dt=): clear errors (issue 15)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hsv, match", [
+    ([3.0, np.nan, 1.0], "NaN or Inf"),
+    ([np.inf, 2.0, 1.0], "NaN or Inf"),
+    ([3.0, 2.0, -1.0], ">= 0"),
+    ([1.0, 2.0, 3.0], "sorted descending"),
+    ([1.0 + 1j, 0.5], "real array"),
+], ids=["nan", "inf", "negative", "ascending", "complex"])
+def test_rank_for_tol_refuses_hsvs_that_are_not_hsvs(hsv, match):
+    with pytest.raises(lr.LTIInputError, match=match):
+        lr.rank_for_tol(np.array(hsv), 0.1)
+
+
+def test_rank_for_tol_still_takes_a_batch_with_equal_values():
+    assert lr.rank_for_tol(np.array([[2.0, 2.0, 1.0], [1.0, 1.0, 1.0]]), 0.4).tolist() == [2, 2]
+
+
+@pytest.mark.parametrize("states", [[0.5], [1.0, 2.0], [True], [0, "1"]], ids=repr)
+def test_reduce_refuses_state_indices_that_are_not_integers(states):
+    res = lr.balanced_truncation(A, B, C, D, rank=2)
+    with pytest.raises(lr.LTIInputError, match="integer indices"):
+        res.reduce(states=states)
+
+
+@pytest.mark.parametrize("rtol", [0, 0.0, -1, float("nan"), "x", True, 1.0], ids=repr)
+def test_hinf_norm_refuses_an_rtol_outside_the_open_unit_interval(rtol):
+    with pytest.raises(lr.LTIInputError, match="rtol must be a float strictly between 0 and 1"):
+        lr.hinf_norm(A, B, C, D, rtol=rtol)
+
+
+@pytest.mark.parametrize("dt", [True, False, np.bool_(True), "0.1", 0.0, -1.0, np.nan, np.inf], ids=repr)
+def test_discretize_refuses_a_step_that_is_not_a_positive_number(dt):
+    with pytest.raises(lr.LTIInputError, match="dt must be a positive finite step"):
+        lr.discretize(-np.eye(2), np.ones((2, 1)), np.ones((1, 2)), dt=dt)
+
+
+@pytest.mark.parametrize("A_c, dt", [(np.array([[1.0, 0.5], [0.0, 2.0]]), 1e3), (np.array([[-1.0, 0.5], [0.0, -2.0]]), 1e300)],
+                         ids=["unstable_A", "huge_dt"])
+def test_zero_order_hold_that_overflows_raises_instead_of_returning_nan(A_c, dt):
+    with pytest.raises(lr.LTIInputError, match="non-finite model.*smaller dt"):
+        lr.discretize(A_c, np.ones((2, 1)), np.ones((1, 2)), dt=dt, method="zoh")
+
+
+def test_zero_order_hold_of_an_unstable_A_with_a_moderate_step_is_exact():
+    # Reference: scipy's cont2discrete (exact for piecewise-constant inputs).
+    import scipy.signal
+
+    Ac, Bc, Cc, Dc = np.array([[1.0, 0.5], [0.0, 2.0]]), np.ones((2, 1)), np.ones((1, 2)), np.zeros((1, 1))
+    Ad, Bd, _, _ = lr.discretize(Ac, Bc, Cc, Dc, dt=2.0, method="zoh")
+    Ad_ref, Bd_ref, *_ = scipy.signal.cont2discrete((Ac, Bc, Cc, Dc), 2.0, method="zoh")
+    np.testing.assert_allclose(Ad, Ad_ref, rtol=1e-12)
+    np.testing.assert_allclose(Bd, Bd_ref, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# empty inputs (issue 15)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("m, p", [(0, 3), (2, 0), (0, 0)])
+def test_hinf_norm_of_a_system_without_inputs_or_outputs_is_zero(m, p):
+    # The transfer function is the empty p x m matrix, whose norm is 0 (as numpy's norm of an empty matrix).
+    out = lr.hinf_norm(A, B[:, :m], C[:p], D[:p, :m])
+    assert float(out) == 0.0
+
+
+def test_hinf_norm_of_a_batch_without_inputs_is_zero_per_system():
+    As = np.stack([A, 0.5 * A])
+    out = lr.hinf_norm(As, np.zeros((2, 4, 0)), np.stack([C, C]))
+    assert out.shape == (2,) and np.all(out == 0.0)
+
+
+@pytest.mark.parametrize("name", ["hinf_norm", "hankel_singular_values", "balanced_truncation", "gramians"])
+def test_a_batch_of_zero_systems_is_refused_clearly(name):
+    with pytest.raises(lr.LTIInputError, match="batch is empty"):
+        call(name, A=np.zeros((0, 4, 4)), B=np.zeros((0, 4, 2)), C=np.zeros((0, 3, 4)), D=np.zeros((0, 3, 2)))
+
+
+def test_a_diagonal_batch_of_zero_systems_is_refused_clearly():
+    with pytest.raises(lr.LTIInputError, match="batch is empty"):
+        lr.DiagonalSystem(np.zeros((0, 3)), np.zeros((0, 3, 1)), np.zeros((0, 1, 3)))

@@ -7,6 +7,10 @@ Public API
 ----------
 LRU
     Reference Linear Recurrent Unit layer (Orvieto et al. 2023), compressible.
+S5, S4D
+    S5 (Smith et al. 2023) and S4D (Gu et al. 2022) layers, compressible.
+ResizableStateMixin, resize_state_from_checkpoint_, set_parameter_
+    Checkpoint resizing for compressible layers (a compressed checkpoint loads into a fresh layer).
 compress_, CompressionReport, LayerReport
     Balanced truncation of every compressible layer, batched and atomic, with the optimizer kept consistent.
 CompressionSchedule, RollbackGuard
@@ -16,7 +20,7 @@ hankel_nuclear_norm
 compress_ddp_
     compress_ inside DistributedDataParallel: unwrap, cut, broadcast from one rank, re-wrap.
 SelectiveSSM, compress_selective_, measure_selective_cut, selective_scan
-    A pure-torch Mamba-style selective SSM block and its state selection by averaged-system HSVs.
+    A pure-torch Mamba-style selective SSM block; state selection for it and Hugging Face Mamba/Mamba2 mixers.
 CompressibleLayer, compressible_layers, is_compressible
     The layer protocol (``state_dim``, ``to_system()``, ``load_system_()``) and discovery.
 """
@@ -24,6 +28,7 @@ CompressibleLayer, compressible_layers, is_compressible
 from .compress import CompressionReport, LayerReport, compress_
 from .distributed import compress_ddp_
 from .lru import LRU
+from .optim import StaleOptimizerStateError
 from .mamba import (
     CutMeasurement,
     SelectiveCompressionReport,
@@ -36,10 +41,18 @@ from .mamba import (
 )
 from .protocol import CompressibleLayer, compressible_layers, is_compressible
 from .regularizers import hankel_nuclear_norm
+from .resizing import ResizableStateMixin, resize_state_from_checkpoint_, set_parameter_
+from .s4d import S4D
+from .s5 import S5
 from .schedule import CompressionSchedule, RollbackGuard
 
 __all__ = [
     "LRU",
+    "S4D",
+    "S5",
+    "ResizableStateMixin",
+    "resize_state_from_checkpoint_",
+    "set_parameter_",
     "SelectiveSSM",
     "CutMeasurement",
     "SelectiveCompressionReport",
@@ -54,6 +67,7 @@ __all__ = [
     "CompressionSchedule",
     "LayerReport",
     "RollbackGuard",
+    "StaleOptimizerStateError",
     "compress_",
     "compressible_layers",
     "hankel_nuclear_norm",

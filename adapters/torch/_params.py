@@ -28,12 +28,29 @@ def set_parameter_(module: nn.Module, name: str, value: torch.Tensor) -> nn.Para
     if not isinstance(param, nn.Parameter):
         raise TypeError(f"{type(module).__name__}.{name} is not an nn.Parameter (got {type(param).__name__})")
     value = value.detach().to(device=param.device, dtype=param.dtype)
-    if value.shape != param.shape:
-        param.grad = None
     if value.untyped_storage().data_ptr() == param.untyped_storage().data_ptr():
         value = value.clone()  # a view would keep the old, larger storage alive
+    if value.shape != param.shape:
+        param.grad = None
+        _forget_grad_accumulator(param)
     param.data = value.contiguous()
     return param
+
+
+def _forget_grad_accumulator(param: nn.Parameter) -> None:
+    """Make autograd create a new gradient accumulator for ``param`` (at its new shape).
+
+    A leaf's accumulator node is cached (weakly) on the tensor and reused by every graph while
+    anything keeps it alive, e.g. the previous step's ``loss`` still referenced in a training loop.
+    It records the shape the leaf had when it was made, so after an in-place resize the next
+    backward would fail with "invalid gradient ... expected shape compatible with" the old shape.
+    ``Tensor.data = x`` drops the cached accumulator when ``x`` has another dtype (not when only
+    the shape changes), so the data is first set to an empty tensor of another dtype.
+    """
+    other = torch.float16 if param.dtype != torch.float16 else torch.float32
+    if param.is_complex():
+        other = torch.complex64 if param.dtype != torch.complex64 else torch.complex128
+    param.data = torch.empty(0, dtype=other, device=param.device)
 
 
 def resize_from_checkpoint_(module: nn.Module, state_dict, prefix: str, names) -> list[str]:

@@ -1,12 +1,13 @@
-"""``compress_``: balanced truncation of live SSM layers, batched, atomic, optimizer-aware.
+"""``compress_``: the one entry point that cuts the state of live SSM layers, batched, atomic, optimizer-aware.
 
 This module maps layers to systems and back; all numerics are in :mod:`lti_reduce`.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ import torch.nn as nn
 
 import lti_reduce as lr
 
-from .optim import check_optimizer_owns, rebind_parameters_
+from .optim import check_optimizer_owns, mark_rebased_, rebind_parameters_, reset_state_
 from .protocol import compressible_layers
 
 __all__ = ["compress_", "CompressionReport", "LayerReport"]
@@ -35,18 +36,38 @@ class LayerReport:
         ``state_dim`` before and after (equal if the layer was not cut).
     order_before, order_after : int
         Order of the layer's map as an LTI system (``2 * state_dim`` for a real-output
-        layer with complex modes) before the cut and of the kept balanced part.
-    hsv : numpy.ndarray
-        Hankel singular values of the layer's map before the cut, descending.
+        layer with complex modes) before the cut and of the kept balanced part (per channel
+        for a layer of independent channels).
+    hsv : numpy.ndarray, shape (order_before,) or (channels, order_before)
+        Hankel singular values of the layer's map before the cut, descending (per channel).
     energy_kept : float
-        Fraction of the HSV sum carried by the kept states.
+        Fraction of the HSV sum carried by the kept states (the worst channel's).
     error_bound : float
-        A-priori bound ``2 * sum(discarded HSVs)`` on the H-infinity norm of the change
-        of the layer's linear map (0 if not cut).
+        A-priori bound on the H-infinity norm of the change of the layer's map: ``2 * sum(discarded
+        HSVs)`` plus the budget of the real-mode fix of a layer that makes real modes trainable
+        (:meth:`adapters.torch.LRU.load_system_`); the largest over channels (0 if not cut).
     compressed : bool
         Whether the layer was cut.
     note : str
         Why a layer was not cut (e.g. the ``min_shrink`` gate).
+    method : {"balanced_truncation", "state_selection"}
+        How the layer was reduced: balanced truncation of its LTI map, or (selective layers such as
+        :class:`adapters.torch.SelectiveSSM`) a selection of states by calibrated HSVs.
+    gain : float or None
+        H-infinity norm of the layer's map before the cut (largest over channels); ``None`` for a
+        selective layer, whose map is not LTI.
+    error : float or None
+        H-infinity norm of the change ``G - G_r`` of the layer's map, computed a posteriori from the
+        layer's ``to_system()`` after loading, so every re-parameterization the layer makes while
+        loading is inside it (largest over channels; 0 if not cut). It satisfies
+        ``hsv_lower - (fix budget) <= error <= error_bound``. ``None`` for a selective layer.
+    hsv_lower : float
+        ``sigma_{r+1}`` (largest over channels): no map of the reduced order is closer to the layer's in
+        the H-infinity norm (0 if not cut).
+    channels : int
+        Number of independent channels of the layer's system (1 for an unbatched system).
+    detail : object or None
+        The :class:`adapters.torch.SelectiveLayerReport` of a selective layer.
     """
 
     name: str
@@ -59,6 +80,47 @@ class LayerReport:
     error_bound: float
     compressed: bool
     note: str = ""
+    method: str = "balanced_truncation"
+    hsv_lower: float = 0.0
+    channels: int = 1
+    detail: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self._gain, self._error, self._pending = None, None, None
+
+    @property
+    def gain(self) -> float | None:
+        if self._pending is not None:
+            self._pending.resolve()
+        return self._gain
+
+    @gain.setter
+    def gain(self, value):
+        self._gain = value
+
+    @property
+    def error(self) -> float | None:
+        if self._pending is not None:
+            self._pending.resolve()
+        return self._error
+
+    @error.setter
+    def error(self, value):
+        self._error = value
+
+    @property
+    def relative_error(self) -> float | None:
+        """``error / gain`` (``None`` when either is unknown, 0 for a zero map)."""
+        if self.error is None or self.gain is None:
+            return None
+        return self.error / self.gain if self.gain > 0 else 0.0
+
+    @property
+    def relative_error_bound(self) -> float | None:
+        """``error_bound / gain`` (``None`` when the gain is unknown)."""
+        if self.gain is None:
+            return None
+        return self.error_bound / self.gain if self.gain > 0 else 0.0
 
 
 @dataclass
@@ -93,28 +155,50 @@ class CompressionReport:
         return sum(x.after for x in self.layers)
 
     def to_dict(self) -> dict:
-        """A JSON-serializable summary (HSVs as lists)."""
+        """A JSON-serializable summary (arrays as lists; ``relative_error`` and ``relative_error_bound`` added)."""
         def plain(v):
             if isinstance(v, np.ndarray):
                 return v.tolist()
+            if isinstance(v, np.generic):
+                return v.item()
             if hasattr(v, "__dataclass_fields__"):
                 return {k: plain(w) for k, w in v.__dict__.items()}
             return v
 
-        return {"layers": [plain(x) for x in self.layers],
-                "state_before": self.state_before, "state_after": self.state_after}
+        layers = []
+        for x in self.layers:
+            d = {f.name: plain(getattr(x, f.name)) for f in fields(x)}
+            d["gain"], d["error"] = x.gain, x.error
+            d["relative_error"], d["relative_error_bound"] = x.relative_error, x.relative_error_bound
+            layers.append(d)
+        return {"layers": layers, "state_before": self.state_before, "state_after": self.state_after}
 
     def __str__(self) -> str:
-        head = f"{'layer':<28} {'state':>11} {'energy kept':>12} {'error bound':>12}  note"
+        def num(v, fmt):
+            return f"{'-':>{fmt[:fmt.index('.')] if '.' in fmt else 0}}" if v is None else format(v, fmt)
+
+        head = (f"{'layer':<24} {'method':>6} {'state':>9} {'energy kept':>11} {'gain':>10} {'error':>10} "
+                f"{'err/gain':>9} {'bound/gain':>10}  note")
         rows = [head, "-" * len(head)]
         for x in self.layers:
             state = f"{x.before}->{x.after}" if x.compressed else f"{x.before}"
-            rows.append(f"{x.name or '<model>':<28} {state:>11} {x.energy_kept:>12.6f} {x.error_bound:>12.4e}  {x.note}")
-        rows.append(f"{'total':<28} {f'{self.state_before}->{self.state_after}':>11}")
+            method = "BT" if x.method == "balanced_truncation" else "select"
+            rows.append(f"{x.name or '<model>':<24} {method:>6} {state:>9} {x.energy_kept:>11.6f} "
+                        f"{num(x.gain, '10.4g')} {num(x.error, '10.4g')} {num(x.relative_error, '9.3g')} "
+                        f"{num(x.relative_error_bound, '10.3g')}  {x.note}")
+        rows.append(f"{'total':<24} {'':>6} {f'{self.state_before}->{self.state_after}':>9}")
         return "\n".join(rows)
 
 
-def _check_options(tol, rank, selection, scope, min_shrink):
+class _Required:
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+_REQUIRED = _Required()
+
+
+def _check_options(tol, rank, selection, scope, min_shrink, method="truncate", seed=None):
     if (tol is None) == (rank is None):
         raise ValueError(f"give exactly one of tol= (fraction of HSV energy that may be dropped, e.g. 0.01) and "
                          f"rank= (new state_dim per layer); got tol={tol!r}, rank={rank!r}.")
@@ -130,6 +214,22 @@ def _check_options(tol, rank, selection, scope, min_shrink):
         raise ValueError("scope='global' distributes one energy budget over layers and needs tol=, not rank=.")
     if isinstance(min_shrink, bool) or not isinstance(min_shrink, (int, float)) or not 0.0 <= float(min_shrink) < 1.0:
         raise ValueError(f"min_shrink must be in [0, 1) (a layer is cut only if it shrinks by this fraction), got {min_shrink!r}.")
+    if method not in ("truncate", "spa"):
+        raise ValueError(f"method must be 'truncate' (balanced truncation) or 'spa' (singular perturbation), got {method!r}.")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or int(seed) < 0):
+        raise ValueError(f"seed must be None or a non-negative integer (it seeds selection='random'), got {seed!r}; "
+                         "pass e.g. seed=0.")
+
+
+def _check_optimizer_argument(optimizer, where: str):
+    if optimizer is _REQUIRED:
+        raise TypeError(
+            f"{where} needs optimizer=: pass the optimizer that trains the model (a cut re-bases the SSM "
+            "parameters, and their old moments must be reset), or optimizer=None if no optimizer holds state "
+            "for them yet (one built afterwards, or a model that is not training).")
+    if optimizer is not None and not (hasattr(optimizer, "param_groups") and hasattr(optimizer, "state")):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer (anything with param_groups and state) or "
+                        f"None, got {type(optimizer).__name__}.")
 
 
 def _layer_system(name, layer):
@@ -161,13 +261,15 @@ def _global_orders(hsvs: list[np.ndarray], tol: float) -> list[int]:
 
     Each layer's HSVs are normalized to sum 1; the globally smallest normalized
     values are dropped while their total stays within ``tol * n_layers`` (the mean
-    dropped fraction is ``tol``), never a layer's leading state.
+    dropped fraction is ``tol``), never a layer's leading state. A layer of independent
+    channels takes part through its worst channel (the largest normalized tail).
     """
     entries = []
     for li, h in enumerate(hsvs):
-        total = float(h.sum())
-        e = h / total if total > 0 else np.zeros_like(h)
-        entries.extend((float(e[i]), li, i) for i in range(1, len(h)))
+        h2 = np.atleast_2d(h)
+        total = h2.sum(-1, keepdims=True)
+        e = np.where(total > 0, h2 / np.where(total > 0, total, 1.0), 0.0).max(0)
+        entries.extend((float(e[i]), li, i) for i in range(1, e.shape[-1]))
     entries.sort()
     budget, spent = tol * len(hsvs), 0.0
     dropped = [0] * len(hsvs)
@@ -176,7 +278,7 @@ def _global_orders(hsvs: list[np.ndarray], tol: float) -> list[int]:
             break
         spent += value
         dropped[li] += 1
-    return [len(h) - d for h, d in zip(hsvs, dropped)]
+    return [h.shape[-1] - d for h, d in zip(hsvs, dropped)]
 
 
 def _kept_states(order_new: int, order: int, selection: str, rng) -> list[int] | None:
@@ -187,22 +289,128 @@ def _kept_states(order_new: int, order: int, selection: str, rng) -> list[int] |
     return sorted(rng.choice(order, size=order_new, replace=False).tolist())
 
 
+def _reduce_channels(bal, order: int, keep, method: str):
+    """Reduce every channel of a batched result to ``order`` and return one batched modal system.
+
+    A real-output channel of order ``k`` with ``q`` real eigenvalues has ``(k + q) / 2`` modes, which may
+    differ between channels; a channel with fewer modes than the most is given the next higher order(s)
+    until the counts agree (more states kept: its error only falls). Returns ``(results, system)`` with one
+    result per channel, or ``(None, None)`` if no common number of modes exists.
+    """
+    res = bal.reduce(rank=order, method=method) if keep is None else bal.reduce(states=keep, method=method)
+    try:
+        return [res[c] for c in range(res.hsv.shape[0])], res.to_diagonal()
+    except (ValueError, lr.LTIInputError):
+        pass
+    channels = [bal[c] for c in range(bal.hsv.shape[0])]
+    results = [(ch.reduce(rank=order, method=method) if keep is None else ch.reduce(states=keep, method=method))
+                for ch in channels]
+    systems = [r.to_diagonal() for r in results]
+    target = max(x.n for x in systems)
+    for c, ch in enumerate(channels):
+        k = results[c].rank
+        while systems[c].n < target and keep is None and k < ch.n:
+            k += 1
+            results[c] = ch.reduce(rank=k, method=method)
+            systems[c] = results[c].to_diagonal()
+        if systems[c].n != target:
+            return None, None
+    return results, _stack(systems)
+
+
 def _reduce_layer(bal, order: int, keep, method: str, max_modes):
     """Reduce to ``order`` and convert to modal form, with at most ``max_modes`` modes.
 
     A real-output reduced model of order ``k`` with ``q`` real eigenvalues has
     ``(k + q) / 2`` modes (a real eigenvalue takes a whole mode), so a requested
     ``state_dim`` may need a slightly lower order: it is lowered one state at a time.
+    Returns ``(results, system)``: one core result per channel (one for an unbatched
+    layer) and the reduced modal system to load. Channels that cannot share one number
+    of modes at ``order`` are tried at the next lower (``max_modes`` given) or higher
+    order; ``(None, None)`` if none works.
     """
+    batched = bal.hsv.ndim > 1
+    full = bal.hsv.shape[-1]
     while True:
-        res = bal.reduce(rank=order, method=method) if keep is None else bal.reduce(states=keep, method=method)
-        system = res.to_diagonal()
+        if batched:
+            results, system = _reduce_channels(bal, order, keep, method)
+            if system is None:  # no common number of modes at this order: try a neighbouring one
+                order += -1 if max_modes is not None else 1
+                if order < 1 or order >= full or keep is not None:
+                    return None, None
+                continue
+        else:
+            res = bal.reduce(rank=order, method=method) if keep is None else bal.reduce(states=keep, method=method)
+            results, system = [res], res.to_diagonal()
         if max_modes is None or system.n <= max_modes or order == 1:
-            return res, system
+            return results, system
         order -= 1
         if keep is not None:  # drop the kept state with the smallest HSV
-            hsv = lr_hsv_numpy(bal)
+            hsv = np.atleast_2d(lr_hsv_numpy(bal)).max(0)
             keep = sorted(sorted(keep, key=lambda i: -hsv[i])[:order])
+
+
+def _layer_map(layer, system):
+    """The layer's own map as a :class:`lti_reduce.DiagonalSystem`, in the core's time convention.
+
+    A layer that computes ``x_k = lam x_{k-1} + B u_k``, ``y_k = (Re) C x_k + D u_k`` (``system_convention =
+    "same_step"``, e.g. the LRU) reports the one-step-delayed system; its map is realized exactly by
+    ``(lam, B, C diag(lam), D + (Re) C B)``. Other layers' systems are their maps.
+    """
+    if getattr(layer, "system_convention", None) != "same_step":
+        return system
+    CB = system.C @ system.B
+    if system.real_output:
+        CB = CB.real
+    D = CB if system.D is None else system.D + CB
+    return lr.DiagonalSystem(system.lam, system.B, system.C * system.lam.unsqueeze(-2), D,
+                             real_output=system.real_output)
+
+
+def _working(system):
+    """A float64 / complex128 copy of a diagonal system (for a-posteriori norms)."""
+    def w(x):
+        if x is None:
+            return None
+        return x.to(torch.complex128) if x.is_complex() else x.to(torch.float64)
+
+    return lr.DiagonalSystem(w(system.lam), w(system.B), w(system.C), w(system.D), real_output=system.real_output)
+
+
+def _difference(sys1, sys2):
+    """``G1 - G2`` of two diagonal systems of the same kind: order ``n1 + n2``, still diagonal."""
+    a, b = _working(sys1), _working(sys2)
+    if a.lam.is_complex() != b.lam.is_complex():
+        a = lr.DiagonalSystem(a.lam.to(torch.complex128), a.B.to(torch.complex128), a.C.to(torch.complex128),
+                              a.D, real_output=a.real_output)
+        b = lr.DiagonalSystem(b.lam.to(torch.complex128), b.B.to(torch.complex128), b.C.to(torch.complex128),
+                              b.D, real_output=b.real_output)
+    dtype = torch.promote_types(a.B.dtype, b.B.dtype)
+    D = None
+    if a.D is not None or b.D is not None:
+        D = (0 if a.D is None else a.D) - (0 if b.D is None else b.D)
+    return lr.DiagonalSystem(torch.cat([a.lam, b.lam], -1), torch.cat([a.B.to(dtype), b.B.to(dtype)], -2),
+                             torch.cat([a.C.to(dtype), -b.C.to(dtype)], -1), D, real_output=a.real_output)
+
+
+def _hinf(systems: list, rtol: float) -> list[np.ndarray]:
+    """``lti_reduce.hinf_norm`` of every system, one batched call per group of equal shapes."""
+    out = [None] * len(systems)
+    groups: dict = {}
+    for i, sys in enumerate(systems):
+        groups.setdefault(_group_key(sys), []).append(i)
+    for idx in groups.values():
+        norms = lr_to_numpy(lr.hinf_norm(_stack([systems[i] for i in idx]), rtol=rtol)).astype(np.float64)
+        for j, i in enumerate(idx):
+            out[i] = norms[j]
+    return out
+
+
+def _accepts(fn, keyword: str) -> bool:
+    try:
+        return keyword in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class _Snapshot:
@@ -216,9 +424,9 @@ class _Snapshot:
                 state["_parameters"] = dict(module._parameters)
                 state["_buffers"] = dict(module._buffers)
                 state["_modules"] = dict(module._modules)
-                tensors = [(t, t.data) for t in list(module._parameters.values()) + list(module._buffers.values())
+                tensors = [t for t in list(module._parameters.values()) + list(module._buffers.values())
                            if t is not None]
-                self.layers.append((module, state, [(t, d.clone()) for t, d in tensors]))
+                self.layers.append((module, state, [(t, t.data.clone(), t.grad) for t in tensors]))
         self.optimizer = optimizer
         if optimizer is not None:
             self.groups = [list(g["params"]) for g in optimizer.param_groups]
@@ -228,8 +436,9 @@ class _Snapshot:
         for module, state, tensors in self.layers:
             module.__dict__.clear()
             module.__dict__.update(state)
-            for t, data in tensors:
+            for t, data, grad in tensors:
                 t.data = data
+                t.grad = grad
         if self.optimizer is not None:
             for group, params in zip(self.optimizer.param_groups, self.groups):
                 group["params"] = params
@@ -237,40 +446,92 @@ class _Snapshot:
             self.optimizer.state.update(self.state)
 
 
+class _PendingCertificates:
+    """The a-posteriori norms of one :func:`compress_` call, computed when first read.
+
+    Holds detached copies of every LTI layer's map before the cut and of every cut layer's map
+    right after loading, so the figures are those of the cut, whatever the layers do afterwards.
+    """
+
+    def __init__(self, reports, maps_before, cut, maps_after, rtol):
+        self.reports, self.maps_before, self.cut, self.maps_after, self.rtol = reports, maps_before, cut, maps_after, rtol
+        for rep in reports:
+            rep._pending = self
+
+    def resolve(self):
+        if self.reports is None:
+            return
+        gains = _hinf(self.maps_before, self.rtol)
+        errors = _hinf([_difference(self.maps_before[i], a) for i, a in zip(self.cut, self.maps_after)], self.rtol)
+        for rep, g in zip(self.reports, gains):
+            rep._gain, rep._error = float(np.max(g)), 0.0
+        for i, e in zip(self.cut, errors):
+            self.reports[i]._error = float(np.max(e))
+        for rep in self.reports:
+            rep._pending = None
+        self.reports = self.maps_before = self.maps_after = None
+
+
+def _selective_entry(x) -> LayerReport:
+    """A :class:`LayerReport` for a selective layer's :class:`SelectiveLayerReport`."""
+    return LayerReport(x.name, x.before, x.after, x.before, x.after, np.asarray(x.scores), float(x.energy_kept),
+                       float(x.averaged_bound), bool(x.compressed), x.note, method="state_selection",
+                       hsv_lower=float(getattr(x, "hsv_lower", 0.0)), detail=x)
+
+
 @torch.no_grad()
 def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = None,
-              optimizer: torch.optim.Optimizer | None = None, selection: str = "largest", scope: str = "layer",
-              min_shrink: float = 0.05, method: str = "truncate", seed: int | None = None) -> CompressionReport:
+              optimizer: torch.optim.Optimizer | None = _REQUIRED, calibration_inputs=None,
+              selection: str = "largest", scope: str = "layer", min_shrink: float = 0.05, method: str = "truncate",
+              seed: int | None = None, certify: bool | str = True, hinf_rtol: float = 1e-6) -> CompressionReport:
     """Cut low-energy states of every compressible layer of ``model``, in place.
 
-    Each layer's linear core (``layer.to_system()``) is balanced with
-    :func:`lti_reduce.balance` (one batched call per group of equal-shaped layers on
-    the same device), cut to a new order, returned to modal form with
-    :meth:`~lti_reduce.BalancedTruncationResult.to_diagonal` and written back with
-    ``layer.load_system_``. CompreSSM (arXiv 2510.02823) does this a few times early
-    in training.
+    The one entry point for every layer kind the library knows:
+
+    * *LTI layers* (the protocol of :mod:`adapters.torch.protocol`: :class:`adapters.torch.LRU`, S5- and
+      S4D-style layers, your own): each layer's linear core (``layer.to_system()``) is balanced with
+      :func:`lti_reduce.balance` (one batched call per group of equal-shaped layers on the same device),
+      cut to a new order, returned to modal form with
+      :meth:`~lti_reduce.BalancedTruncationResult.to_diagonal` and written back with ``layer.load_system_``.
+      A system with leading batch dimensions is a layer of independent channels (S4D: one SISO system per
+      channel, sharing one state size): every channel is cut to one order, the largest any channel's rule
+      needs, so each channel's error stays within its own bound.
+    * *Selective layers* (:class:`adapters.torch.SelectiveSSM` and the mixers
+      :func:`adapters.torch.mamba._selective_layers` finds): their ``Delta, B, C`` depend on the input, so
+      they are cut by state selection on calibrated, averaged systems
+      (:func:`adapters.torch.compress_selective_`); ``calibration_inputs=`` is then required.
+
+    CompreSSM (arXiv 2510.02823) does this a few times early in training.
 
     Parameters
     ----------
     model : nn.Module
-        Any model containing layers that implement the protocol of
-        :mod:`adapters.torch.protocol` (e.g. :class:`adapters.torch.LRU`).
+        Any model containing compressible layers.
     tol : float in (0, 1), optional
         Fraction of each layer's HSV sum that may be dropped (the paper's tau), or
-        with ``scope="global"`` the mean fraction over layers.
+        with ``scope="global"`` the mean fraction over LTI layers.
     rank : int, optional
         New ``state_dim`` of every layer, in the layer's own units (complex modes for
         the LRU; a real-output layer of ``r`` modes is a real system of order ``2 r``).
         Give exactly one of ``tol`` and ``rank``.
-    optimizer : torch.optim.Optimizer, optional
-        Updated in place: replaced parameters are swapped in its ``param_groups``
-        and their per-parameter state (moments, momentum) is reset; everything else
-        is kept (see :mod:`adapters.torch.optim`).
+    optimizer : torch.optim.Optimizer or None, required keyword
+        The optimizer that trains ``model``, or ``None`` said explicitly. Parameters are resized in place
+        (every optimizer, scheduler and hook keeps the live ``nn.Parameter`` objects); the per-parameter
+        state (moments, momentum) of every parameter the cut re-based is reset, everything else (group
+        hyper-parameters, the other parameters' state, step counts) is kept. The argument is required
+        because an optimizer cannot be found from the model, and one whose moments still have the old
+        shapes and basis cannot train the cut layers: forgetting it is a ``TypeError`` here, at the call,
+        rather than a failure (or a frozen layer) far away. With ``optimizer=None``, an optimizer that
+        still holds old-shaped state for a cut parameter raises a ``RuntimeError`` naming the fix at its
+        next ``step()`` (see :mod:`adapters.torch.optim`).
+    calibration_inputs : Tensor or iterable of Tensors, optional
+        Model inputs for the selective layers' calibration (``model(batch)`` under ``no_grad``); required
+        when the model has selective layers, ignored otherwise.
     selection : {"largest", "smallest", "random"}
         Which balanced states to keep: the highest-HSV ones (balanced truncation), or
-        the paper's ablations.
+        the paper's ablations (LTI layers).
     scope : {"layer", "global"}
-        ``tol`` per layer, or one budget on normalized energy across layers
+        ``tol`` per layer, or one budget on normalized energy across LTI layers
         (layer-adaptive orders, LAST arXiv 2411.02824).
     min_shrink : float in [0, 1)
         A layer is cut only if its ``state_dim`` shrinks by at least this fraction
@@ -278,29 +539,49 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     method : {"truncate", "spa"}
         Balanced truncation or singular perturbation (SPA changes ``D``; layers with
         an elementwise ``D`` such as the LRU reject it).
-    seed : int, optional
+    seed : int >= 0, optional
         Seed for ``selection="random"``.
+    certify : {True, "lazy", False}
+        Each LTI layer's ``gain`` and a-posteriori ``error``: computed before returning (``True``,
+        default); ``"lazy"``: the maps before and right after the cut are stored (detached copies) and
+        the norms computed when the report's figures are first read (``report.layers[i].error``, the
+        table, ``to_dict``), so a training loop's cut costs what the cut costs; ``False``: not computed
+        (``None``). For layers with hundreds of modes the norms cost more than the cut.
+    hinf_rtol : float
+        Relative accuracy of the reported ``gain`` and ``error`` (:func:`lti_reduce.hinf_norm`).
 
     Returns
     -------
     CompressionReport
-        Per layer: state size before/after, HSVs, energy kept, a-priori error bound.
+        Per layer: the method, state size before/after, HSVs, energy kept, ``gain`` (the map's
+        H-infinity norm before the cut), ``error`` (the H-infinity norm of the map's change, measured on
+        the loaded layer), the a-priori ``error_bound`` and ``sigma_{r+1}`` (``hsv_lower``). The printed
+        table gives ``error`` and ``error_bound`` relative to ``gain`` as well.
 
     Raises
     ------
+    TypeError
+        ``optimizer=`` not given.
     ValueError
-        Bad options, a model with no compressible layer, an optimizer that does not
-        own the model's parameters.
+        Bad options, a model with no compressible layer, selective layers without
+        ``calibration_inputs=``, an optimizer that does not own the model's parameters.
+    RuntimeError
+        Called under ``torch.inference_mode()``: tensors made there can never be saved for backward, so
+        the cut parameters could not train.
     lti_reduce.UnstableSystemError
         A layer whose eigenvalues left the unit disc (its name is in the message).
 
     Notes
     -----
     Atomic: every reduction is computed before any layer changes; if anything fails
-    (in the core, in ``load_system_``, in the optimizer update) the model's
-    parameters, buffers and the optimizer are restored exactly, and the error is
-    re-raised. The reduction runs on each layer's device in float64 and is returned
-    in the layer's precision.
+    (in the core, in a selective layer's cut, in ``load_system_``, in the optimizer update or in the
+    a-posteriori norms) every layer's parameters, buffers and gradients and the optimizer are restored
+    exactly, and the error is re-raised. The reduction runs on each layer's device in float64 and is
+    returned in the layer's precision.
+
+    Cost: the a-posteriori ``gain`` and ``error`` are :func:`lti_reduce.hinf_norm` calls on dense
+    realizations of order ``2 n`` and ``2 (n + r)`` (real-output layers), O(n^3) each: at ``n`` in the
+    hundreds they cost more than the cut itself (``benchmarks/bench_compress.py`` measures both).
 
     Examples
     --------
@@ -311,17 +592,38 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     >>> [layer.state_dim for layer in model]
     [8, 8]
     """
-    _check_options(tol, rank, selection, scope, min_shrink)
-    layers = compressible_layers(model)
-    if not layers:
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "compress_ was called under torch.inference_mode(): tensors made there can never be saved for "
+            "backward, so the cut parameters could not train again. Call compress_ outside inference_mode "
+            "(it runs under torch.no_grad() by itself).")
+    _check_optimizer_argument(optimizer, "compress_")
+    _check_options(tol, rank, selection, scope, min_shrink, method, seed)
+    if certify not in (True, False, "lazy"):
+        raise ValueError(f"certify must be True, 'lazy' or False, got {certify!r}.")
+    if isinstance(hinf_rtol, bool) or not isinstance(hinf_rtol, (int, float)) or not 0.0 < float(hinf_rtol) < 1.0:
+        raise ValueError(f"hinf_rtol must be a float in (0, 1) (relative accuracy of gain and error), got {hinf_rtol!r}.")
+    from .mamba import _selective_layers, compress_selective_
+
+    selective = _selective_layers(model)
+    selective_ids = {id(m) for _, m in selective}
+    layers = [(n, m) for n, m in compressible_layers(model)
+              if id(m) not in selective_ids and not any(n.startswith(s + ".") for s, _ in selective if s)]
+    if not layers and not selective:
         raise ValueError(f"{type(model).__name__} has no compressible layer: nothing implements state_dim, "
-                         "to_system() and load_system_() (see adapters.torch.protocol).")
+                         "to_system() and load_system_() (see adapters.torch.protocol), and it has no selective "
+                         "layer (adapters.torch.SelectiveSSM).")
+    if selective and calibration_inputs is None:
+        names = ", ".join(repr(n) for n, _ in selective[:4]) + (" ..." if len(selective) > 4 else "")
+        raise ValueError(f"{type(model).__name__} has selective layers ({names}) whose Delta, B and C depend on "
+                         "the input; they are cut by state selection on averaged systems, which needs "
+                         "calibration_inputs= (a few batches of model inputs).")
     if optimizer is not None:
-        check_optimizer_owns(optimizer, [(f"{n}.{pn}" if n else pn, p) for n, layer in layers
+        check_optimizer_owns(optimizer, [(f"{n}.{pn}" if n else pn, p) for n, layer in layers + selective
                                          for pn, p in layer.named_parameters()], "the compressible layers")
     rng = np.random.default_rng(seed)
 
-    # 1. Systems, grouped for batched core calls.
+    # 1. Systems, grouped for batched core calls; the maps' gains.
     systems = [_layer_system(name, layer) for name, layer in layers]
     groups: dict = {}
     for i, s in enumerate(systems):
@@ -333,22 +635,23 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
             balanced[i] = bal[j]
     hsvs = [lr_hsv_numpy(b) for b in balanced]
 
-    # 2. Orders (in units of the core: the order of each layer's map).
+    # 2. Orders (in units of the core: the order of each layer's map, per channel).
     orders = [b.n for b in balanced]
     units = [b.n / layer.state_dim for b, (_, layer) in zip(balanced, layers)]
     if rank is not None:
         new_orders = [min(o, int(math.ceil(rank * u))) for o, u in zip(orders, units)]
     elif scope == "global":
         new_orders = _global_orders(hsvs, float(tol))
-    else:
-        new_orders = [lr.rank_for_tol(h, float(tol)) for h in hsvs]
+    else:  # each channel's own rule; all channels get the largest
+        new_orders = [int(np.max(lr.rank_for_tol(h, float(tol)))) for h in hsvs]
 
     # 3. Reduced layer systems (all computed before anything changes).
     plans, reports = [], []
     for (name, layer), bal, h, order, new_order, unit in zip(layers, balanced, hsvs, orders, new_orders, units):
-        before, total = layer.state_dim, float(h.sum())
+        h2 = np.atleast_2d(h)
+        before, totals = layer.state_dim, h2.sum(-1)
         keep = _kept_states(new_order, order, selection, rng)
-        note, new_system, after, bound, kept = "", None, before, 0.0, 1.0
+        note, new_system, after, bound, kept, lower, budget = "", None, before, 0.0, 1.0, 0.0, 0.0
         # Fewest modes an order-k map can need (k / units, e.g. k/2 complex modes for a
         # real-output layer): if even that fails the gate, skip the reduction itself.
         fewest = math.ceil(new_order / unit)
@@ -357,40 +660,93 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         elif fewest > (1.0 - min_shrink) * before:
             note = f"gate: {before}->{fewest} (at least) shrinks by less than min_shrink={min_shrink:g}"
         else:
-            res, new_system = _reduce_layer(bal, new_order, keep, method, rank)
-            new_order, keep = res.rank, (None if res.states is None else list(res.states))
-            after = new_system.n
-            kept_idx = range(new_order) if keep is None else keep
-            kept = float(sum(h[i] for i in kept_idx)) / total if total > 0 else 1.0
-            bound = float(lr_to_numpy(res.error_bound))
-            if after > (1.0 - min_shrink) * before:
-                note = f"gate: {before}->{after} shrinks by less than min_shrink={min_shrink:g}"
-                new_system, after, bound, kept = None, before, 0.0, 1.0
-        plans.append(new_system)
+            results, new_system = _reduce_layer(bal, new_order, keep, method, rank)
+            if new_system is None:
+                note = "channels' reduced models need different numbers of modes; not cut"
+            else:
+                after = new_system.n
+                per = []
+                for c, res in enumerate(results):
+                    k = res.rank
+                    kept_idx = list(range(k)) if res.states is None else list(res.states)
+                    dropped = sorted(set(range(order)) - set(kept_idx))
+                    # sigma_{k+1}: no order-k map is closer (whichever states were kept)
+                    per.append((float(h2[c, kept_idx].sum()) / totals[c] if totals[c] > 0 else 1.0,
+                                float(lr_to_numpy(res.error_bound)), float(h2[c, k]) if dropped else 0.0, k))
+                kept = min(p[0] for p in per)
+                bound = max(p[1] for p in per)
+                lower = max(p[2] for p in per)
+                new_order = max(p[3] for p in per)
+                if _accepts(layer.load_system_, "real_mode_change"):
+                    # The real-mode fix may cost 2^-7 of the cut's own least error (sigma_{r+1}).
+                    budget = 2.0**-7 * max(lower, 2.0**-20 * float(h2[:, 0].max()))
+                if after > (1.0 - min_shrink) * before:
+                    note = f"gate: {before}->{after} shrinks by less than min_shrink={min_shrink:g}"
+                    new_system, after, bound, kept, lower, budget = None, before, 0.0, 1.0, 0.0, 0.0
+        plans.append((new_system, budget))
         reports.append(LayerReport(name, before, after, order, order if new_system is None else new_order, h,
-                                   kept, bound, new_system is not None, note))
+                                   kept, bound + budget, new_system is not None, note, hsv_lower=lower,
+                                   channels=int(np.prod(h.shape[:-1])) if h.ndim > 1 else 1))
+    maps_before = [_layer_map(layer, s) for (_, layer), s in zip(layers, systems)]
+    cut = [i for i, (s, _) in enumerate(plans) if s is not None]
 
     # 4. Swap, undoing everything on any failure.
-    todo = [(name, layer, s) for (name, layer), s in zip(layers, plans) if s is not None]
-    if todo:
-        snapshot = _Snapshot([layer for _, layer, _ in todo], optimizer)
+    todo = [(layers[i][1], plans[i]) for i in cut]
+    selective_report = None
+    if todo or selective:
+        snapshot = _Snapshot([layer for layer, _ in todo] + [m for _, m in selective], optimizer)
         try:
-            replaced, added = {}, []
-            for name, layer, system in todo:
+            rebased, dropped = [], []
+            if selective:
+                old_sel = {(n, pn): p for n, m in selective for pn, p in m.named_parameters()}
+                shapes = {key: tuple(p.shape) for key, p in old_sel.items()}
+                selective_report = compress_selective_(model, calibration_inputs=calibration_inputs, tol=tol,
+                                                       rank=rank, optimizer=optimizer, min_shrink=min_shrink)
+                new_sel = {(n, pn): p for n, m in selective for pn, p in m.named_parameters()}
+                for key, p in old_sel.items():
+                    if new_sel.get(key) is not p:
+                        dropped.append((f"{key[0]}.{key[1]}".lstrip("."), p))
+                    elif tuple(p.shape) != shapes[key]:
+                        rebased.append((p, shapes[key]))
+            names = {id(layer): name for name, layer in layers}
+            for layer, (system, budget) in todo:
                 old = dict(layer.named_parameters())
-                layer.load_system_(system)
+                values = {pname: p.detach().clone() for pname, p in old.items()}
+                if _accepts(layer.load_system_, "real_mode_change"):
+                    layer.load_system_(system, real_mode_change=budget)
+                else:
+                    layer.load_system_(system)
                 new = dict(layer.named_parameters())
+                replaced = {}
                 for pname, p in old.items():
                     q = new.get(pname)
                     if q is not p:
                         replaced[id(p)] = (p, q)
+                        dropped.append((f"{names[id(layer)]}.{pname}".lstrip("."), p))
+                    elif p.shape != values[pname].shape or not torch.equal(p.detach(), values[pname]):
+                        rebased.append((p, tuple(values[pname].shape)))
                 anchor = next(iter(old.values()), None)
-                added.extend((anchor, q) for pname, q in new.items() if pname not in old and anchor is not None)
+                added = [(anchor, q) for pname, q in new.items() if pname not in old and anchor is not None]
+                if optimizer is not None and (replaced or added):
+                    rebind_parameters_(optimizer, replaced, added)
             if optimizer is not None:
-                rebind_parameters_(optimizer, replaced, added)
+                reset_state_(optimizer, [p for p, _ in rebased])
+            # 5. A-posteriori norms, on the loaded layers (their maps are stored now).
+            if certify:
+                maps_after = [_layer_map(layers[i][1], _layer_system(layers[i][0], layers[i][1])) for i in cut]
+                pending = _PendingCertificates(reports, maps_before, cut, maps_after, hinf_rtol)
+                if certify != "lazy":
+                    pending.resolve()
         except BaseException:
             snapshot.restore()
             raise
+        mark_rebased_(rebased, dropped)  # only once the call succeeded: a restored model has its old shapes
+    elif certify:
+        pending = _PendingCertificates(reports, maps_before, [], [], hinf_rtol)
+        if certify != "lazy":
+            pending.resolve()
+    if selective_report is not None:
+        reports.extend(_selective_entry(x) for x in selective_report.layers)
     return CompressionReport(reports)
 
 

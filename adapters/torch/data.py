@@ -6,10 +6,12 @@ and test. Nothing here downloads anything.
 
 ``mnist1d``
     MNIST-1D (Greydanus & Kobak, "Scaling down deep learning with MNIST-1D", ICML 2024;
-    arXiv 2011.14439): 4000 train / 1000 test sequences of length 40, 10 classes,
-    *generated locally* with the ``mnist1d`` package's ``make_dataset`` and its default
-    arguments (seed 42), then cached on disk as ``.npz``. The package's ``get_dataset``
-    is never called: it downloads.
+    arXiv 2011.14439): sequences of length 40, 10 classes, *generated locally* with the
+    ``mnist1d`` package's ``make_dataset`` (seed 42), then cached on disk as ``.npz``. By
+    default the published 4000 train / 1000 test split (the generator's default arguments);
+    with ``test_examples=N`` one generator call makes 4000 + N sequences, 4000 to train on and
+    N to test on (a larger test set decides smaller differences). The package's
+    ``get_dataset`` is never called: it downloads.
 ``smnist``
     Sequential MNIST (pixel by pixel, ``L = 784``, ``C = 1``) from a local copy of
     MNIST in torchvision's layout (``DATA_DIR/MNIST/raw/...``).
@@ -145,7 +147,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "lti_reduce"
 
 
-def mnist1d(cache_dir: str | os.PathLike | None = None) -> SequenceDataset:
+def mnist1d(cache_dir: str | os.PathLike | None = None, *, test_examples: int | None = None) -> SequenceDataset:
     """MNIST-1D, generated locally with ``mnist1d.data.make_dataset`` and cached.
 
     Parameters
@@ -154,12 +156,17 @@ def mnist1d(cache_dir: str | os.PathLike | None = None) -> SequenceDataset:
         Where the generated arrays are kept (created if needed); default
         :func:`default_cache_dir`. The file name carries a hash of the generator's
         arguments, so a different ``mnist1d`` default never reads a stale cache.
+    test_examples : int, optional
+        ``None``: the published split. ``N`` (rounded down to a multiple of 10: the generator
+        makes the same number of sequences of each class): the generator is called with
+        ``num_samples = 4000 + N`` and ``train_split = 4000 / (4000 + N)``. The training set then has the published size but not the published examples (the generator draws
+        and normalizes all ``4000 + N`` together).
 
     Returns
     -------
     SequenceDataset
-        4000 train / 1000 test sequences, shape (N, 40, 1), 10 classes: the published
-        benchmark (``get_dataset_args()`` defaults, seed 42).
+        4000 train / 1000 (or ``N``) test sequences, shape (N, 40, 1), 10 classes, named
+        ``"mnist1d"`` (published split) or ``"mnist1d-4000/N"``.
 
     Notes
     -----
@@ -173,6 +180,17 @@ def mnist1d(cache_dir: str | os.PathLike | None = None) -> SequenceDataset:
         raise DatasetError("the mnist1d dataset needs the 'mnist1d' package: pip install mnist1d "
                            "(or pass --dataset smnist/scifar with --data-dir).") from exc
     args = get_dataset_args()
+    name = "mnist1d"
+    if test_examples is not None:
+        test_examples = int(test_examples) // 10 * 10
+        if test_examples < 10:
+            raise DatasetError(f"test_examples must be at least 10, got {test_examples}.")
+        n_train = 4000
+        args.num_samples = n_train + test_examples
+        args.train_split = n_train / args.num_samples
+        if int(args.num_samples * args.train_split) != n_train:  # guard the generator's int() split
+            args.train_split = (n_train + 0.5) / args.num_samples
+        name = f"mnist1d-{n_train}/{test_examples}"
     spec = {k: v for k, v in vars(args).items() if k != "url"}
     digest = hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -194,7 +212,7 @@ def mnist1d(cache_dir: str | os.PathLike | None = None) -> SequenceDataset:
             os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
         except OSError:
             pass
-    return from_tensors(arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"], name="mnist1d")
+    return from_tensors(arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"], name=name)
 
 
 def _torchvision(dataset: str):
@@ -278,14 +296,15 @@ def scifar(data_dir) -> SequenceDataset:
     return from_tensors(*prep(train), *prep(test), name="scifar")
 
 
-def load_dataset(name: str, data_dir=None) -> SequenceDataset:
+def load_dataset(name: str, data_dir=None, *, mnist1d_test: int | None = None) -> SequenceDataset:
     """The dataset called ``name`` (one of :data:`DATASETS`).
 
     ``data_dir`` is the cache directory for ``mnist1d`` (optional) and the directory
-    holding the files for ``smnist`` and ``scifar`` (required).
+    holding the files for ``smnist`` and ``scifar`` (required). ``mnist1d_test``: the
+    ``test_examples`` of :func:`mnist1d` (ignored for the other datasets).
     """
     if name == "mnist1d":
-        return mnist1d(data_dir)
+        return mnist1d(data_dir, test_examples=mnist1d_test)
     if name == "smnist":
         return smnist(data_dir)
     if name == "scifar":

@@ -1,8 +1,9 @@
 """Compressing a model trained with ``DistributedDataParallel``: unwrap, cut, agree, broadcast, re-wrap.
 
 DDP registers its gradient hooks and buckets on the parameter objects it saw at construction, and its
-documentation forbids adding, removing or resizing parameters afterwards. A cut replaces parameters with
-smaller ones, so :func:`compress_ddp_` builds a *new* DDP around the compressed module; the old wrapper must
+documentation forbids adding, removing or resizing parameters afterwards. A cut resizes parameters in place
+(the objects are kept), so :func:`compress_ddp_` frees the old wrapper's reducer (which holds gradient
+accumulators of the old shapes) and builds a *new* DDP around the compressed module; the old wrapper must
 not be used again.
 
 Every rank ends with identical parameters
@@ -48,6 +49,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+from .compress import _REQUIRED
 
 __all__ = ["compress_ddp_"]
 
@@ -100,6 +103,26 @@ def _signature(tensors) -> list[tuple]:
     return [(name, tuple(t.shape), str(t.dtype)) for name, t in tensors]
 
 
+def _release_reducer(ddp) -> None:
+    """Free the old wrapper's reducer, which keeps every parameter's gradient accumulator alive.
+
+    Parameters are resized in place; an accumulator created before the cut remembers the old shape, and
+    autograd reuses a live accumulator for every later graph ("invalid gradient ... expected shape
+    compatible with" the old shape). Once the reducer (and the logger that references it) is gone, the
+    new wrapper and every later backward create accumulators of the new shapes. The old wrapper cannot
+    be used after this (it could not before either: its buckets have the old sizes).
+    """
+    import gc
+
+    remove = getattr(ddp, "_remove_autograd_hooks", None)
+    if callable(remove):
+        remove()
+    for attr in ("reducer", "logger"):
+        if attr in ddp.__dict__:
+            delattr(ddp, attr)
+    gc.collect()
+
+
 def _broadcast_(tensors, src: int, group) -> None:
     for _, t in tensors:
         data = t.detach()
@@ -113,7 +136,7 @@ def _all_agree(value, group) -> list:
     return gathered
 
 
-def compress_ddp_(ddp_model, *, optimizer: torch.optim.Optimizer | None = None, ddp_kwargs: dict | None = None,
+def compress_ddp_(ddp_model, *, optimizer=_REQUIRED, ddp_kwargs: dict | None = None,
                   src: int = 0, compress_fn=None, **compress_kwargs):
     """Compress the module inside a ``DistributedDataParallel`` wrapper and wrap it again.
 
@@ -124,9 +147,10 @@ def compress_ddp_(ddp_model, *, optimizer: torch.optim.Optimizer | None = None, 
     ddp_model : DistributedDataParallel or nn.Module
         The wrapped model (a plain module when ``torch.distributed`` is not initialized, or to compress an
         unwrapped module in a distributed job: it is then synchronized but not wrapped).
-    optimizer : torch.optim.Optimizer, optional
-        The optimizer over ``ddp_model.parameters()``; updated in place by the compression function, then its
-        state for the module's parameters is broadcast from ``src``.
+    optimizer : torch.optim.Optimizer or None, required keyword
+        The optimizer over ``ddp_model.parameters()`` (or ``None`` said explicitly, as for
+        :func:`adapters.torch.compress_`); updated in place by the compression function, then its state for
+        the module's parameters is broadcast from ``src``.
     ddp_kwargs : dict, optional
         Constructor arguments of the new wrapper. Default: the old wrapper's settings (``device_ids``,
         ``output_device``, ``dim``, ``process_group``, ``broadcast_buffers``, ``find_unused_parameters``,
@@ -160,8 +184,9 @@ def compress_ddp_(ddp_model, *, optimizer: torch.optim.Optimizer | None = None, 
     The module is restored from a snapshot on failure, so a copy of the compressible layers' tensors and
     of the optimizer's state references is held during the call. See the module docstring for the design.
     """
-    from .compress import _Snapshot, compress_
+    from .compress import _check_optimizer_argument, _Snapshot, compress_
 
+    _check_optimizer_argument(optimizer, "compress_ddp_")
     compress_fn = compress_fn or compress_
     ddp_class = _ddp_class() if torch.distributed.is_available() else None
     wrapped = ddp_class is not None and isinstance(ddp_model, ddp_class)
@@ -199,5 +224,6 @@ def compress_ddp_(ddp_model, *, optimizer: torch.optim.Optimizer | None = None, 
     _broadcast_(tensors, group_src, group)
     if not wrapped:
         return module, report
+    _release_reducer(ddp_model)
     kwargs = settings if ddp_kwargs is None else dict(ddp_kwargs)
     return ddp_class(module, **kwargs), report

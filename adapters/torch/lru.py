@@ -13,8 +13,9 @@ A layer is compressible by :func:`adapters.torch.compress_` if it has
     Its effective linear time-invariant core as an :class:`lti_reduce.DiagonalSystem`: detached tensors
     on the layer's device, in the layer's (complex) dtype.
 ``load_system_(system)``
-    Writes a (reduced) system of the same kind back in place; parameter objects are *replaced* (shapes
-    change), so whoever holds an optimizer over them must update it (``compress_`` does).
+    Writes a (reduced) system of the same kind back in place; parameters are resized in place (the
+    ``nn.Parameter`` objects are kept), and optimizer state of the old shape must be reset by whoever holds
+    the optimizer (``compress_`` does).
 
 and, so that compressed checkpoints load into a freshly built model, resizes its parameters to the
 checkpoint's shapes inside ``load_state_dict``.
@@ -27,6 +28,8 @@ import math
 import torch
 from torch import nn
 
+from ._params import set_parameter_
+from .optim import mark_rebased_
 from .scan import MODES, linear_recurrence
 
 __all__ = ["LRU"]
@@ -97,6 +100,10 @@ class LRU(nn.Module):
     >>> layer.state_dim
     16
     """
+
+    #: :meth:`to_system` is the one-step-delayed system of the layer's map (see its Notes); ``compress_``
+    #: measures ``gain`` on the map itself, ``(lam, B, C diag(lam), D + Re(C B))``.
+    system_convention = "same_step"
 
     def __init__(
         self,
@@ -199,7 +206,7 @@ class LRU(nn.Module):
         return DiagonalSystem(lam, B, C, D, real_output=True)
 
     @torch.no_grad()
-    def load_system_(self, system) -> "LRU":
+    def load_system_(self, system, *, real_mode_change: float | None = None) -> "LRU":
         """Replace the layer's core by ``system`` (usually a reduced one), in place.
 
         Parameters
@@ -208,36 +215,85 @@ class LRU(nn.Module):
             Attributes ``lam`` (r,), ``B`` (r, d_model), ``C`` (d_model, r), ``D`` (d_model, d_model) diagonal,
             (d_model,), or ``None`` (no feedthrough, sets ``D`` to zero), and ``real_output=True``. Tensors or
             arrays, any device and dtype; they are converted to the layer's.
+        real_mode_change : float, optional
+            Largest H-infinity norm of the change of the layer's map that making real modes trainable may
+            cost, in total over the real modes (Notes). Default: ``2**-10`` times the sum over the real modes
+            of their peak gains ``||M_k||_2 / (1 - |lam_k|)``. ``0`` loads real modes as they are (frozen).
+            :func:`adapters.torch.compress_` passes a budget tied to the cut's own error.
 
         Returns
         -------
         LRU
-            ``self``, whose ``state_dim`` is now ``r`` and whose map is ``y = Re(C x) + D u`` of ``system``.
+            ``self``, whose ``state_dim`` is now ``r`` and whose map is ``y = Re(C x) + D u`` of ``system``
+            (up to the real-mode change of the Notes).
 
         Raises
         ------
         ValueError
             ``real_output`` is not true, shapes do not fit ``d_model``, an eigenvalue is not finite or has
-            ``|lam| >= 1`` (no LRU parameter represents it), or ``D`` is not diagonal (e.g. after a
-            singular-perturbation reduction: the LRU's skip connection is elementwise).
+            ``|lam| >= 1`` (no LRU parameter represents it), ``D`` is not diagonal (e.g. after a
+            singular-perturbation reduction: the LRU's skip connection is elementwise), or
+            ``real_mode_change`` is negative or not finite.
 
         Notes
         -----
-        Every state-shaped parameter (``nu_log, theta, gamma_log, B_re, B_im, C_re, C_im``) is re-created with
-        the new shape (``nn.Parameter`` objects are replaced, keeping ``requires_grad``): an optimizer built
-        over the old ones must be updated by the caller. ``D`` is not re-based by a reduction; it is updated
-        in place, so its Parameter object and optimizer state survive. Conversions,
-        done in float64: ``nu_log = log(-log|lam|)``, ``theta = angle(lam)`` in ``(-pi, pi]`` (0 for real
-        positive, ``pi`` for real negative eigenvalues), ``gamma_log`` reset to ``log sqrt(1 - |lam|^2)`` and
-        ``B_re + i B_im = B / gamma``, so the effective ``B`` is exactly ``system.B``. An eigenvalue that is
-        exactly 0 is stored as the smallest normal modulus of the layer's dtype. All checks run before any
-        parameter changes, so a rejected system leaves the layer untouched.
+        *In place.* Every state-shaped parameter (``nu_log, theta, gamma_log, B_re, B_im, C_re, C_im``) gets
+        the new shape in place (:func:`adapters.torch._params.set_parameter_`): the ``nn.Parameter`` objects
+        and their ``requires_grad`` are kept, so an optimizer, a DDP bucket or a user reference still holds the
+        live tensors; their gradients and any optimizer state of the old shape are stale (``compress_`` resets
+        the moments of the optimizer it is given). ``D`` keeps its basis and its values are copied. All checks
+        run before any parameter changes, so a rejected system leaves the layer untouched.
+
+        *Conversions*, in float64: ``nu_log = log(-log|lam|)``, ``theta = angle(lam)`` in ``(-pi, pi]``,
+        ``gamma_log`` reset to ``log sqrt(1 - |lam|^2)`` and ``B_re + i B_im = B / gamma``, so the effective
+        ``B`` is exactly ``system.B``. An eigenvalue that is exactly 0 is stored as the smallest normal
+        modulus of the layer's dtype.
+
+        *Real modes are made trainable.* A slot computes ``Re(C_k x_k)``, a map that depends only on ``lam_k``
+        and ``M_k = C_k B_k`` (p x m, complex): ``G_k(z) = (M_k / (z - lam_k) + conj(M_k) / (z - conj(lam_k)))
+        / 2``. A real eigenvalue ``a`` with a real ``M_k`` (what a modal form gives) is a fixed point of the
+        conjugation ``(lam, B, C) -> (conj lam, conj B, conj C)``, under which the loss is even: the gradients
+        of ``theta``, ``B_im`` and ``C_im`` vanish there and the mode stays real for ever. Two steps move it
+        off that point:
+
+        1. *A map-exact shear.* With ``theta = 0`` (or ``pi``) the slot is the real 2-state system
+           ``A = a I_2``, ``B2 = [Re B; Im B]``, ``C2 = [Re C, -Im C]``; any invertible ``T`` gives the same
+           map with ``T B2, C2 T^-1``. After a phase rotation ``B -> e^{-i phi} B``, ``C -> e^{i phi} C``
+           (exact for every slot) that makes ``B`` as real as possible, the shear ``T = [[1, 0], [1, 1]]``
+           gives ``B' = Re B + i (Re B + Im B)``, ``C' = (Re C + Im C) + i Im C``: for a real mode
+           (``Im B = Im C = 0``) that is ``B' = b (1 + i)``, ``C' = c``, so ``Im M' = c b = Re M``: ``theta``
+           and ``C_im`` get gradients of the size a fresh mode's have, and the map is unchanged.
+        2. *A small rotation* ``theta -> theta + eps_k`` (``lam' = a e^{i eps}``), so that ``B_im`` is
+           observed too. With ``R = Re M'``, ``I = Im M'`` the slot's map changes by exactly
+
+           ``G_eps(z) - G_0(z) = a [R (cos eps - 1)(z + a) - I sin(eps) (z - a)] / [(z - a)(z - lam')(z - conj lam')]``
+
+           and since ``|z - a|, |z - lam'| >= 1 - |a|`` and ``|z + a| <= 1 + |a|`` on ``|z| = 1``,
+
+           ``||G_eps - G_0||_inf <= |a| (||R||_2 (1 - cos eps)(1 + |a|) / (1 - |a|)^3 + ||I||_2 |sin eps| / (1 - |a|)^2)``.
+
+           Each of the ``q`` real modes gets ``eps_k`` with this bound (with ``1 - cos eps <= eps^2 / 2``,
+           ``|sin eps| <= eps``) equal to ``real_mode_change / q`` (and ``eps_k <= 1 - |a|``), so by the
+           triangle inequality the whole map changes by at most ``real_mode_change`` in the H-infinity norm.
+           The time convention of :meth:`to_system` multiplies the strictly proper part by ``z``, which keeps
+           every H-infinity norm of a change; ``compress_`` measures its ``error`` on the loaded layer, so
+           this change is inside it.
+
+        The bound is for the exact rotation; a float32 layer stores ``theta`` rounded (near ``pi`` its
+        spacing is ``2.4e-7``, and ``pi`` itself is not representable, which alone turns a negative real
+        eigenvalue by ``8.7e-8``), and the ``error`` ``compress_`` measures on the loaded layer includes
+        that rounding.
+
+        A real mode is a slot with ``|sin theta| <= 8 eps`` whose ``B_k`` and ``C_k``, after the phase
+        rotation, have imaginary parts below ``8 eps`` of their norms (``eps`` of the layer's dtype), i.e. a
+        real ``M_k``; complex modes are loaded exactly. ``M_k`` has rank one, so all of this costs
+        ``O(r (m + p))``.
         """
         new = self._parameters_for(system)
-        self.D.copy_(new.pop("D"))  # same shape, same basis: keep the Parameter (and its optimizer state)
+        new = _unfreeze_real_modes(new, real_mode_change)
+        self.D.copy_(new.pop("D"))  # same shape, same basis: values copied, Parameter and optimizer state kept
         for name, value in new.items():
-            old = getattr(self, name)
-            setattr(self, name, nn.Parameter(value, requires_grad=old.requires_grad))
+            set_parameter_(self, name, value)
         return self
 
     # ----------------------------------------------------------------------------------------------- forward
@@ -267,7 +323,10 @@ class LRU(nn.Module):
 
         A compressed checkpoint has fewer modes than a freshly built layer. Only the state axis is resized,
         and only when every state-shaped entry of the checkpoint agrees on it; anything else is left to the
-        default loader, which reports the size mismatch.
+        default loader, which reports the size mismatch. The resizing is in place (the ``nn.Parameter``
+        objects are kept), so an optimizer built over the fresh layer before loading holds the loaded
+        parameters and ``optimizer.load_state_dict`` then restores their moments: the order of building the
+        optimizer and loading does not matter.
         """
         sizes = {
             state_dict[prefix + name].shape[0 if name in _STATE_ROWS else -1]
@@ -276,18 +335,14 @@ class LRU(nn.Module):
         }
         if len(sizes) == 1 and (n := int(next(iter(sizes)))) != self.state_dim and n >= 1:
             m = self.d_model
-            for name in _STATE_ROWS + _STATE_COLS:
-                old = getattr(self, name)
-                shape = (n,) if old.dim() == 1 else ((n, m) if name in _STATE_ROWS else (m, n))
-                key = prefix + name
-                if key in state_dict and tuple(state_dict[key].shape) != shape:
-                    break  # inconsistent checkpoint: let the default loader report it
-            else:
-                for name in _STATE_ROWS + _STATE_COLS:
-                    old = getattr(self, name)
-                    shape = (n,) if old.dim() == 1 else ((n, m) if name in _STATE_ROWS else (m, n))
-                    fresh = torch.zeros(shape, device=old.device, dtype=old.dtype)
-                    setattr(self, name, nn.Parameter(fresh, requires_grad=old.requires_grad))
+            shapes = {name: (n,) if getattr(self, name).dim() == 1 else ((n, m) if name in _STATE_ROWS else (m, n))
+                      for name in _STATE_ROWS + _STATE_COLS}
+            if all(tuple(state_dict[prefix + k].shape) == shape for k, shape in shapes.items()
+                   if prefix + k in state_dict):
+                old = [(getattr(self, name), tuple(getattr(self, name).shape)) for name in shapes]
+                for name, shape in shapes.items():  # in place: optimizers built before loading stay valid
+                    set_parameter_(self, name, getattr(self, name).new_zeros(shape))
+                mark_rebased_(old)  # an optimizer still holding state of the old shapes is caught at step()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -368,3 +423,78 @@ class LRU(nn.Module):
 def _gamma_log(nu_log: torch.Tensor) -> torch.Tensor:
     """``log sqrt(1 - |lam|^2)`` with ``|lam| = exp(-exp(nu_log))``, accurate for ``|lam|`` near 1."""
     return 0.5 * torch.log(-torch.expm1(-2 * torch.exp(nu_log)))
+
+
+def _rank2_norm(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """Spectral norms of ``U V^T`` for real ``U`` (..., p, 2), ``V`` (..., m, 2), without forming the product.
+
+    The nonzero eigenvalues of ``(U V^T)^T (U V^T)`` are those of the 2 x 2 product ``(U^T U)(V^T V)``.
+    """
+    P = (U.mT @ U) @ (V.mT @ V)
+    tr = P[..., 0, 0] + P[..., 1, 1]
+    det = P[..., 0, 0] * P[..., 1, 1] - P[..., 0, 1] * P[..., 1, 0]
+    return torch.sqrt((0.5 * (tr + torch.sqrt((tr * tr - 4 * det).clamp(min=0)))).clamp(min=0))
+
+
+def _unfreeze_real_modes(new: dict, real_mode_change: float | None) -> dict:
+    """Move the real modes of :meth:`LRU.load_system_`'s parameters off the conjugation-symmetric point.
+
+    ``new`` holds the layer's parameter values (its real dtype) from ``LRU._parameters_for``; the result
+    holds the same map up to the bounded change derived in the Notes of :meth:`LRU.load_system_`. Every
+    mode's ``M_k = C_k B_k`` has rank one, so its norms come from the rows and columns (O(r (m + p))).
+    """
+    if real_mode_change is not None:
+        bad = isinstance(real_mode_change, bool) or not isinstance(real_mode_change, (int, float))
+        if bad or not math.isfinite(float(real_mode_change)) or float(real_mode_change) < 0:
+            raise ValueError(f"real_mode_change must be a finite number >= 0 (an H-infinity budget for making "
+                             f"real modes trainable; 0 leaves them as they are), got {real_mode_change!r}.")
+        if float(real_mode_change) == 0.0:
+            return new
+    real = new["theta"].dtype
+    f64 = {"dtype": torch.float64}
+    theta = new["theta"].to(**f64)
+    gamma = torch.exp(new["gamma_log"].to(**f64)).unsqueeze(-1)
+    B = torch.complex(new["B_re"].to(**f64), new["B_im"].to(**f64)) * gamma  # (r, m), effective
+    C = torch.complex(new["C_re"].to(**f64), new["C_im"].to(**f64)).mT  # (r, p): row k is C[:, k]
+    # Remove each mode's free phase (x_k -> e^{i phi} x_k is exact): B as real as possible. A real M_k = c b^T
+    # (c, b complex) is alpha c' (b' / alpha)^T with c', b' real, so then both B_k and C_k are real.
+    phase = torch.exp(-0.5j * torch.angle((B * B).sum(-1)))  # (r,)
+    Bp, Cp = B * phase.unsqueeze(-1), C / phase.unsqueeze(-1)
+    tiny = 8 * torch.finfo(real).eps
+    b_norm, c_norm = torch.linalg.vector_norm(Bp, dim=-1), torch.linalg.vector_norm(Cp, dim=-1)
+    is_real = ((theta.sin().abs() <= tiny) & (b_norm > 0) & (c_norm > 0)
+               & (torch.linalg.vector_norm(Bp.imag, dim=-1) <= tiny * b_norm)
+               & (torch.linalg.vector_norm(Cp.imag, dim=-1) <= tiny * c_norm))
+    q = int(is_real.sum())
+    if q == 0:
+        return new
+    idx = torch.nonzero(is_real).squeeze(-1)
+    a = torch.exp(-torch.exp(new["nu_log"].to(**f64)))[idx] * torch.cos(theta[idx]).sign()
+    # 1. Exact: the shear T = [[1, 0], [1, 1]] of the slot's two real states.
+    Bk, Ck = Bp[idx], Cp[idx]
+    Bk = torch.complex(Bk.real, Bk.real + Bk.imag)
+    Ck = torch.complex(Ck.real + Ck.imag, Ck.imag)
+    # 2. A rotation eps_k per mode, with its H-infinity bound equal to the budget's share.
+    # Re M = c_re b_re^T - c_im b_im^T and Im M = c_re b_im^T + c_im b_re^T have rank <= 2.
+    cr, ci, br, bi = Ck.real, Ck.imag, Bk.real, Bk.imag
+    R = _rank2_norm(torch.stack([cr, -ci], -1), torch.stack([br, bi], -1))
+    I = _rank2_norm(torch.stack([cr, ci], -1), torch.stack([bi, br], -1))
+    absa, gap = a.abs(), 1 - a.abs()
+    if real_mode_change is None:
+        real_mode_change = float((R / gap).sum()) * 2.0**-10
+    share = float(real_mode_change) / q
+    alpha = absa * R * (1 + absa) / (2 * gap**3)
+    beta = absa * I / gap**2
+    root = torch.sqrt(beta**2 + 4 * alpha * share)
+    eps = torch.where(beta + root > 0, 2 * share / (beta + root).clamp(min=torch.finfo(torch.float64).tiny), gap)
+    eps = torch.minimum(eps, gap)
+    out = dict(new)
+    theta = theta.clone()
+    theta[idx] = theta[idx] + eps
+    B, C = B.clone(), C.clone()
+    B[idx], C[idx] = Bk, Ck
+    B, C = B / gamma, C.mT
+    out["theta"] = theta.to(real)
+    out["B_re"], out["B_im"] = B.real.to(real).contiguous(), B.imag.to(real).contiguous()
+    out["C_re"], out["C_im"] = C.real.to(real).contiguous(), C.imag.to(real).contiguous()
+    return out

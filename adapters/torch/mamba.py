@@ -19,70 +19,70 @@ with ``A = -exp(A_log)`` real and negative (shape ``(d_inner, d_state)``), zero-
 (``A_bar = exp(Delta A)``) and Mamba's simplified ``B_bar = Delta B``. The output is
 ``out_proj(y * silu(z))``.
 
-Compressing ``d_state``
------------------------
-``Delta``, ``B`` and ``C`` depend on the input, so the block is not an LTI system. Over a calibration batch
-(``x`` = the post-convolution activations of the block's input, ``b`` sequences of length ``L``) we average
-exactly these quantities:
+Compressing the state size
+--------------------------
+:func:`compress_selective_` cuts the state size of every selective layer of a model: this block, and Hugging
+Face transformers' ``MambaMixer``, ``FalconMambaMixer`` and ``Mamba2Mixer`` (:mod:`adapters.torch.hf.mamba`).
 
-* ``mean_delta[d] = mean_{b,t} Delta[b,t,d]``: the step size, **per channel**;
-* ``B_avg[d,n] = mean_{b,t} Delta[b,t,d] * B[b,t,n]``: the discretized input matrix ``B_bar`` actually
-  applied, **over time and batch** (per channel, because ``Delta`` is);
-* ``C_avg[n] = mean_{b,t} C[b,t,n]``: **over time and batch**, shared by all channels;
+*Why a state selection and not balanced truncation.* ``Delta``, ``B`` and ``C`` depend on the input, so the
+block is not an LTI system, and balanced truncation would mix states: a reduced state would be a combination
+``W^T h`` of all states, different in every channel. The block cannot represent that: ``B_t`` and ``C_t`` come
+from projections shared by all channels and ``Delta_t`` multiplies ``A`` elementwise, so a mixed basis would
+have to be re-mixed at every step with an input-dependent matrix. What it *can* represent is keeping a subset
+of its states, the same subset in every channel: drop rows of ``W_B`` and ``W_C`` and columns of ``A_log``.
+This is exact surgery (``A`` is diagonal, so the kept states compute exactly what they computed before); the
+only approximation is which states to drop.
 
-and call ``lam[d,n] = exp(mean_delta[d] * A[d,n])`` the averaged dynamics. Channel ``d`` is then the
-single-input single-output LTI system ``(lam[d], B_avg[d, :, None], C_avg[None, :], D[d])`` from ``x_d`` to
-``y_d``: :meth:`SelectiveSSM.to_system` returns all channels as one batched real
-:class:`lti_reduce.DiagonalSystem` of shape ``(d_inner, d_state)``. (Same time convention as the LRU: the
-layer feeds ``x_t`` through in the same step; the core's system is that map delayed by one step in its
-strictly proper part, which has the same H-infinity norm and Hankel singular values.)
+*Ranking* (:func:`selective_state_scores`). Over calibration inputs the exact selective scan is run and each
+state's own term in the output, ``c_{t,d,n} = C_{t,n} h_{t,d,n}``, is pushed through the layer's output map
+``J`` (here ``y -> out_proj(y * silu(z))``, linear; for Mamba2 the gated RMS norm, linearized at the full
+output). The score of state ``n`` is the energy ``sum_{b,t} ||J c_n||^2`` it puts into the layer's output
+(``"output_energy"``, the default). For a linear output map this is exactly the squared output change of
+removing that state alone on the calibration data, so it ranks states by the quantity a cut changes.
+Alternatives, kept for comparison: ``"gramian"``, ``sqrt(P_nn Q_nn)`` with the empirical Gramian
+diagonals of the time-varying system (state second moment ``P_nn = E sum_d h^2`` and output sensitivity
+``Q_nn = E C_n^2 ||J_d||^2``; Lall, Marsden & Glavaski 2002), and ``"averaged_hsv"``, the per-state Hankel
+singular values ``|B_avg C_avg| / (1 - lam^2)`` of the time-averaged LTI system (:meth:`SelectiveSSM.to_system`),
+summed over channels. ``benchmarks/bench_selective_ranking.py`` measures each against the leave-one-state-out
+output change on held-out data (:func:`leave_one_state_out`).
 
-*Why a state selection and not balanced truncation.* Balanced truncation mixes states: a reduced state is a
-combination ``W^T h`` of all ``d_state`` states, different in every channel. The block cannot represent that:
-its ``B_t`` and ``C_t`` are computed from the input by projections shared by all channels, and ``Delta_t``
-multiplies ``A`` elementwise, so a mixed basis would have to be re-mixed at every time step with an
-input-dependent matrix. What the block *can* represent is keeping a subset of its states, the same subset in
-every channel: drop rows of ``W_B`` and ``W_C`` and columns of ``A_log``. This is exact surgery (the kept
-states compute exactly what they computed before, because ``A`` is diagonal), so the only approximation is
-which states to drop.
+*How many states* (``tol``). Each layer keeps the fewest top-ranked states whose removal changes its state
+path's output on the calibration inputs by at most ``tol``: ``||out - out_cut|| / ||out - out_0|| <= tol``,
+with ``out_0`` the output without any state (the skip ``D x`` only). Layers sharing a Hugging Face
+configuration keep one common size (:func:`compress_selective_`).
 
-*Ranking.* In the diagonal (modal) basis the Hankel singular value of state ``n`` of channel ``d`` taken
-alone is ``h[d,n] = |B_avg[d,n] C_avg[n]| / (1 - lam[d,n]^2)`` (``sqrt(P_nn Q_nn)`` of the averaged system;
-it equals the true HSVs when the modes are decoupled). States are ranked by their energy summed over
-channels, ``score[n] = sum_d h[d,n]``, and ``tol`` keeps the smallest set carrying ``1 - tol`` of the total
-(:func:`lti_reduce.rank_for_tol`, the CompreSSM rule).
-
-*Bounds, and what they are worth.* For the averaged channel system, dropping modes changes its transfer
-function by exactly the dropped modes, so ``sum_{n dropped} |B_avg C_avg| / (1 - lam)`` bounds the change in
-H-infinity norm (equality when the residues share a sign): this is ``averaged_bound``. The balanced HSVs of the
-averaged system (through :func:`lti_reduce.hankel_singular_values`) give ``hsv_lower``: no order-``r``
-approximation of the averaged system, selection or not, changes it by less than ``sigma_{r+1}``. Neither
-bounds the change of the *selective* block: its ``Delta``, ``B``, ``C`` vary in time and are correlated (that
-is the point of selectivity). :func:`measure_selective_cut` measures the real change on held-out inputs next
-to the averaged bound; treat the bound as a heuristic ranking signal.
+*What the report's error is.* A measurement, not a bound: ``error = ||out - out_cut||_F / ||out||_F`` of each
+layer's output, computed exactly on held-out inputs when they are given (else on the calibration inputs).
+No bound on the selective block is claimed: its ``Delta``, ``B``, ``C`` vary in time and are correlated.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .compress import CompressionReport, _Snapshot
+from ._params import resize_from_checkpoint_
+from .compress import CompressionReport
 
 __all__ = [
-    "SelectiveSSM",
-    "selective_scan",
-    "selective_scan_reference",
-    "compress_selective_",
-    "measure_selective_cut",
+    "CutMeasurement",
     "SelectiveCompressionReport",
     "SelectiveLayerReport",
-    "CutMeasurement",
+    "SelectiveSSM",
+    "compress_selective_",
+    "leave_one_state_out",
+    "measure_selective_cut",
+    "selective_scan",
+    "selective_scan_reference",
+    "selective_state_scores",
 ]
 
 SCAN_MODES = ("auto", "chunked", "sequential")
@@ -339,13 +339,14 @@ class SelectiveSSM(nn.Module):
         self._stats = stats
 
     @torch.no_grad()
-    def calibrate_(self, inputs) -> "SelectiveSSM":
+    def calibrate_(self, inputs) -> SelectiveSSM:
         """Average ``Delta``, ``Delta * B`` and ``C`` over ``inputs`` (this block's own inputs).
 
         Parameters
         ----------
         inputs : Tensor (batch, L, d_model), or an iterable of such tensors
-            The statistics (module docstring) replace any earlier ones.
+            The statistics replace any earlier ones: ``mean_delta[d] = mean_{b,t} Delta[b,t,d]``,
+            ``B_avg[d,n] = mean_{b,t} Delta[b,t,d] B[b,t,n]`` and ``C_avg[n] = mean_{b,t} C[b,t,n]``.
         """
         self._stats = None
         self._collect = True
@@ -368,6 +369,11 @@ class SelectiveSSM(nn.Module):
 
     def to_system(self, calibration=None):
         """Per-channel averaged LTI systems as one batched :class:`lti_reduce.DiagonalSystem`.
+
+        Channel ``d`` is the SISO system ``(lam[d], B_avg[d], C_avg, D[d])`` with
+        ``lam[d, n] = exp(mean_delta[d] A[d, n])`` (:meth:`calibrate_`): the block with its input-dependent
+        quantities replaced by their time averages. It describes the block only on average; the ranking of
+        :func:`compress_selective_` does not use it by default (module docstring).
 
         Parameters
         ----------
@@ -410,13 +416,12 @@ class SelectiveSSM(nn.Module):
         return idx.sort().values
 
     @torch.no_grad()
-    def select_states_(self, keep) -> "SelectiveSSM":
+    def select_states_(self, keep) -> SelectiveSSM:
         """Keep only the states ``keep`` (the same ones in every channel), in place.
 
         This is the block's counterpart of the protocol's ``load_system_``: the block cannot load a balanced
         (state-mixing) system, see the module docstring, so it is deliberately *not* named ``load_system_``
-        and :func:`adapters.torch.compress_` (balanced truncation) leaves it alone; use
-        :func:`compress_selective_`.
+        and balanced truncation leaves it alone; :func:`compress_selective_` calls this.
 
         Parameters
         ----------
@@ -425,97 +430,395 @@ class SelectiveSSM(nn.Module):
 
         Notes
         -----
-        ``A_log``, ``B_proj.weight`` and ``C_proj.weight`` are replaced by new ``Parameter`` objects
-        (``requires_grad`` kept); whoever holds an optimizer must rebind it (``compress_selective_`` does).
-        Calibration statistics are sliced along.
+        ``A_log``, ``B_proj.weight`` and ``C_proj.weight`` keep their ``nn.Parameter`` objects; their data is
+        replaced by the kept slices, so an optimizer or a user reference holding them stays valid (a
+        ``DistributedDataParallel`` wrapper must be rebuilt, as :func:`adapters.torch.compress_ddp_` does). Per-parameter optimizer state of
+        the old shape is not touched here (:func:`compress_selective_` slices it). Calibration statistics are
+        sliced along.
         """
         idx = self._check_keep(keep)
         for name, p in self._state_parameters().items():
-            new = nn.Parameter(p.index_select(self._STATE_AXES[name] % p.dim(), idx.to(p.device)).clone(),
-                               requires_grad=p.requires_grad)
-            self._set_state_parameter(name, new)
+            _resize_parameter_(self, name, p.index_select(self._STATE_AXES[name] % p.dim(), idx.to(p.device)))
+        self._sync_state_attributes()
         if self._stats is not None:
             dev = self._stats["C"].device  # a new dict: a snapshot of the old one stays valid
             self._stats = {**self._stats, "delta_B": self._stats["delta_B"][:, idx.to(dev)],
                            "C": self._stats["C"][idx.to(dev)]}
         return self
 
-    def _set_state_parameter(self, name, value):
-        if name == "A_log":
-            self.A_log = value
-        else:
-            linear = getattr(self, name.split(".")[0])
-            linear.weight = value
-            linear.out_features = value.shape[0]
+    def _sync_state_attributes(self):
+        self.B_proj.out_features = self.B_proj.weight.shape[0]
+        self.C_proj.out_features = self.C_proj.weight.shape[0]
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        """Resize the state axis to a compressed checkpoint's before the usual copy (children load after)."""
+        """Resize the state axis to a compressed checkpoint's before the usual copy, keeping the parameters."""
         key = prefix + "A_log"
         if key in state_dict and state_dict[key].dim() == 2 and (n := int(state_dict[key].shape[-1])) != self.state_dim:
             if all(prefix + k in state_dict and state_dict[prefix + k].shape[0] == n for k in ("B_proj.weight", "C_proj.weight")):
-                for name, p in self._state_parameters().items():
-                    shape = list(p.shape)
-                    shape[self._STATE_AXES[name]] = n
-                    self._set_state_parameter(name, nn.Parameter(p.new_zeros(shape), requires_grad=p.requires_grad))
+                resize_from_checkpoint_(self, state_dict, prefix, list(self._state_parameters()))
+                self._sync_state_attributes()
                 self._stats = None
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
 
-# ----------------------------------------------------------------------------------------------- analysis
-def _mode_hsv(lam, B_avg, C_avg):
-    """Diagonal-basis HSV of every state of every channel: ``|B C| / (1 - lam^2)``, shape (d_inner, N)."""
-    return (B_avg * C_avg).abs() / (1.0 - lam * lam)
+# ------------------------------------------------------------------------------------ selective layer kinds
+@dataclass
+class _Scan:
+    """One batch through a selective layer in the common form the analysis uses (float64, detached).
+
+    ``Ch`` scan channels (Mamba: ``d_inner``; Mamba2: ``num_heads * head_dim``), ``G`` groups of ``K = Ch / G``
+    contiguous channels that share ``B`` and ``C`` (Mamba: ``G = 1``), ``N`` states per channel. State ``(g, n)``
+    of the layer is state ``n`` of every channel of group ``g``: ``h[b,t,c,n] = exp(delta[b,t,c] A[c,n])
+    h[b,t-1,c,n] + delta[b,t,c] B[b,t,g(c),n] x[b,t,c]`` and ``y[b,t,c] = sum_n C[b,t,g(c),n] h[b,t,c,n] +
+    D[c] x[b,t,c]``; the layer's output is ``kind.output(layer, y, scan)``.
+    """
+
+    x: torch.Tensor        # (b, L, Ch)
+    delta: torch.Tensor    # (b, L, Ch)
+    A: torch.Tensor        # (Ch, N)
+    B: torch.Tensor        # (b, L, G, N)
+    C: torch.Tensor        # (b, L, G, N)
+    D: torch.Tensor        # (Ch,)
+    ctx: dict              # what the kind's output map needs (gates, norms)
+
+    @property
+    def groups(self) -> int:
+        return self.B.shape[2]
+
+    @property
+    def group_of_channel(self) -> torch.Tensor:
+        ch, g = self.x.shape[-1], self.groups
+        return torch.arange(ch, device=self.x.device) // (ch // g)
 
 
-def _averaged_bound(lam, B_avg, C_avg, dropped):
-    """Per channel ``sum_{n dropped} |B C| / (1 - lam)``: H-infinity bound of the averaged system's change."""
-    if dropped.numel() == 0:
-        return torch.zeros(lam.shape[0], dtype=lam.dtype, device=lam.device)
-    d = dropped.to(lam.device)
-    return ((B_avg[:, d] * C_avg[d]).abs() / (1.0 - lam[:, d])).sum(-1)
+class _SelectiveKind:
+    """How the analysis sees one class of selective layer (interface; one instance per class)."""
+
+    label = "selective"
+    #: whether the kept set changes what the kept states compute (FalconMamba's B/C RMS norms)
+    mask_changes_scan = False
+
+    def matches(self, module) -> bool:
+        raise NotImplementedError
+
+    def state_shape(self, layer) -> tuple[int, int]:
+        """``(G, N)``: groups and states per group."""
+        raise NotImplementedError
+
+    def scan(self, layer, u, attention_mask=None, keep_mask=None) -> _Scan:
+        """The layer's scan quantities for its input ``u`` (b, L, d_model); ``keep_mask`` (G, N) bool."""
+        raise NotImplementedError
+
+    def output(self, layer, y, scan) -> torch.Tensor:
+        """Layer output (b, L, d_model), float64, for the scan output ``y`` (b, L, Ch) (``D x`` included)."""
+        raise NotImplementedError
+
+    def output_jvp(self, layer, y, scan, d) -> torch.Tensor:
+        """Linearized output change (b, L, d_model, M) for perturbations ``d`` (b, L, Ch, M) of ``y``, no bias."""
+        raise NotImplementedError
+
+    def output_sensitivity(self, layer, y, scan) -> torch.Tensor:
+        """``||d out / d y[b,t,c]||^2`` per channel (b, L, Ch) (the projection term of a norm is left out)."""
+        raise NotImplementedError
+
+    def cut_spec(self, layer, keep):
+        """For ``keep`` (G, r) sorted state indices: ``[(param_name, axis, index)]`` and ``[(obj, attr, value)]``."""
+        raise NotImplementedError
+
+    def configs(self, model, name, layer) -> list:
+        """Configuration objects whose ``state_size`` must state the layer's size (none for plain modules)."""
+        return []
+
+
+class _SelectiveSSMKind(_SelectiveKind):
+    label = "SelectiveSSM"
+
+    def matches(self, module):
+        return isinstance(module, SelectiveSSM)
+
+    def state_shape(self, layer):
+        return 1, layer.state_dim
+
+    def scan(self, layer, u, attention_mask=None, keep_mask=None):
+        x, z = layer._inner(u)
+        delta, B, C = layer._selective(x)
+        dd = torch.float64
+        return _Scan(x.to(dd), delta.to(dd), -torch.exp(layer.A_log.to(dd)), B.to(dd)[:, :, None], C.to(dd)[:, :, None],
+                     layer.D.to(dd), {"gate": F.silu(z).to(dd)})
+
+    def output(self, layer, y, scan):
+        return F.linear(y * scan.ctx["gate"], layer.out_proj.weight.to(y.dtype))
+
+    def output_jvp(self, layer, y, scan, d):
+        return torch.einsum("blcm,blc,oc->blom", d, scan.ctx["gate"], layer.out_proj.weight.to(d.dtype))
+
+    def output_sensitivity(self, layer, y, scan):
+        w2 = layer.out_proj.weight.to(y.dtype).pow(2).sum(0)
+        return scan.ctx["gate"].pow(2) * w2
+
+    def cut_spec(self, layer, keep):
+        idx = keep[0]
+        attrs = [(layer.B_proj, "out_features", idx.numel()), (layer.C_proj, "out_features", idx.numel())]
+        if layer._stats is not None:
+            dev = layer._stats["C"].device
+            attrs.append((layer, "_stats", {**layer._stats, "delta_B": layer._stats["delta_B"][:, idx.to(dev)],
+                                            "C": layer._stats["C"][idx.to(dev)]}))
+        return [("A_log", 1, idx), ("B_proj.weight", 0, idx), ("C_proj.weight", 0, idx)], attrs
+
+
+_SELECTIVE_SSM_KIND = _SelectiveSSMKind()
+
+
+def _kinds() -> list[_SelectiveKind]:
+    """The kinds of selective layer known here; Hugging Face mixers only once transformers is imported."""
+    kinds = [_SELECTIVE_SSM_KIND]
+    if "transformers" in sys.modules:
+        from .hf.mamba import HF_KINDS
+
+        kinds.extend(HF_KINDS)
+    return kinds
+
+
+def _kind_of(module) -> _SelectiveKind | None:
+    for kind in _kinds():
+        if kind.matches(module):
+            return kind
+    return None
+
+
+def _selective_layers(model: nn.Module):
+    """Every selective layer of ``model``: :class:`SelectiveSSM`, and Hugging Face ``MambaMixer``,
+    ``FalconMambaMixer`` and ``Mamba2Mixer`` modules. Returns ``[(qualified name, module)]``."""
+    kinds = _kinds()
+    return [(name, m) for name, m in model.named_modules() if any(k.matches(m) for k in kinds)]
+
+
+# ------------------------------------------------------------------------------------------------ analysis
+def _batches(inputs):
+    return [inputs] if isinstance(inputs, (torch.Tensor, Mapping)) else list(inputs)
+
+
+def _as_items(inputs):
+    """Layer inputs as a list of ``(u, attention_mask or None)``."""
+    items = []
+    for batch in _batches(inputs):
+        if isinstance(batch, tuple):
+            items.append((batch[0], batch[1] if len(batch) > 1 else None))
+        else:
+            items.append((batch, None))
+    return items
+
+
+def _chunks(items, layer, kind):
+    """Split layer inputs into pieces of few sequences, so the (b, L, Ch, N) state tensors stay small."""
+    _, n = kind.state_shape(layer)
+    for u, mask in items:
+        per_seq = max(1, u.shape[1] * u.shape[2] * n * 16)  # Ch ~ 2-4 d_model, float64
+        step = max(1, int(4e7 // per_seq))
+        for i in range(0, u.shape[0], step):
+            yield u[i:i + step], None if mask is None else mask[i:i + step]
+
+
+@torch.no_grad()
+def _capture_inputs(model, layers, inputs):
+    """Run ``model`` on ``inputs`` (tensors or dicts of keyword arguments); return each layer's inputs."""
+    captured = {name: [] for name, _ in layers}
+
+    def hook(module, args, kwargs, name):
+        u = args[0] if args else kwargs["hidden_states"]
+        captured[name].append((u.detach(), kwargs.get("attention_mask")))
+
+    handles = [layer.register_forward_pre_hook(lambda m, a, k, name=name: hook(m, a, k, name), with_kwargs=True)
+               for name, layer in layers]
+    try:
+        for batch in _batches(inputs):
+            model(**batch) if isinstance(batch, Mapping) else model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def _contributions(scan, chunk=None):
+    """States ``h`` and per-state output terms ``c[b,t,c,n] = C[b,t,g(c),n] h[b,t,c,n]``, both (b, L, Ch, N)."""
+    grp = scan.group_of_channel
+    log_a = scan.delta[..., None] * scan.A
+    v = (scan.delta * scan.x)[..., None] * scan.B[:, :, grp, :]
+    h = _states(log_a, v, chunk or _chunk_size(scan.x.shape[1]))
+    return h, scan.C[:, :, grp, :] * h
+
+
+def _group_channels(scan, g):
+    k = scan.x.shape[-1] // scan.groups
+    return slice(g * k, (g + 1) * k)
+
+
+@torch.no_grad()
+def _score_pass(kind, layer, items):
+    """One pass over calibration inputs: the three state scores and the output energy (module docstring)."""
+    G, N = kind.state_shape(layer)
+    acc = {"energy": torch.zeros(G, N, dtype=torch.float64), "P": torch.zeros(G, N, dtype=torch.float64),
+           "Q": torch.zeros(G, N, dtype=torch.float64), "out": 0.0, "count": 0}
+    sums = None
+    for u, mask in _chunks(items, layer, kind):
+        scan = kind.scan(layer, u, mask)
+        h, c = _contributions(scan)
+        y = c.sum(-1) + scan.D * scan.x
+        out = kind.output(layer, y, scan)
+        acc["out"] += float(out.pow(2).sum())
+        sens = kind.output_sensitivity(layer, y, scan)
+        grp = scan.group_of_channel
+        for g in range(G):
+            sl = _group_channels(scan, g)
+            d = torch.zeros_like(c)
+            d[:, :, sl] = c[:, :, sl]
+            acc["energy"][g] += kind.output_jvp(layer, y, scan, d).pow(2).sum((0, 1, 2)).cpu()
+            acc["P"][g] += h[:, :, sl].pow(2).sum((0, 1, 2)).cpu()
+            acc["Q"][g] += (scan.C[:, :, g].pow(2) * sens[:, :, sl].sum(-1, keepdim=True)).sum((0, 1)).cpu()
+        part = {"delta": scan.delta.sum((0, 1)), "delta_B": torch.einsum("blc,blcn->cn", scan.delta, scan.B[:, :, grp]),
+                "C": scan.C.sum((0, 1))}
+        sums = part if sums is None else {k: sums[k] + part[k] for k in sums}
+        acc["count"] += u.shape[0] * u.shape[1]
+        A = scan.A
+    cnt = max(acc["count"], 1)
+    lam = torch.exp(sums["delta"][:, None] / cnt * A)
+    B_avg, C_avg = sums["delta_B"] / cnt, sums["C"] / cnt
+    grp = scan.group_of_channel
+    hsv = (B_avg * C_avg[grp]).abs() / (1.0 - lam * lam)
+    averaged = torch.stack([hsv[_group_channels(scan, g)].sum(0) for g in range(G)]).cpu()
+    return {"output_energy": acc["energy"], "gramian": torch.sqrt(acc["P"] * acc["Q"]) / cnt,
+            "averaged_hsv": averaged, "out_energy": acc["out"]}
+
+
+@torch.no_grad()
+def _tail_pass(kind, layer, items, order):
+    """Relative change of the state path's output on ``items`` when only the first ``r`` states of ``order``
+    (G, N) are kept in every group, for every ``r`` in ``0..N`` (shape (N + 1,)).
+
+    ``||out - out_r|| / ||out - out_0||``, with ``out_0`` the output without any state (the skip ``D x`` only);
+    ``out - out_r`` is linearized in the dropped terms, which is exact for Mamba's linear output map."""
+    G, N = kind.state_shape(layer)
+    err2 = torch.zeros(N + 1, dtype=torch.float64)
+    out2 = 0.0
+    for u, mask in _chunks(items, layer, kind):
+        scan = kind.scan(layer, u, mask)
+        _, c = _contributions(scan)
+        skip = scan.D * scan.x
+        y = c.sum(-1) + skip
+        out2 += float((kind.output(layer, y, scan) - kind.output(layer, skip, scan)).pow(2).sum())
+        total = 0.0
+        for g in range(G):
+            sl = _group_channels(scan, g)
+            d = torch.zeros_like(c)
+            cs = c[:, :, sl][..., order[g].to(c.device)]
+            d[:, :, sl] = cs.flip(-1).cumsum(-1).flip(-1)  # [..., r] = sum of states order[r:]
+            total = total + kind.output_jvp(layer, y, scan, d)
+        err2[:N] += total.pow(2).sum((0, 1, 2)).cpu()
+    return torch.sqrt(err2 / max(out2, 1e-300))
+
+
+@torch.no_grad()
+def _masked_output(kind, layer, u, mask, keep_mask):
+    """Exact outputs of the layer: full, with only the states of ``keep_mask`` (G, N) bool, and with none."""
+    full_scan = kind.scan(layer, u, mask)
+    _, c = _contributions(full_scan)
+    skip = full_scan.D * full_scan.x
+    full = kind.output(layer, c.sum(-1) + skip, full_scan)
+    none = kind.output(layer, skip, full_scan)
+    scan = kind.scan(layer, u, mask, keep_mask) if kind.mask_changes_scan else full_scan
+    if kind.mask_changes_scan:
+        _, c = _contributions(scan)
+    weights = keep_mask.to(c.device, c.dtype)[scan.group_of_channel]  # (Ch, N)
+    cut = kind.output(layer, (c * weights).sum(-1) + scan.D * scan.x, scan)
+    return full, cut, none
 
 
 @dataclass
 class CutMeasurement:
-    """Real change of a block's output when states are dropped, next to the averaged bound.
+    """Measured change of a selective layer's output when states are dropped.
 
     Attributes
     ----------
-    measured_gain : numpy.ndarray, shape (d_inner,)
-        Per channel, the largest over held-out sequences of ``||y_d - y_d,cut||_2 / ||x_d||_2`` (the SSM's
-        own input ``x_d`` and output ``y_d``): what an H-infinity norm would bound for an LTI channel.
-    averaged_bound : numpy.ndarray, shape (d_inner,)
-        The averaged system's bound per channel (module docstring).
-    ratio_max, ratio_median : float
-        ``measured_gain / averaged_bound`` over channels with a nonzero bound (``nan`` if none).
-    fraction_within_bound : float
-        Share of channels whose measured gain is at most the averaged bound.
     relative_output_change : float
-        ``||out - out_cut|| / ||out||`` of the whole block on the held-out inputs.
+        ``||out - out_cut||_F / ||out||_F`` of the layer's output over all measured sequences and steps
+        (the layer's own inputs; ``out_cut`` computes exactly what the cut layer computes).
+    state_path_change : float
+        ``||out - out_cut||_F / ||out - out_0||_F``: the same change relative to what all the states put into the
+        output (``out_0``: the layer without any state, the skip ``D x`` only); what ``tol`` limits.
+    max_sequence_change : float
+        The largest per-sequence ``||out - out_cut|| / ||out||``.
+    data : str
+        ``"held_out"`` (inputs not used to choose the states) or ``"calibration"``.
+    sequences : int
+        Number of sequences measured.
     """
 
-    measured_gain: np.ndarray = field(repr=False)
-    averaged_bound: np.ndarray = field(repr=False)
-    ratio_max: float
-    ratio_median: float
-    fraction_within_bound: float
     relative_output_change: float
+    state_path_change: float
+    max_sequence_change: float
+    data: str
+    sequences: int
+
+
+def _keep_mask(kind, layer, keep) -> torch.Tensor:
+    G, N = kind.state_shape(layer)
+    mask = torch.zeros(G, N, dtype=torch.bool)
+    mask[torch.arange(G)[:, None], keep] = True
+    return mask
+
+
+def _check_keep(kind, layer, keep) -> torch.Tensor:
+    """``keep`` as a sorted (G, r) long tensor; a flat list is the same states in every group."""
+    G, N = kind.state_shape(layer)
+    idx = torch.as_tensor(keep, dtype=torch.long).cpu()
+    if idx.dim() == 1:
+        idx = idx[None].expand(G, -1)
+    if idx.dim() != 2 or idx.shape[0] != G or idx.shape[1] < 1 or bool(((idx < 0) | (idx >= N)).any()) or any(
+            row.unique().numel() != row.numel() for row in idx):
+        raise ValueError(f"keep must be distinct state indices in [0, {N}) with at least one entry, the same number "
+                         f"in each of the {G} group(s) (a flat list or shape ({G}, r)), got {idx.tolist()}")
+    return idx.sort(dim=-1).values.contiguous()
 
 
 @torch.no_grad()
-def measure_selective_cut(layer: SelectiveSSM, keep, inputs) -> CutMeasurement:
-    """How much dropping all states but ``keep`` changes ``layer`` on held-out ``inputs``; nothing is changed.
+def _measure(kind, layer, keep, items, data) -> CutMeasurement:
+    keep_mask = _keep_mask(kind, layer, keep)
+    num = den = path = 0.0
+    worst, seqs = 0.0, 0
+    for u, mask in _chunks(items, layer, kind):
+        full, cut, none = _masked_output(kind, layer, u, mask, keep_mask)
+        diff = (full - cut).pow(2).sum((1, 2))
+        ref = full.pow(2).sum((1, 2))
+        num, den = num + float(diff.sum()), den + float(ref.sum())
+        path += float((full - none).pow(2).sum())
+        worst = max(worst, float((diff / ref.clamp_min(1e-300)).sqrt().max()))
+        seqs += u.shape[0]
+    return CutMeasurement(math.sqrt(num / max(den, 1e-300)), math.sqrt(num / max(path, 1e-300)), worst, data, seqs)
+
+
+def _layer_and_kind(layer):
+    kind = _kind_of(layer)
+    if kind is None:
+        raise ValueError(f"{type(layer).__name__} is not a selective layer (SelectiveSSM, or a Hugging Face "
+                         "MambaMixer, FalconMambaMixer or Mamba2Mixer).")
+    return kind
+
+
+def measure_selective_cut(layer: nn.Module, keep, inputs, *, data: str = "held_out") -> CutMeasurement:
+    """How much keeping only the states ``keep`` changes ``layer``'s output on ``inputs``; nothing is changed.
 
     Parameters
     ----------
-    layer : SelectiveSSM
-        A calibrated block (its averaged bound comes from the last calibration).
-    keep : sequence of int
-        States to keep (as for :meth:`SelectiveSSM.select_states_`).
-    inputs : Tensor, shape (batch, L, d_model)
-        Held-out inputs of this block (not the calibration batch).
+    layer : SelectiveSSM, or a Hugging Face ``MambaMixer`` / ``FalconMambaMixer`` / ``Mamba2Mixer``
+    keep : sequence of int, or array of shape (G, r)
+        States to keep (as for :meth:`SelectiveSSM.select_states_`); for a ``Mamba2Mixer`` with ``G`` groups
+        either one list for every group or one row per group.
+    inputs : Tensor, shape (batch, L, d_model), or a list of them
+        The layer's own inputs (not the model's), preferably held out from the calibration.
+    data : str
+        Label stored in the result (``"held_out"`` or ``"calibration"``).
 
     Returns
     -------
@@ -523,77 +826,142 @@ def measure_selective_cut(layer: SelectiveSSM, keep, inputs) -> CutMeasurement:
 
     Notes
     -----
-    The cut is simulated by zeroing the output weight ``C_t`` of the dropped states, which computes exactly
-    what the block computes after :meth:`~SelectiveSSM.select_states_` (``A`` is diagonal, so the kept
-    states do not see the dropped ones). The averaged bound is a heuristic for the selective block: report
-    the measurement, do not rely on the inequality.
+    The cut is simulated by zeroing the output weight ``C_t`` of the dropped states, which is exactly what the
+    layer computes after the cut (``A`` is diagonal, so the kept states never see the dropped ones); for a
+    ``FalconMambaMixer`` the RMS norms of ``B_t`` and ``C_t`` are taken over the kept states, as after the cut.
     """
-    idx = layer._check_keep(keep)
-    dropped = torch.tensor(sorted(set(range(layer.state_dim)) - set(idx.tolist())), dtype=torch.long)
-    lam, B_avg, C_avg = layer.averaged_system_parts()
-    bound = _averaged_bound(lam, B_avg, C_avg, dropped).cpu().numpy()
-    x, z = layer._inner(inputs)
-    delta, B, C = layer._selective(x)
-    A = -torch.exp(layer.A_log)
-    mask = torch.zeros(layer.state_dim, dtype=C.dtype, device=C.device)
-    mask[idx.to(C.device)] = 1
-    y_full = selective_scan(x, delta, A, B, C, None, mode=layer.mode, chunk_size=layer.chunk_size)
-    y_cut = selective_scan(x, delta, A, B, C * mask, None, mode=layer.mode, chunk_size=layer.chunk_size)
-    gain = ((y_full - y_cut).double().norm(dim=1) / x.double().norm(dim=1).clamp_min(1e-300)).amax(0)
-    gain = gain.cpu().numpy()
-    out_full = layer.out_proj((y_full + layer.D * x) * F.silu(z))
-    out_cut = layer.out_proj((y_cut + layer.D * x) * F.silu(z))
-    rel = float((out_full - out_cut).double().norm() / out_full.double().norm().clamp_min(1e-300))
-    positive = bound > 0
-    ratio = gain[positive] / bound[positive]
-    return CutMeasurement(gain, bound, float(ratio.max()) if ratio.size else float("nan"),
-                          float(np.median(ratio)) if ratio.size else float("nan"),
-                          float(np.mean(gain <= bound * (1 + 1e-9) + 1e-300)), rel)
+    kind = _layer_and_kind(layer)
+    return _measure(kind, layer, _check_keep(kind, layer, keep), _as_items(inputs), data)
+
+
+def selective_state_scores(layer: nn.Module, inputs, *, ranking: str = "output_energy") -> torch.Tensor:
+    """Importance of every state of a selective layer, from its own inputs (module docstring, "Ranking").
+
+    Parameters
+    ----------
+    layer : SelectiveSSM, or a Hugging Face ``MambaMixer`` / ``FalconMambaMixer`` / ``Mamba2Mixer``
+    inputs : Tensor, shape (batch, L, d_model), or a list of them
+        The layer's own inputs (calibration data).
+    ranking : {"output_energy", "gramian", "averaged_hsv"}
+        ``"output_energy"``: ``sum_{b,t} ||J c_{g,n}||^2``, the energy that state ``(g, n)``'s own term
+        ``c = C_t h_t`` puts into the layer's output through the output map ``J`` (exact for Mamba's linear
+        output map, linearized at the full output for Mamba2's gated RMS norm); ``"gramian"``:
+        ``sqrt(P_nn Q_nn)`` from the empirical state second moment ``P_nn = E sum_c h^2`` and output
+        sensitivity ``Q_nn = E C_n^2 ||J_c||^2`` (Lall, Marsden & Glavaski 2002); ``"averaged_hsv"``: the
+        Hankel singular values of the time-averaged LTI system, summed over channels.
+
+    Returns
+    -------
+    Tensor, shape (G, N), float64
+        ``G = 1`` except for a ``Mamba2Mixer`` with several groups.
+    """
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
+    kind = _layer_and_kind(layer)
+    return _score_pass(kind, layer, _as_items(inputs))[ranking]
+
+
+@torch.no_grad()
+def leave_one_state_out(layer: nn.Module, inputs) -> torch.Tensor:
+    """Measured relative output change of removing each state alone: the reference a ranking is judged by.
+
+    Parameters
+    ----------
+    layer : SelectiveSSM, or a Hugging Face ``MambaMixer`` / ``FalconMambaMixer`` / ``Mamba2Mixer``
+    inputs : Tensor, shape (batch, L, d_model), or a list of them
+        The layer's own inputs (held-out data).
+
+    Returns
+    -------
+    Tensor, shape (G, N), float64
+        ``||out - out_{-(g,n)}||_F / ||out||_F`` over all of ``inputs``, with ``out_{-(g,n)}`` the exact
+        output of the layer without state ``(g, n)`` (nonlinear output maps included).
+    """
+    kind = _layer_and_kind(layer)
+    G, N = kind.state_shape(layer)
+    num = torch.zeros(G, N, dtype=torch.float64)
+    den = 0.0
+    for u, mask in _chunks(_as_items(inputs), layer, kind):
+        scan = kind.scan(layer, u, mask)
+        _, c = _contributions(scan)
+        y = c.sum(-1) + scan.D * scan.x
+        full = kind.output(layer, y, scan)
+        den += float(full.pow(2).sum())
+        for g in range(G):
+            for n in range(N):
+                keep_mask = torch.ones(G, N, dtype=torch.bool)
+                keep_mask[g, n] = False
+                if kind.mask_changes_scan:
+                    _, cut, _ = _masked_output(kind, layer, u, mask, keep_mask)
+                else:
+                    sl = _group_channels(scan, g)
+                    y_cut = y.clone()
+                    y_cut[:, :, sl] -= c[:, :, sl, n]
+                    cut = kind.output(layer, y_cut, scan)
+                num[g, n] += float((full - cut).pow(2).sum())
+    return torch.sqrt(num / max(den, 1e-300))
+
+
+RANKINGS = ("output_energy", "gramian", "averaged_hsv")
 
 
 # -------------------------------------------------------------------------------------------- compression
 @dataclass
 class SelectiveLayerReport:
-    """What :func:`compress_selective_` did to one block.
+    """What :func:`compress_selective_` did to one selective layer.
 
     Attributes
     ----------
     name : str
+    kind : str
+        ``"SelectiveSSM"``, ``"MambaMixer"``, ``"FalconMambaMixer"`` or ``"Mamba2Mixer"``.
     before, after : int
-        ``state_dim`` before and after.
-    kept : list of int
-        Indices (in the old numbering) of the kept states.
-    scores : numpy.ndarray, shape (before,)
-        ``sum_d h[d, n]``: each state's diagonal-basis HSV energy summed over channels.
+        States per channel (``d_state`` / ``config.state_size``) before and after.
+    kept : list
+        Indices (old numbering) of the kept states; for a ``Mamba2Mixer`` with several groups one list per group.
+    scores : numpy.ndarray, shape (before,) or (G, before)
+        The ranking's score of every state (:func:`selective_state_scores`).
+    ranking : str
     energy_kept : float
         Share of the summed scores carried by the kept states.
-    averaged_bound : float
-        Largest over channels of the averaged system's H-infinity change (module docstring; 0 if not cut).
-    hsv_lower : float
-        Largest over channels of ``sigma_{after+1}`` of the averaged system: no order-``after`` approximation
-        of it does better (0 if not cut).
+    calibration_change : float
+        ``||out - out_cut|| / ||out - out_0||`` (relative to the state path, see ``tol``) on the calibration
+        inputs, as the ``tol`` rule saw it (exact for Mamba's linear output map, first order in the dropped
+        terms for Mamba2's norm); 0 if not cut.
+    error : float
+        The measured relative output change ``||out - out_cut||_F / ||out||_F`` of the layer, computed exactly
+        on held-out inputs when ``held_out_inputs`` was given, else on the calibration inputs (``error_data``
+        says which). A measurement, not a bound. 0 if not cut.
+    error_data : str
+        ``"held_out"``, ``"calibration"`` or ``""`` (not cut).
+    method : str
+        ``"state_selection"``.
     compressed : bool
     note : str
     measurement : CutMeasurement or None
-        Filled when ``held_out_inputs`` was given.
+        Details of ``error``.
     """
 
     name: str
+    kind: str
     before: int
     after: int
     kept: list
     scores: np.ndarray = field(repr=False)
+    ranking: str
     energy_kept: float
-    averaged_bound: float
-    hsv_lower: float
+    calibration_change: float
+    error: float
+    error_data: str
     compressed: bool
     note: str = ""
+    method: str = "state_selection"
     measurement: CutMeasurement | None = None
 
 
 @dataclass
 class SelectiveCompressionReport(CompressionReport):
-    """Per-block results of :func:`compress_selective_`; ``print(report)`` shows a table.
+    """Per-layer results of :func:`compress_selective_`; ``print(report)`` shows a table.
 
     The container behaviour (iteration, ``report[name]``, ``compressed``,
     ``state_before``/``state_after``) is that of :class:`CompressionReport`.
@@ -602,87 +970,158 @@ class SelectiveCompressionReport(CompressionReport):
     layers: list[SelectiveLayerReport]
 
     def __str__(self) -> str:
-        head = (f"{'layer':<20} {'state':>9} {'energy kept':>12} {'avg bound':>10} {'hsv lower':>10} "
-                f"{'measured':>10} {'meas/bound':>10}  note")
+        head = (f"{'layer':<28} {'kind':<16} {'state':>9} {'score kept':>10} {'path chg':>10} {'error':>10} "
+                f"{'on':<11} note")
         rows = [head, "-" * len(head)]
         for x in self.layers:
             state = f"{x.before}->{x.after}" if x.compressed else f"{x.before}"
-            m = x.measurement
-            meas = f"{float(m.measured_gain.max()):>10.3e} {m.ratio_max:>10.3g}" if m is not None else f"{'':>10} {'':>10}"
-            rows.append(f"{x.name or '<model>':<20} {state:>9} {x.energy_kept:>12.6f} {x.averaged_bound:>10.3e} "
-                        f"{x.hsv_lower:>10.3e} {meas}  {x.note}")
+            rows.append(f"{x.name or '<model>':<28} {x.kind:<16} {state:>9} {x.energy_kept:>10.6f} "
+                        f"{x.calibration_change:>10.3e} {x.error:>10.3e} {x.error_data:<11} {x.note}")
         return "\n".join(rows)
 
 
-def _selective_layers(model: nn.Module):
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, SelectiveSSM)]
+class _Undo:
+    """Everything a cut changes (parameters, attributes, configurations, optimizer state), to undo it."""
+
+    _MISSING = object()
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.attrs, self.states, self.swapped, self.replaced = [], {}, [], []
+        self.groups = [list(g["params"]) for g in optimizer.param_groups] if optimizer is not None else None
+
+    def attr(self, obj, name, value):
+        self.attrs.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    def restore(self):
+        for obj, name, old in reversed(self.attrs):
+            setattr(obj, name, old)
+        for p, holder in reversed(self.swapped):
+            torch.utils.swap_tensors(p, holder)
+        for owner, leaf, p in reversed(self.replaced):
+            if self.optimizer is not None:
+                self.optimizer.state.pop(owner._parameters[leaf], None)
+            owner._parameters[leaf] = p
+        if self.groups is not None:
+            for group, params in zip(self.optimizer.param_groups, self.groups):
+                group["params"] = params
+        for p, state in self.states.values():
+            if state is self._MISSING:
+                self.optimizer.state.pop(p, None)
+            else:
+                self.optimizer.state[p] = state
 
 
-def _batches(inputs):
-    return [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+def _sliced_state(state, old_shape, axis, idx):
+    """A per-parameter optimizer state with the kept entries, or ``None`` where it cannot be sliced.
 
-
-@torch.no_grad()
-def _run_collecting(model, layers, inputs, capture=False):
-    """Forward ``inputs`` through ``model``; calibrate every block (or capture each block's inputs)."""
-    captured = {name: [] for name, _ in layers}
-    handles = []
-    for name, layer in layers:
-        if capture:
-            handles.append(layer.register_forward_pre_hook(lambda mod, args, name=name: captured[name].append(args[0])))
-        else:
-            layer._stats, layer._collect = None, True
-    try:
-        for batch in _batches(inputs):
-            model(batch)
-    finally:
-        for h in handles:
-            h.remove()
-        for _, layer in layers:
-            layer._collect = False
-    return {name: torch.cat(xs) for name, xs in captured.items()} if capture else None
-
-
-def _slice_optimizer_state(optimizer, old, new, axis, idx):
-    """Keep the moments of kept states: a selection does not change the basis, unlike balancing."""
-    state = optimizer.state.get(old)
-    if not state:
-        return None
+    A selection keeps the basis, so every moment of the parameter's shape keeps the rows/columns of the kept
+    states; scalars (step counts) are kept. A state tensor of another non-scalar shape (a factored moment)
+    cannot be sliced consistently: the state is then dropped and re-initialized at the next step.
+    """
     out = {}
     for key, value in state.items():
-        if isinstance(value, torch.Tensor) and value.shape == old.shape:
-            out[key] = value.index_select(axis % value.dim(), idx.to(value.device)).clone()
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            if tuple(value.shape) != tuple(old_shape):
+                return None
+            out[key] = value.index_select(axis, idx.to(value.device)).clone()
         else:
             out[key] = value.clone() if isinstance(value, torch.Tensor) else value
     return out
 
 
+def _resize_parameter_(module, name, value, undo=None) -> nn.Parameter:
+    """Give ``module.<name>`` the data ``value`` of another shape; returns the parameter now in the module.
+
+    Normally the ``nn.Parameter`` object is kept: ``torch.utils.swap_tensors`` moves the new data into it
+    together with fresh autograd metadata, so optimizers and user references stay valid. (Assigning
+    ``param.data`` alone would keep the parameter's cached gradient accumulator, which a still-referenced
+    graph of an earlier step keeps alive; the next backward would then fail with "invalid gradient ...
+    expected shape compatible with <old shape>".) Where torch refuses the swap because other owners hold
+    the tensor (a ``DistributedDataParallel`` wrapper's reducer, a live graph that saved it), the module
+    gets a new ``nn.Parameter`` instead, which those owners cannot keep stale; the caller rebinds the
+    optimizer to it (``DistributedDataParallel`` must be rebuilt, as :func:`adapters.torch.compress_ddp_`
+    does).
+    """
+    p = module.get_parameter(name)
+    new = nn.Parameter(value.detach().to(device=p.device, dtype=p.dtype).clone().contiguous(),
+                       requires_grad=p.requires_grad)
+    new.__dict__.update(p.__dict__)
+    try:
+        torch.utils.swap_tensors(p, new)  # ``new`` now holds the old data, gradient and autograd metadata
+    except RuntimeError:
+        owner_name, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
+        if undo is not None:
+            undo.replaced.append((owner, leaf, p))
+        owner._parameters[leaf] = new
+        return new
+    if undo is not None:
+        undo.swapped.append((p, new))
+    return p
+
+
+def _apply_cut(kind, layer, keep, configs, optimizer, optimizer_state, undo):
+    specs, attrs = kind.cut_spec(layer, keep)
+    for pname, axis, idx in specs:
+        p = layer.get_parameter(pname)
+        if optimizer is not None and id(p) not in undo.states:
+            undo.states[id(p)] = (p, optimizer.state.get(p, undo._MISSING))
+        old_shape = p.shape
+        q = _resize_parameter_(layer, pname, p.index_select(axis, idx.to(p.device)), undo)
+        if optimizer is not None:
+            state = optimizer.state.get(p)
+            optimizer.state.pop(p, None)
+            if q is not p:  # a new object (see _resize_parameter_): same group, same position
+                for group in optimizer.param_groups:
+                    group["params"] = [q if x is p else x for x in group["params"]]
+            if state:
+                new = _sliced_state(state, old_shape, axis, idx) if optimizer_state == "slice" else None
+                if new is not None:
+                    optimizer.state[q] = new
+    for obj, name, value in attrs:
+        undo.attr(obj, name, value)
+    for config in configs:
+        undo.attr(config, "state_size", keep.shape[1])
+
+
 def compress_selective_(model: nn.Module, *, calibration_inputs, tol: float | None = None, rank: int | None = None,
                         optimizer: torch.optim.Optimizer | None = None, min_shrink: float = 0.05,
-                        held_out_inputs=None, optimizer_state: str = "slice") -> SelectiveCompressionReport:
-    """Cut the shared state size of every :class:`SelectiveSSM` in ``model``, in place, atomically.
+                        held_out_inputs=None, optimizer_state: str = "slice",
+                        ranking: str = "output_energy") -> SelectiveCompressionReport:
+    """Cut the state size of every selective layer of ``model`` by state selection, in place, atomically.
+
+    Finds :class:`SelectiveSSM` blocks and Hugging Face ``MambaMixer``, ``FalconMambaMixer`` and ``Mamba2Mixer``
+    modules (``MambaForCausalLM``, ``FalconMambaForCausalLM``, ``Mamba2ForCausalLM`` and their base models),
+    ranks their states on calibration data and keeps the best ones, the same in every channel (module docstring).
 
     Parameters
     ----------
     model : nn.Module
-        A model containing :class:`SelectiveSSM` blocks (or one such block).
-    calibration_inputs : Tensor or iterable of Tensors
-        Model inputs; ``model(batch)`` is run under ``no_grad`` and every block averages ``Delta``,
-        ``Delta * B`` and ``C`` over its own inputs (module docstring).
+        A model containing selective layers (or one such layer).
+    calibration_inputs : Tensor, dict, or iterable of them
+        Model inputs (``model(batch)``, or ``model(**batch)`` for a dict such as ``{"input_ids": ...}``), run
+        under ``no_grad``; each layer's own inputs are recorded on the way.
     tol : float in (0, 1), optional
-        Fraction of the summed diagonal-basis HSV energy that may be dropped, per block.
+        Largest relative change of each layer's state path on the calibration inputs,
+        ``||out - out_cut|| / ||out - out_0||`` (``out_0``: the layer's output without any state, the skip
+        ``D x`` only): each layer keeps the fewest states within it.
     rank : int, optional
-        New ``state_dim`` of every block. Give exactly one of ``tol`` and ``rank``.
+        New state size of every layer. Give exactly one of ``tol`` and ``rank``.
     optimizer : torch.optim.Optimizer, optional
-        Rebound to the new parameters through :func:`adapters.torch.optim.rebind_parameters_`.
+        The optimizer training ``model``. Parameters keep their objects (resized in place), so its parameter
+        groups stay valid; the per-parameter state of resized parameters is sliced to the kept states (or reset,
+        see ``optimizer_state``).
     min_shrink : float in [0, 1)
-        A block is cut only if it shrinks by at least this fraction.
-    held_out_inputs : Tensor or iterable of Tensors, optional
-        Model inputs not used for calibration: each cut block's real output change is measured
-        (:func:`measure_selective_cut`, before the cut) and stored in the report.
+        A layer is cut only if it shrinks by at least this fraction.
+    held_out_inputs : Tensor, dict, or iterable of them, optional
+        Model inputs not used for calibration: the reported ``error`` is then measured on them.
     optimizer_state : {"slice", "reset"}
         ``"slice"`` (default): the kept states' moments are kept (a selection does not change the basis);
-        ``"reset"``: state of replaced parameters is dropped, as after balanced truncation.
+        ``"reset"``: the state of resized parameters is dropped.
+    ranking : {"output_energy", "gramian", "averaged_hsv"}
+        State score (:func:`selective_state_scores`); ``"output_energy"`` measures best.
 
     Returns
     -------
@@ -691,89 +1130,103 @@ def compress_selective_(model: nn.Module, *, calibration_inputs, tol: float | No
     Raises
     ------
     ValueError
-        Bad options, no :class:`SelectiveSSM` in ``model``, an optimizer that does not own its parameters.
+        Bad options, no selective layer in ``model``, an optimizer that does not own the layers' parameters.
 
     Notes
     -----
-    All analysis (calibration, scores, bounds, measurements) runs before anything changes; if the swap fails
-    the blocks and the optimizer are restored exactly.
-    """
-    import lti_reduce as lr
+    *One size per configuration.* Hugging Face mixers take their state size from the model's ``config``
+    (``config.state_size``), one number for every layer. All layers that share a configuration are therefore
+    cut to one size ``r``: the largest of the sizes each layer needs by the ``tol`` rule (each layer keeps its
+    own best ``r`` states, so each stays within ``tol``), and ``config.state_size`` is set to ``r``. Then
+    ``save_pretrained`` and a plain ``from_pretrained`` give back the compressed model. :class:`SelectiveSSM`
+    blocks have no configuration and are cut each to its own size (their checkpoints resize on load).
 
-    from .optim import check_optimizer_owns, rebind_parameters_
+    *Atomic.* All analysis runs before anything changes; if the swap fails, parameters, gradients,
+    attributes, configurations and optimizer state are restored exactly.
+    """
+    from .optim import check_optimizer_owns
 
     if (tol is None) == (rank is None):
         raise ValueError(f"give exactly one of tol= and rank=, got tol={tol!r}, rank={rank!r}.")
     if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0.0 < float(tol) < 1.0):
         raise ValueError(f"tol must be a float strictly between 0 and 1, got {tol!r}.")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise ValueError(f"rank must be a positive integer (the new d_state), got {rank!r}.")
+        raise ValueError(f"rank must be a positive integer (the new state size), got {rank!r}.")
     if not 0.0 <= float(min_shrink) < 1.0:
         raise ValueError(f"min_shrink must be in [0, 1), got {min_shrink!r}.")
     if optimizer_state not in ("slice", "reset"):
         raise ValueError(f"optimizer_state must be 'slice' or 'reset', got {optimizer_state!r}.")
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}.")
     layers = _selective_layers(model)
     if not layers:
-        raise ValueError(f"{type(model).__name__} contains no SelectiveSSM block to compress.")
+        raise ValueError(f"{type(model).__name__} contains no selective layer to compress (SelectiveSSM, or "
+                         "a Hugging Face MambaMixer, FalconMambaMixer or Mamba2Mixer).")
+    kinds = [_kind_of(layer) for _, layer in layers]
     if optimizer is not None:
-        check_optimizer_owns(optimizer, [(f"{n}.{pn}" if n else pn, p) for n, layer in layers
-                                         for pn, p in layer._state_parameters().items()], "the SelectiveSSM blocks")
+        owned = []
+        for (name, layer), kind in zip(layers, kinds):
+            G, N = kind.state_shape(layer)
+            for pname, _, _ in kind.cut_spec(layer, torch.arange(N).expand(G, N))[0]:
+                owned.append((f"{name}.{pname}" if name else pname, layer.get_parameter(pname)))
+        check_optimizer_owns(optimizer, owned, "the selective layers")
 
     # 1. Analysis, nothing changes.
-    _run_collecting(model, layers, calibration_inputs)
-    held = _run_collecting(model, layers, held_out_inputs, capture=True) if held_out_inputs is not None else None
+    calib = _capture_inputs(model, layers, calibration_inputs)
+    held = _capture_inputs(model, layers, held_out_inputs) if held_out_inputs is not None else None
+    analyses = []
+    for (name, layer), kind in zip(layers, kinds):
+        G, N = kind.state_shape(layer)
+        scores = _score_pass(kind, layer, calib[name])[ranking]
+        order = torch.argsort(scores, dim=-1, descending=True, stable=True)
+        if rank is not None:
+            r, changes = min(N, rank), None
+        else:
+            changes = _tail_pass(kind, layer, calib[name], order)
+            r = int(next(i for i in range(1, N + 1) if changes[i] <= tol or i == N))
+        configs = kind.configs(model, name, layer)
+        analyses.append({"name": name, "layer": layer, "kind": kind, "N": N, "scores": scores, "order": order,
+                         "r": r, "changes": changes, "configs": configs,
+                         "group": id(configs[-1]) if configs else id(layer)})
+    common = {}
+    for a in analyses:
+        common[a["group"]] = max(common.get(a["group"], 0), a["r"])
     plans, reports = [], []
-    for name, layer in layers:
-        lam, B_avg, C_avg = layer.averaged_system_parts()
-        scores = _mode_hsv(lam, B_avg, C_avg).sum(0)
-        order = torch.argsort(scores, descending=True, stable=True)
-        n = layer.state_dim
-        sorted_scores = scores[order].cpu().numpy()
-        r = min(n, rank) if rank is not None else int(lr.rank_for_tol(sorted_scores, float(tol)))
-        keep = order[:r].sort().values.cpu()
-        total = float(sorted_scores.sum())
-        energy = float(sorted_scores[:r].sum()) / total if total > 0 else 1.0
-        note, plan = "", None
-        bound = lower = 0.0
-        measurement = None
-        if r >= n:
+    for a in analyses:
+        layer, kind, N, scores = a["layer"], a["kind"], a["N"], a["scores"]
+        r = common[a["group"]]
+        keep = a["order"][:, :r].sort(dim=-1).values
+        total = float(scores.sum())
+        energy = float(scores.gather(-1, keep).sum()) / total if total > 0 else 1.0
+        note, plan, measurement, change = "", None, None, 0.0
+        if r >= N:
             note = "nothing to cut"
-        elif r > (1.0 - min_shrink) * n:
-            note = f"gate: {n}->{r} shrinks by less than min_shrink={min_shrink:g}"
+        elif r > (1.0 - min_shrink) * N:
+            note = f"gate: {N}->{r} shrinks by less than min_shrink={min_shrink:g}"
         else:
             plan = keep
-            dropped = order[r:].cpu()
-            bound = float(_averaged_bound(lam, B_avg, C_avg, dropped).max())
-            hsv = lr.hankel_singular_values(layer.to_system())
-            lower = float(hsv[..., r].max())
-            if held is not None:
-                measurement = measure_selective_cut(layer, keep, held[name])
+            if a["changes"] is not None:
+                change = float(a["changes"][r])
+            else:
+                change = float(_tail_pass(kind, layer, calib[a["name"]], a["order"])[r])
+            items, data = (held[a["name"]], "held_out") if held is not None else (calib[a["name"]], "calibration")
+            measurement = _measure(kind, layer, keep, items, data)
         plans.append(plan)
-        reports.append(SelectiveLayerReport(name, n, n if plan is None else r, keep.tolist() if plan is not None
-                                            else list(range(n)), scores.cpu().numpy(), energy if plan is not None
-                                            else 1.0, bound, lower, plan is not None, note, measurement))
+        kept = keep if plan is not None else torch.arange(N).expand(keep.shape[0], N)
+        kept_list = kept[0].tolist() if kept.shape[0] == 1 else kept.tolist()
+        reports.append(SelectiveLayerReport(
+            a["name"], kind.label, N, N if plan is None else r, kept_list,
+            (scores[0] if scores.shape[0] == 1 else scores).numpy(), ranking, energy if plan is not None else 1.0,
+            change, measurement.relative_output_change if measurement else 0.0,
+            measurement.data if measurement else "", plan is not None, note, measurement=measurement))
 
     # 2. Swap, undone on any failure.
-    todo = [(layer, keep) for (_, layer), keep in zip(layers, plans) if keep is not None]
-    if todo:
-        snapshot = _Snapshot([layer for layer, _ in todo], optimizer)
-        try:
-            replaced, sliced = {}, []
-            for layer, keep in todo:
-                old = layer._state_parameters()
-                layer.select_states_(keep)
-                new = layer._state_parameters()
-                for pname, p in old.items():
-                    replaced[id(p)] = (p, new[pname])
-                    if optimizer is not None and optimizer_state == "slice":
-                        sliced.append((new[pname], _slice_optimizer_state(optimizer, p, new[pname],
-                                                                          layer._STATE_AXES[pname], keep)))
-            if optimizer is not None:
-                rebind_parameters_(optimizer, replaced, [])
-                for p, state in sliced:
-                    if state is not None:
-                        optimizer.state[p] = state
-        except BaseException:
-            snapshot.restore()
-            raise
+    undo = _Undo(optimizer)
+    try:
+        for a, keep in zip(analyses, plans):
+            if keep is not None:
+                _apply_cut(a["kind"], a["layer"], keep, a["configs"], optimizer, optimizer_state, undo)
+    except BaseException:
+        undo.restore()
+        raise
     return SelectiveCompressionReport(reports)

@@ -8,12 +8,27 @@ A layer is compressible when it has
     Its linear time-invariant core, as detached tensors on the layer's device
     (``real_output=True`` when the layer computes ``y = Re(C x) + D u``).
 ``load_system_(system)``
-    Writes a (reduced) ``DiagonalSystem`` back in place. It may replace parameter
-    objects (``compress_`` then updates the optimizer) and must validate the system
-    before it changes anything.
+    Writes a (reduced) ``DiagonalSystem`` back in place, resizing parameters in place
+    (:func:`adapters.torch._params.set_parameter_` keeps the ``nn.Parameter`` objects,
+    so optimizers, schedulers and DDP keep live tensors; ``compress_`` resets the
+    moments of every parameter whose shape or values changed). It must validate the
+    system before it changes anything.
 
-Optionally ``to_system(differentiable=True)`` returns a system whose tensors carry
-gradients, for :func:`adapters.torch.hankel_nuclear_norm`.
+A system with leading batch dimensions stands for independent channels that share one
+state size (S4D-style: one SISO system per channel); ``compress_`` cuts every channel to
+one order and calls ``load_system_`` with the batched reduced system.
+
+Optional:
+
+* ``to_system(differentiable=True)`` returns a system whose tensors carry gradients, for
+  :func:`adapters.torch.hankel_nuclear_norm`;
+* ``load_system_(system, *, real_mode_change=...)``: a layer that moves real modes off
+  the conjugation-symmetric point (where their gradients vanish, see
+  :meth:`adapters.torch.LRU.load_system_`) takes an H-infinity budget for that change;
+  ``compress_`` passes ``2**-7 * sigma_{r+1}`` and adds it to the reported bound;
+* ``system_convention = "same_step"``: the layer computes ``x_k = lam x_{k-1} + B u_k``,
+  ``y_k = C x_k + D u_k`` and ``to_system()`` returns the one-step-delayed system (as the
+  LRU does); ``compress_`` then measures ``gain`` on the layer's own map.
 
 Any ``nn.Module`` with these three names is found by :func:`compressible_layers`;
 there is no base class to inherit.

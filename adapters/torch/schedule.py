@@ -13,7 +13,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from .compress import CompressionReport, compress_
+from .compress import _REQUIRED, CompressionReport, _check_optimizer_argument, _check_options, compress_
 
 __all__ = ["CompressionSchedule", "RollbackGuard"]
 
@@ -30,12 +30,24 @@ class CompressionSchedule:
     num_cuts : int
         Number of cuts, evenly spaced in the window (the last at its end); or give
         ``steps`` explicitly.
-    tol : float in (0, 1)
-        Energy tolerance passed to :func:`compress_` at every cut.
+    tol : float in (0, 1), optional
+        Energy tolerance passed to :func:`compress_` at every cut (default 0.05 unless
+        ``rank`` is given).
+    rank : int, optional
+        A fixed ``state_dim`` per layer instead of ``tol``.
     steps : sequence of int, optional
         Explicit cut steps (overrides ``window``/``num_cuts``).
     **compress_kwargs
-        Passed to :func:`compress_` (``scope``, ``selection``, ``min_shrink``, ...).
+        Passed to :func:`compress_` (``scope``, ``selection``, ``min_shrink``,
+        ``calibration_inputs``, ``certify``, ...). ``certify`` defaults to ``"lazy"`` here:
+        a cut inside the training loop costs only the cut, and each report's ``gain`` and
+        ``error`` (of the maps stored at the cut) are computed when first read.
+
+    Raises
+    ------
+    ValueError
+        Any bad option, at construction (the same checks :func:`compress_` makes), and a
+        model without compressible layers at the first :meth:`step` that sees it.
 
     Examples
     --------
@@ -44,47 +56,94 @@ class CompressionSchedule:
     [25, 50, 75, 100]
     """
 
-    def __init__(self, total_steps: int, *, window: float = 0.1, num_cuts: int = 4, tol: float = 0.05,
-                 steps=None, **compress_kwargs):
-        if int(total_steps) < 1:
-            raise ValueError(f"total_steps must be positive, got {total_steps!r}.")
+    def __init__(self, total_steps: int, *, window: float = 0.1, num_cuts: int = 4, tol: float | None = None,
+                 rank: int | None = None, steps=None, **compress_kwargs):
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}.")
+        if "optimizer" in compress_kwargs or "model" in compress_kwargs:
+            raise ValueError("pass the model and the optimizer to step(step, model, optimizer), not to the schedule.")
+        if tol is None and rank is None:
+            tol = 0.05
+        _check_options(tol, rank, compress_kwargs.get("selection", "largest"), compress_kwargs.get("scope", "layer"),
+                       compress_kwargs.get("min_shrink", 0.05), compress_kwargs.get("method", "truncate"),
+                       compress_kwargs.get("seed"))
+        known = {"selection", "scope", "min_shrink", "method", "seed", "calibration_inputs", "certify", "hinf_rtol"}
+        unknown = sorted(set(compress_kwargs) - known)
+        if unknown:
+            raise ValueError(f"unknown compress_ options {unknown}; known: {sorted(known)}.")
         if steps is None:
-            if not 0.0 < window <= 1.0:
+            if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0.0 < window <= 1.0:
                 raise ValueError(f"window must be a fraction in (0, 1], got {window!r}.")
-            if int(num_cuts) < 1:
-                raise ValueError(f"num_cuts must be >= 1, got {num_cuts!r}.")
+            if isinstance(num_cuts, bool) or not isinstance(num_cuts, int) or num_cuts < 1:
+                raise ValueError(f"num_cuts must be a positive integer, got {num_cuts!r}.")
             end = max(1, int(round(window * total_steps)))
             steps = sorted({max(1, round(end * (k + 1) / num_cuts)) for k in range(int(num_cuts))})
-        steps = sorted(int(s) for s in steps)
-        if any(s < 1 or s > total_steps for s in steps):
-            raise ValueError(f"cut steps must lie in 1..total_steps = 1..{total_steps}, got {steps}.")
-        self.total_steps, self.steps, self.tol = int(total_steps), steps, tol
+        try:
+            steps = sorted(int(s) for s in steps)
+        except (TypeError, ValueError):
+            raise ValueError(f"steps must be a sequence of integers, got {steps!r}.") from None
+        if not steps or any(s < 1 or s > total_steps for s in steps):
+            raise ValueError(f"cut steps must be a non-empty list in 1..total_steps = 1..{total_steps}, got {steps}.")
+        self.total_steps, self.steps, self.tol, self.rank = int(total_steps), steps, tol, rank
+        rtol = compress_kwargs.get("hinf_rtol", 1e-6)
+        if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0.0 < float(rtol) < 1.0:
+            raise ValueError(f"hinf_rtol must be a float in (0, 1), got {rtol!r}.")
+        compress_kwargs.setdefault("certify", "lazy")
+        if compress_kwargs["certify"] not in (True, False, "lazy"):
+            raise ValueError(f"certify must be True, 'lazy' or False, got {compress_kwargs['certify']!r}.")
         self.compress_kwargs = compress_kwargs
         self.enabled = True
         self.history: list[dict] = []
+        self._checked: int | None = None
 
     def should_cut(self, step: int) -> bool:
         """Whether a cut is due after optimizer step ``step`` (1-based)."""
         return self.enabled and int(step) in self.steps
 
-    def step(self, step: int, model: nn.Module, optimizer=None) -> CompressionReport | None:
-        """Cut if due at ``step``; returns the report, or ``None`` when no cut was due."""
+    def _check_model(self, model: nn.Module) -> None:
+        if self._checked == id(model):
+            return
+        from .mamba import _selective_layers
+        from .protocol import compressible_layers
+
+        if not compressible_layers(model) and not _selective_layers(model):
+            raise ValueError(f"CompressionSchedule: {type(model).__name__} has no compressible layer (nothing "
+                             "implements state_dim, to_system() and load_system_(), see adapters.torch.protocol, "
+                             "and no selective layer), so no cut could happen; schedule a model with SSM layers.")
+        if _selective_layers(model) and self.compress_kwargs.get("calibration_inputs") is None:
+            raise ValueError("CompressionSchedule: the model has selective layers (SelectiveSSM), which need "
+                             "calibration_inputs= (give it to the schedule: CompressionSchedule(..., "
+                             "calibration_inputs=batch)).")
+        self._checked = id(model)
+
+    def step(self, step: int, model: nn.Module, optimizer=_REQUIRED) -> CompressionReport | None:
+        """Cut if due at ``step``; returns the report, or ``None`` when no cut was due.
+
+        ``optimizer`` is required (``None`` said explicitly), for the reason given in :func:`compress_`.
+        The model is checked at the first call that sees it, cut due or not.
+        """
+        _check_optimizer_argument(optimizer, "CompressionSchedule.step(step, model, optimizer)")
+        self._check_model(model)
         if not self.should_cut(step):
             return None
-        report = compress_(model, tol=self.tol, optimizer=optimizer, **self.compress_kwargs)
+        report = compress_(model, tol=self.tol, rank=self.rank, optimizer=optimizer, **self.compress_kwargs)
         self.history.append({"step": int(step), "state_before": report.state_before,
                              "state_after": report.state_after})
         return report
 
     def state_dict(self) -> dict:
-        return {"total_steps": self.total_steps, "steps": list(self.steps), "tol": self.tol,
+        return {"total_steps": self.total_steps, "steps": list(self.steps), "tol": self.tol, "rank": self.rank,
                 "enabled": self.enabled, "history": copy.deepcopy(self.history),
-                "compress_kwargs": dict(self.compress_kwargs)}
+                "compress_kwargs": {k: v for k, v in self.compress_kwargs.items() if k != "calibration_inputs"}}
 
     def load_state_dict(self, state: dict) -> None:
         self.total_steps, self.steps, self.tol = state["total_steps"], list(state["steps"]), state["tol"]
+        self.rank = state.get("rank")
         self.enabled, self.history = state["enabled"], copy.deepcopy(state["history"])
+        calibration = self.compress_kwargs.get("calibration_inputs")
         self.compress_kwargs = dict(state.get("compress_kwargs", {}))
+        if calibration is not None:
+            self.compress_kwargs["calibration_inputs"] = calibration
 
 
 class RollbackGuard:
@@ -114,9 +173,10 @@ class RollbackGuard:
     Notes
     -----
     The checkpoint is a deep copy of ``model.state_dict()`` and
-    ``optimizer.state_dict()`` plus the parameter objects' identities; a rollback
-    loads the state dicts back (compressible layers resize themselves) and rebinds
-    the optimizer to the restored parameters.
+    ``optimizer.state_dict()`` plus the name of the parameter in every group slot; a
+    rollback loads the state dicts back (compressible layers resize themselves in place)
+    and puts every parameter back into its own group slot by name, so groups in any order
+    keep their hyper-parameters and every parameter its own moments.
     """
 
     def __init__(self, model: nn.Module, optimizer=None, *, max_drop: float = 0.01, stop_after_rollback: bool = True):
@@ -137,7 +197,13 @@ class RollbackGuard:
             "metric": float(metric),
             "model": copy.deepcopy(self.model.state_dict()),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()) if self.optimizer is not None else None,
+            # Which parameter (by name) sits in which group slot, to rebuild groups by identity.
+            "groups": None if self.optimizer is None else self._group_names(),
         }
+
+    def _group_names(self) -> list[list[str | None]]:
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return [[names.get(id(p)) for p in g["params"]] for g in self.optimizer.param_groups]
 
     def check(self, metric: float) -> bool:
         """Compare the post-cut metric with the checkpoint; roll back if it fell by more than ``max_drop``."""
@@ -151,23 +217,33 @@ class RollbackGuard:
         return rolled
 
     def restore(self) -> None:
-        """Load the checkpoint back into model and optimizer."""
+        """Load the checkpoint back into model and optimizer.
+
+        The model's layers resize their parameters in place while loading, so the optimizer's groups
+        still hold the same objects. Each group slot is nevertheless rebuilt *by parameter name* from the
+        checkpoint (a layer that replaced a parameter object is handled too), so every parameter returns
+        to its own group with its own lr and weight decay, and ``optimizer.load_state_dict`` then gives
+        every parameter its own moments.
+        """
+        if self._saved is None:
+            raise RuntimeError("call checkpoint(metric) before restore().")
         self.model.load_state_dict(self._saved["model"])
         if self.optimizer is not None:
-            # Parameters may be new objects of new shapes: rebuild the groups in the
-            # order the optimizer's state_dict expects, then load its state.
-            params = list(self.model.parameters())
-            saved = self._saved["optimizer"]
-            sizes = [len(g["params"]) for g in saved["param_groups"]]
-            if sum(sizes) != len(params):
-                raise RuntimeError("cannot roll the optimizer back: the model's parameter count changed in a way "
-                                   "the checkpoint does not describe (was the optimizer built over model.parameters()?).")
-            start = 0
-            for group, size in zip(self.optimizer.param_groups, sizes):
-                group["params"] = params[start:start + size]
-                start += size
+            params = dict(self.model.named_parameters())
+            saved_groups = self._saved["groups"]
+            groups = self.optimizer.param_groups
+            if [len(n) for n in saved_groups] != [len(g["params"]) for g in groups]:
+                raise RuntimeError(f"cannot roll the optimizer back: its groups hold {[len(g['params']) for g in groups]} "
+                                   f"parameters, the checkpoint's {[len(n) for n in saved_groups]} (parameters were "
+                                   "added or removed after checkpoint()).")
+            missing = [n for names in saved_groups for n in names if n is not None and n not in params]
+            if missing:
+                raise RuntimeError(f"cannot roll the optimizer back: parameters {missing[:4]} of the checkpoint are "
+                                   "not in the model any more.")
+            for group, names in zip(groups, saved_groups):  # unnamed tensors keep their slot
+                group["params"] = [p if n is None else params[n] for n, p in zip(names, group["params"])]
             self.optimizer.state.clear()
-            self.optimizer.load_state_dict(saved)
+            self.optimizer.load_state_dict(self._saved["optimizer"])
 
     def state_dict(self) -> dict:
         return {"max_drop": self.max_drop, "stop_after_rollback": self.stop_after_rollback,

@@ -1,0 +1,133 @@
+"""The public functions on system objects, continuous-time models and unstable models.
+
+The public entry points (``balancing``, ``gramians``, ``bounds``) keep their fast path for discrete
+arrays and call :func:`routed` first; everything else is resolved here: a python-control or scipy
+object is unwrapped (:mod:`lti_reduce.interop`), continuous time goes through the Cayley map
+(:mod:`lti_reduce.continuous`), ``unstable="split"`` through :mod:`lti_reduce.stable_split`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from . import _backend as be
+from .errors import LTIInputError
+from .interop import check_time, is_system_object, unwrap
+
+__all__: list[str] = []
+
+_UNSTABLE = ("error", "split")
+
+
+def routed(A, time, unstable="error") -> bool:
+    """True when the call needs this module (an object, ``time=`` given, or ``unstable="split"``)."""
+    return time is not None or unstable != "error" or is_system_object(A)
+
+
+def _route(A, B, C, D, time, unstable="error"):
+    """``(A, B, C, D, time, wrap)`` with the matrices of a system object and the resolved time base."""
+    time = check_time(time)
+    if unstable not in _UNSTABLE:
+        raise LTIInputError(f"unstable must be 'error' (refuse unstable models) or 'split' (keep the unstable part "
+                            f"exactly, reduce the stable part), got {unstable!r}.")
+    if is_system_object(A):
+        if any(x is not None for x in (B, C, D)):
+            raise TypeError(f"pass either a system object ({type(A).__name__}) alone or the matrices (A, B, C, D), "
+                            "not both.")
+        w = unwrap(A, time)
+        return w.A, w.B, w.C, w.D, w.time, w
+    return A, B, C, D, time or "discrete", None
+
+
+def _decompose(A, B, C, D, time, wrap):
+    from . import balancing, continuous
+    from .validate import dense_system
+
+    if time == "continuous":
+        continuous.check_no_diagonal(A, "balanced truncation")
+        if B is None or C is None:
+            raise TypeError("pass the matrices (A, B, C[, D]) or a system object as the only argument.")
+        dec = continuous.decompose(dense_system(A, B, C, D))
+    else:
+        dec = balancing._decompose(A, B, C, D)
+    return dataclasses.replace(dec, wrap=wrap) if wrap is not None else dec
+
+
+def balanced_truncation(A, B, C, D, *, rank, tol, method, projection, time, unstable, margin):
+    from . import balancing, stable_split
+
+    A, B, C, D, time, wrap = _route(A, B, C, D, time, unstable)
+    balancing.check_choice(method, "method", balancing._METHODS)
+    balancing._check_projection(projection, method)
+    if unstable == "split":
+        bal = stable_split.balance_split(A, B, C, D, time=time, margin=margin, wrap=wrap)
+        return bal.reduce(rank=rank, tol=tol, method=method, projection=projection)
+    dec = _decompose(A, B, C, D, time, wrap)
+    r = balancing._resolve_rank(dec.s, rank, tol, dec.sysw.n)
+    return balancing.BalancedTruncationResult(dec, r, method, projection=projection)
+
+
+def balance(A, B, C, D, *, time, unstable, margin):
+    from . import balancing, stable_split
+
+    A, B, C, D, time, wrap = _route(A, B, C, D, time, unstable)
+    if unstable == "split":
+        return stable_split.balance_split(A, B, C, D, time=time, margin=margin, wrap=wrap)
+    dec = _decompose(A, B, C, D, time, wrap)
+    return balancing.BalancedTruncationResult(dec, dec.sysw.n, "truncate")
+
+
+def hankel_singular_values(A, B, C, *, time, unstable, margin):
+    from . import stable_split
+
+    A, B, C, D, time, wrap = _route(A, B, C, None, time, unstable)
+    if unstable == "split":
+        hsv = stable_split.balance_split(A, B, C, D, time=time, margin=margin).hsv
+        return hsv if wrap is not None or be.is_numpy(A) else be.from_numpy_like(hsv, A)
+    dec = _decompose(A, B, C, None, time, None)
+    xp = dec.sysw.xp
+    s = xp.astype(dec.s, be.real_dtype(xp, dec.sysw.out_dtype))
+    return np.asarray(s) if wrap is not None else s
+
+
+def gramian_factors(A, B, C, *, time, products: bool):
+    from . import continuous
+    from .gramians import gramian_factors as discrete_factors
+    from .gramians import gramians as discrete_gramians
+
+    A, B, C, _, time, _wrap = _route(A, B, C, None, time)
+    if time == "discrete":
+        return (discrete_gramians if products else discrete_factors)(A, B, C)
+    continuous.check_no_diagonal(A, "gramians" if products else "gramian_factors")
+    if B is None or C is None:
+        raise TypeError("gramians(A, B, C, time='continuous') needs B and C (or a system object alone).")
+    from .validate import dense_system
+
+    sysw = dense_system(A, B, C)
+    Lc, Lo = continuous.factor_pair(sysw)
+    if products:
+        Lc, Lo = Lc @ be.mH(Lc), Lo @ be.mH(Lo)
+    xp = sysw.xp
+    return xp.astype(Lc, sysw.out_dtype), xp.astype(Lo, sysw.out_dtype)
+
+
+def hinf_norm(A, B, C, D, *, time, rtol):
+    from . import bounds, continuous
+
+    A, B, C, D, time, wrap = _route(A, B, C, D, time)
+    if time == "discrete":
+        out = bounds.hinf_norm(A, B, C, D, rtol=rtol)
+        return float(out) if wrap is not None else out
+    continuous.check_no_diagonal(A, "hinf_norm")
+    if B is None or C is None:
+        raise TypeError("hinf_norm(A, B, C[, D], time='continuous') needs B and C (or a system object alone).")
+    from .validate import dense_system
+
+    sysw = dense_system(A, B, C, D)
+    out = continuous.hinf_norm(sysw, rtol)
+    if wrap is not None:
+        return float(out)
+    xp = sysw.xp
+    return xp.astype(be.from_numpy_like(np.asarray(out), sysw.like), be.real_dtype(xp, sysw.out_dtype))

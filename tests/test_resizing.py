@@ -1,0 +1,56 @@
+"""ResizableStateMixin / resize_state_from_checkpoint_: only the state axis is resized, in place."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from adapters.torch import ResizableStateMixin, resize_state_from_checkpoint_  # noqa: E402
+
+
+class Diagonal(ResizableStateMixin, nn.Module):
+    state_parameters = {"lam": 0, "B": 0, "C": -1}
+
+    def __init__(self, d_model, n):
+        super().__init__()
+        self.lam = nn.Parameter(torch.rand(n))
+        self.B = nn.Parameter(torch.randn(n, d_model))
+        self.C = nn.Parameter(torch.randn(d_model, n))
+        self.D = nn.Parameter(torch.randn(d_model))
+
+
+def test_a_smaller_checkpoint_resizes_the_state_parameters_in_place_and_loads_their_values():
+    small, fresh = Diagonal(3, 2), Diagonal(3, 8)
+    objects = {k: id(v) for k, v in fresh.named_parameters()}
+    fresh.load_state_dict(small.state_dict())
+    for name, p in fresh.named_parameters():
+        assert id(p) == objects[name] and torch.equal(p, small.get_parameter(name)), name
+
+
+def test_nested_modules_use_their_prefix():
+    small = nn.Sequential(nn.Linear(3, 3), Diagonal(3, 5))
+    fresh = nn.Sequential(nn.Linear(3, 3), Diagonal(3, 9))
+    fresh.load_state_dict(small.state_dict())
+    assert fresh[1].C.shape == (3, 5)
+
+
+@pytest.mark.parametrize("bad", ["d_model", "inconsistent"])
+def test_inconsistent_checkpoints_are_left_to_the_default_loader(bad):
+    sd = Diagonal(3, 2).state_dict()
+    if bad == "d_model":
+        sd = Diagonal(4, 2).state_dict()
+    else:
+        sd["C"] = torch.randn(3, 5)  # C says 5 states, lam and B say 2
+    fresh = Diagonal(3, 8)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        fresh.load_state_dict(sd)
+
+
+def test_function_returns_the_new_size_or_none():
+    layer = Diagonal(3, 8)
+    sd = Diagonal(3, 4).state_dict()
+    assert resize_state_from_checkpoint_(layer, sd, "", {"lam": 0, "B": 0, "C": -1}) == 4
+    assert resize_state_from_checkpoint_(layer, sd, "", {"lam": 0, "B": 0, "C": -1}) is None  # already equal
+    assert layer.B.shape == (4, 3) and layer.D.shape == (3,)
+    with pytest.raises(TypeError, match="state axis"):
+        resize_state_from_checkpoint_(layer, sd, "", ["lam", "B"])
