@@ -329,3 +329,54 @@ def test_ddp_gradients_stay_all_reduced_after_the_cut(ddp_run):
 
 if __name__ == "__main__":
     _ddp_main(sys.argv[1])
+
+
+# ------------------------------------------------------------------------------- HF Mamba (selective layers)
+
+VOCAB = 24
+
+
+def _mamba(seed: int = 0):
+    torch.manual_seed(seed)
+    config = transformers.MambaConfig(vocab_size=VOCAB, hidden_size=16, state_size=16, num_hidden_layers=2,
+                                      conv_kernel=3, expand=2, time_step_rank=4, pad_token_id=0, bos_token_id=0,
+                                      eos_token_id=0)
+    return transformers.MambaForCausalLM(config)
+
+
+def _tokens(n: int = N_EXAMPLES, length: int = 24, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(1, VOCAB, (n, length // 2), generator=g)
+    return torch.cat([prefix, prefix], dim=1)
+
+
+def _mamba_sizes(model) -> list[int]:
+    return [layer.mixer.ssm_state_size for layer in model.backbone.layers]
+
+
+def test_hf_mamba_is_cut_by_the_callback_with_calibration_inputs_like_a_hand_written_loop(tmp_path):
+    ids, calibration = _tokens(), _tokens(4, seed=1)
+    steps, cut, tol = 5, 2, 0.2
+    model = _mamba()
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=steps),
+                      train_dataset=[{"input_ids": x, "labels": x} for x in ids])
+    callback = CompressionCallback(CompressionSchedule(total_steps=steps, steps=[cut], tol=tol), trainer=trainer,
+                                   calibration_inputs=calibration)
+    trainer.add_callback(callback)
+    trainer.train()
+
+    reference = _mamba()
+    opt = torch.optim.AdamW(reference.parameters(), lr=LR, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, (steps - s) / steps))
+    for step in range(1, steps + 1):
+        opt.zero_grad()
+        reference(ids, labels=ids).loss.backward()
+        opt.step()
+        sched.step()
+        if step == cut:
+            compress_(reference, tol=tol, optimizer=opt, calibration_inputs=calibration)
+    assert _mamba_sizes(model) == _mamba_sizes(reference) and max(_mamba_sizes(model)) < 16
+    assert model.config.state_size == max(_mamba_sizes(model))
+    assert callback.cuts[0]["compression/state_size"] == sum(_mamba_sizes(model))
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-4, atol=1e-5, msg=key)
