@@ -118,9 +118,10 @@ def test_run_comparison_leaves_the_thread_count_as_it_was(tmp_path):
 
 
 def test_default_schedule_cuts_evenly_within_the_first_tenth():
-    config = ExperimentConfig()
+    config = ExperimentConfig(n_cuts=4)
     assert cut_steps(config, 2000) == [50, 100, 150, 200]
     assert all(0 < c <= 0.1 * 1000 for c in cut_steps(config, 1000))
+    assert cut_steps(ExperimentConfig(), 2000) == [200]  # the default: one cut at 10% of the steps
 
 
 def test_explicit_cuts_outside_the_run_are_rejected():

@@ -65,7 +65,12 @@ class ExperimentConfig:
         Fraction of each layer's HSV sum that one cut may drop (``compress_(tol=)``).
     cuts, n_cuts, cut_window
         Explicit steps at which (2) cuts; if ``cuts`` is ``None``, ``n_cuts`` steps spread
-        evenly over the first ``cut_window`` fraction of the run (the CompreSSM schedule).
+        evenly over the first ``cut_window`` fraction of the run. Default: one cut at 10% of the
+        steps. Four cuts there, each dropping ``tol`` of the energy left (CompreSSM's kind of
+        schedule), end much smaller and below the same size trained from scratch at ``tol`` >= 0.2;
+        measured with ``lti-reduce sweep`` (MNIST-1D, 40 epochs, seeds 0-2, paired by seed),
+        compressed minus scratch at tol 0.2 / 0.3: four cuts -1.7 [-7.7, +4.3] / -4.6 [-16.8, +7.5]
+        points, one cut +0.2 [-0.9, +1.4] / +1.9 [+0.3, +3.5].
     min_shrink
         A layer is cut only if it shrinks by at least this fraction.
     rewarm_steps
@@ -108,7 +113,7 @@ class ExperimentConfig:
     grad_clip: float | None = 1.0
     tol: float = 0.05
     cuts: tuple[int, ...] | None = None
-    n_cuts: int = 4
+    n_cuts: int = 1
     cut_window: float = 0.1
     min_shrink: float = 0.05
     rewarm_steps: int = 20

@@ -69,7 +69,7 @@ class SweepConfig:
     """A sweep: one :class:`ExperimentConfig` (all but ``seed`` and ``tol``), tolerances, seeds.
 
     The default is ``lti-reduce sweep``'s: MNIST-1D (4000 train / 10000 test), two LRU blocks
-    (d_model 32, 256 modes each), 40 epochs (2520 steps), 4 cuts in the first 10% of the steps,
+    (d_model 32, 256 modes each), 40 epochs (2520 steps), one cut at 10% of the steps (see ``ExperimentConfig.n_cuts``),
     tolerances :data:`DEFAULT_TOLS`, seeds 0, 1, 2 (3 full, 15 compressed and 15 scratch runs),
     one CPU thread (the small models gain nothing from a second, and on a busy machine extra
     threads wait for each other). Sized to take at most 30 minutes on 2 quiet CPU cores
