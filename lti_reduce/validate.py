@@ -179,7 +179,8 @@ def raise_unstable(xp, A, detail: str = "") -> None:
         where = f" (batch element {idx})"
     raise UnstableSystemError(
         f"A is not Schur stable: spectral radius {worst:.15g}{where} >= 1 - 1e-12; discrete-time Gramians exist "
-        f"only for spectral radius < 1. {detail}Check the time step / discretization, or stabilize the model first."
+        f"only for spectral radius < 1. {detail}Check the time step / discretization; to reduce a model with unstable "
+        f"poles, pass unstable=\"split\" (the unstable part is kept exactly and the stable part reduced)."
     )
 
 
