@@ -65,13 +65,9 @@ def _far_rotation(lam) -> float:
     return float(psi[best] - np.pi)
 
 
-def _hinf_single(A, B, C, D, rtol, peaks=None, lam=None):
-    """Bruinsma-Steinbuch two-step algorithm on the bilinear-transformed system.
-
-    ``peaks`` (angles ``theta`` of ``G(e^{i theta})``, optional) replaces the coarse sweep and the
-    pole candidates as the start of the level-set iteration; ``lam`` (optional) are the eigenvalues of ``A``.
-    """
-    phi = _far_rotation(np.linalg.eigvals(A) if lam is None else lam)
+def _hinf_single(A, B, C, D, rtol):
+    """Bruinsma-Steinbuch two-step algorithm on the bilinear-transformed system."""
+    phi = _far_rotation(np.linalg.eigvals(A))
     if phi != 0.0:  # G(e^{i phi} z) = C e^{-i phi} (z I - e^{-i phi} A)^{-1} B + D: the same norm
         rot = np.exp(-1j * phi)
         A, C = rot * A, rot * C
@@ -88,21 +84,12 @@ def _hinf_single(A, B, C, D, rtol, peaks=None, lam=None):
         cands.append(float(np.min(np.abs(poles))))
     gamma_lb = float(np.linalg.norm(Dc, 2)) if min(p, m) else 0.0
     w_peak = np.inf
-    if peaks is not None:
-        sweep_vals = np.zeros(0)
-        for th in peaks:
-            w = float(np.tan(0.5 * (th - phi)))
-            g = _sigma_max_c(Ac, Bc, Cc, Dc, w)
-            if g > gamma_lb:
-                gamma_lb, w_peak = g, w
-        cands = []
     # A coarse sweep of the unit circle guards the initial lower bound (theta = 2 atan(w)).
     sweep_theta = np.linspace(-np.pi, np.pi, 65)[1:-1]
     step = float(sweep_theta[1] - sweep_theta[0])
-    if peaks is None:
-        sweep_vals = np.array([_sigma_max_c(Ac, Bc, Cc, Dc, np.tan(0.5 * th)) for th in sweep_theta])
-    i = int(np.argmax(sweep_vals)) if sweep_vals.size else 0
-    if sweep_vals.size and sweep_vals[i] > gamma_lb:
+    sweep_vals = np.array([_sigma_max_c(Ac, Bc, Cc, Dc, np.tan(0.5 * th)) for th in sweep_theta])
+    i = int(np.argmax(sweep_vals))
+    if sweep_vals[i] > gamma_lb:
         gamma_lb, w_peak = float(sweep_vals[i]), float(np.tan(0.5 * sweep_theta[i]))
     for w in cands:
         g = _sigma_max_c(Ac, Bc, Cc, Dc, w)
@@ -166,37 +153,7 @@ def _check_rtol(rtol) -> float:
     return float(rtol)
 
 
-def _diag_sigma(lam, B, C, D, real_output, theta):
-    """``sigma_max(G(e^{i theta}))`` of a diagonal system at every angle of ``theta`` (shape ``(T,)``), by the resolvent.
-
-    ``G(z) = C diag(1/(z - lam)) B + D``; with ``real_output``
-    ``G(z) = (C diag(1/(z - lam)) B + conj(C) diag(1/(z - conj lam)) conj(B)) / 2 + D``.
-    """
-    out = []
-    for k in range(0, theta.size, 256):
-        z = np.exp(1j * theta[k:k + 256])[:, None]
-        G = np.einsum("pn,tn,nm->tpm", C, 1.0 / (z - lam[None, :]), B, optimize=True)
-        if real_output:
-            G = 0.5 * (G + np.einsum("pn,tn,nm->tpm", C.conj(), 1.0 / (z - lam.conj()[None, :]), B.conj(),
-                                     optimize=True))
-        out.append(np.linalg.norm(G + D, 2, axis=(1, 2)))
-    return np.concatenate(out)
-
-
-def _diag_peaks(lam, B, C, D, real_output, count=4):
-    """Angles of the largest local maxima of ``sigma_max`` on a grid refined near the eigenvalue angles."""
-    ang = np.angle(np.concatenate([lam, lam.conj()]) if real_output else lam)
-    width = np.maximum(1.0 - np.abs(np.concatenate([lam, lam]) if real_output else lam), 1e-12)
-    offs = np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
-    theta = np.concatenate([np.linspace(-np.pi, np.pi, 1024, endpoint=False), (ang[:, None] + width[:, None] * offs).ravel()])
-    theta = np.unique(np.mod(theta + np.pi, 2 * np.pi) - np.pi)
-    vals = _diag_sigma(lam, B, C, D, real_output, theta)
-    loc = np.flatnonzero((vals >= np.roll(vals, 1)) & (vals >= np.roll(vals, -1)))
-    loc = loc[np.argsort(vals[loc])[::-1][:count]] if loc.size else np.array([int(np.argmax(vals))])
-    return [float(t) for t in theta[loc]]
-
-
-def _hinf_scaled(A, B, C, D, rtol, diag=None) -> float:
+def _hinf_scaled(A, B, C, D, rtol) -> float:
     """:func:`_hinf_single` on ``(A, B 2^-eb, C 2^-ec', D 2^-e)``, times ``2^e`` (exact power-of-two scaling).
 
     ``||G||_inf`` is homogeneous in ``(B, C, D)``: ``e = max(eb + ec, ed)`` puts every entry of the scaled
@@ -220,14 +177,7 @@ def _hinf_scaled(A, B, C, D, rtol, diag=None) -> float:
             Cs = Cs + 1j * np.ldexp(C.imag, -(e - eb))
         if np.iscomplexobj(D):
             Ds = Ds + 1j * np.ldexp(D.imag, -e)
-    if diag is None:
-        g = _hinf_single(A, Bs, Cs, Ds, rtol)
-    else:
-        lam, Bq, Cq, real_output = diag
-        with np.errstate(under="ignore"):
-            Bq, Cq = Bq * 2.0 ** -eb, Cq * 2.0 ** -(e - eb)
-        g = _hinf_single(A, Bs, Cs, Ds, rtol, peaks=_diag_peaks(lam, Bq, Cq, Ds, real_output),
-                         lam=np.concatenate([lam, lam.conj()]) if real_output else lam)
+    g = _hinf_single(A, Bs, Cs, Ds, rtol)
     if g > 0.0 and math.frexp(g)[1] + e > 1024:
         raise LTIInputError(f"the H-infinity norm exceeds the float64 range ({g!r} * 2^{e}); scale B, C and D "
                             "down (the norm is homogeneous in them).")
@@ -294,12 +244,10 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None):
 
     if _dispatch.routed(A, time):
         return _dispatch.hinf_norm(A, B, C, D, time=time, rtol=rtol)
-    dsys = None
     if isinstance(A, DiagonalSystem):
         from .gramians import _no_matrices
 
         _no_matrices(B, C, D)
-        dsys = A
         A, B, C, D = _as_dense(A)
     if B is None or C is None:
         raise TypeError("hinf_norm(A, B, C[, D]) needs B and C (or pass a DiagonalSystem as the only argument).")
@@ -307,15 +255,7 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None):
     sysw = dense_system(A, B, C, D, check_stability=True)
     count = be.batch_size(sysw.batch_shape)
     As, Bs, Cs, Ds = (be.to_numpy(M).reshape((count,) + tuple(M.shape[-2:])) for M in (sysw.A, sysw.B, sysw.C, sysw.D))
-    if dsys is None:
-        out = [_hinf_scaled(a, b, c, d, rtol) for a, b, c, d in zip(As, Bs, Cs, Ds)]
-    else:  # a grid through the diagonal resolvent starts the level-set iteration
-        n, m, p = dsys.n, Bs.shape[-1], Cs.shape[-2]
-        lq, bq, cq = (np.broadcast_to(be.to_numpy(x), sysw.batch_shape + s).reshape((count,) + s)
-                      for x, s in ((dsys.lam, (n,)), (dsys.B, (n, m)), (dsys.C, (p, n))))
-        out = [_hinf_scaled(a, b, c, d, rtol, diag=(lq[k], bq[k], cq[k], dsys.real_output))
-               for k, (a, b, c, d) in enumerate(zip(As, Bs, Cs, Ds))]
-    out = np.array(out).reshape(sysw.batch_shape)
+    out = np.array([_hinf_scaled(a, b, c, d, rtol) for a, b, c, d in zip(As, Bs, Cs, Ds)]).reshape(sysw.batch_shape)
     xp = sysw.xp
     res = be.from_numpy_like(out, sysw.like)
     return xp.astype(res, be.real_dtype(xp, sysw.out_dtype))
