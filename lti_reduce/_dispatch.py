@@ -113,12 +113,12 @@ def gramian_factors(A, B, C, *, time, products: bool):
     return xp.astype(Lc, sysw.out_dtype), xp.astype(Lo, sysw.out_dtype)
 
 
-def hinf_norm(A, B, C, D, *, time, rtol):
+def hinf_norm(A, B, C, D, *, time, rtol, method="level-set"):
     from . import bounds, continuous
 
     A, B, C, D, time, wrap = _route(A, B, C, D, time)
     if time == "discrete":
-        out = bounds.hinf_norm(A, B, C, D, rtol=rtol)
+        out = bounds.hinf_norm(A, B, C, D, rtol=rtol, method=method)
         return float(out) if wrap is not None else out
     continuous.check_no_diagonal(A, "hinf_norm")
     if B is None or C is None:
@@ -126,7 +126,7 @@ def hinf_norm(A, B, C, D, *, time, rtol):
     from .validate import dense_system
 
     sysw = dense_system(A, B, C, D)
-    out = continuous.hinf_norm(sysw, rtol)
+    out = continuous.hinf_norm(sysw, rtol, method)
     if wrap is not None:
         return float(out)
     xp = sysw.xp

@@ -153,13 +153,14 @@ def _check_rtol(rtol) -> float:
     return float(rtol)
 
 
-def _hinf_scaled(A, B, C, D, rtol) -> float:
+def _hinf_scaled(A, B, C, D, rtol, solver=None) -> float:
     """:func:`_hinf_single` on ``(A, B 2^-eb, C 2^-ec', D 2^-e)``, times ``2^e`` (exact power-of-two scaling).
 
     ``||G||_inf`` is homogeneous in ``(B, C, D)``: ``e = max(eb + ec, ed)`` puts every entry of the scaled
     ``B``, ``C``, ``D`` at most 1 (``ec' = e - eb``), so the level-set iteration, which squares ``gamma``,
     never overflows or underflows, whatever the scale of the system (norms up to the float64 maximum).
-    With ``m = 0`` inputs or ``p = 0`` outputs ``G`` is the empty matrix, of norm 0.
+    With ``m = 0`` inputs or ``p = 0`` outputs ``G`` is the empty matrix, of norm 0. ``solver(A, B, C, D, rtol)``
+    replaces :func:`_hinf_single` (``A`` is then whatever that solver takes, e.g. a diagonal's eigenvalues).
     """
     from .validate import power_of_two_exponent
 
@@ -177,14 +178,14 @@ def _hinf_scaled(A, B, C, D, rtol) -> float:
             Cs = Cs + 1j * np.ldexp(C.imag, -(e - eb))
         if np.iscomplexobj(D):
             Ds = Ds + 1j * np.ldexp(D.imag, -e)
-    g = _hinf_single(A, Bs, Cs, Ds, rtol)
+    g = (solver or _hinf_single)(A, Bs, Cs, Ds, rtol)
     if g > 0.0 and math.frexp(g)[1] + e > 1024:
         raise LTIInputError(f"the H-infinity norm exceeds the float64 range ({g!r} * 2^{e}); scale B, C and D "
                             "down (the norm is homogeneous in them).")
     return float(np.ldexp(g, e))
 
 
-def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None):
+def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None, method: str = "level-set"):
     """H-infinity norm of a stable system.
 
     .. math:: \\|G\\|_{\\mathcal{H}_\\infty} = \\sup_{\\theta \\in [0, 2\\pi)} \\sigma_{\\max}\\big(C (e^{i\\theta} I - A)^{-1} B + D\\big)
@@ -205,6 +206,14 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None):
         system object (given alone as ``A``; the norm is then a float). ``"continuous"``:
         the norm on the imaginary axis of a Hurwitz system, computed on its Cayley map
         (same norm, see :mod:`lti_reduce.continuous`).
+    method : {"level-set", "search"}
+        ``"level-set"`` (default): the norm to ``rtol``, guaranteed (see Notes); ``O(n^3)`` per
+        iteration. ``"search"``: the largest ``sigma_max`` found by a frequency search, a *lower
+        bound* on the norm that equals it to ``rtol`` whenever the global peak is among the
+        polished local maxima (see Notes); ``O(T n m p)`` on a :class:`~lti_reduce.DiagonalSystem`
+        with ``T`` about 300 angles, tens to hundreds of times faster than ``"level-set"`` at
+        ``n`` in the hundreds. A dense system is diagonalized first (the level set is used
+        where its eigenvectors are ill-conditioned, ``cond(V) > 1e8``).
 
     Returns
     -------
@@ -233,6 +242,15 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None):
     a-posteriori check, so it runs in float64 on the host (torch inputs are copied there). Reference: SLICOT ``AB13DD`` (``DICO='D'``).
     A :class:`~lti_reduce.DiagonalSystem` may be given alone instead of the matrices.
 
+    ``method="search"`` samples ``sigma_max(G(e^{i theta}))`` at 256 angles of the circle (129 of
+    ``[0, pi]`` for a real map, where ``sigma_max`` is even in ``theta``) and at the angles and flanks of
+    up to 64 poles whose resonance ``|c_k| |b_k| / (1 - |lambda_k|)`` is largest among those narrower than
+    the grid, then refines the four largest local maxima by bounded Brent iterations. The result is an
+    exact evaluation of the response at some angle, hence never above the norm; it is below it only if a
+    peak falls outside every polished bracket (a narrow resonance of a pole left out of the 64, or two
+    resonances adding up between samples). :func:`adapters.torch.compress_` uses it for the per-layer
+    ``gain`` and ``error``; the tests compare it with SLICOT ``AB13DD`` on trained and random layers.
+
     Examples
     --------
     >>> import numpy as np, lti_reduce as lr
@@ -242,12 +260,17 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None):
     from . import _dispatch
     from .systems import DiagonalSystem, _as_dense
 
+    if method not in ("level-set", "search"):
+        raise LTIInputError(f"method must be 'level-set' (the norm, guaranteed) or 'search' (a fast lower "
+                            f"bound by frequency search), got {method!r}.")
     if _dispatch.routed(A, time):
-        return _dispatch.hinf_norm(A, B, C, D, time=time, rtol=rtol)
+        return _dispatch.hinf_norm(A, B, C, D, time=time, rtol=rtol, method=method)
     if isinstance(A, DiagonalSystem):
         from .gramians import _no_matrices
 
         _no_matrices(B, C, D)
+        if method == "search":
+            return _hinf_diagonal_search(A, _check_rtol(rtol))
         A, B, C, D = _as_dense(A)
     if B is None or C is None:
         raise TypeError("hinf_norm(A, B, C[, D]) needs B and C (or pass a DiagonalSystem as the only argument).")
@@ -255,10 +278,50 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None):
     sysw = dense_system(A, B, C, D, check_stability=True)
     count = be.batch_size(sysw.batch_shape)
     As, Bs, Cs, Ds = (be.to_numpy(M).reshape((count,) + tuple(M.shape[-2:])) for M in (sysw.A, sysw.B, sysw.C, sysw.D))
-    out = np.array([_hinf_scaled(a, b, c, d, rtol) for a, b, c, d in zip(As, Bs, Cs, Ds)]).reshape(sysw.batch_shape)
+    solve = _hinf_scaled if method == "level-set" else _hinf_dense_search
+    out = np.array([solve(a, b, c, d, rtol) for a, b, c, d in zip(As, Bs, Cs, Ds)]).reshape(sysw.batch_shape)
     xp = sysw.xp
     res = be.from_numpy_like(out, sysw.like)
     return xp.astype(res, be.real_dtype(xp, sysw.out_dtype))
+
+
+def _hinf_diagonal_search(sys, rtol):
+    """``hinf_norm(sys, method="search")`` of a (batched) :class:`~lti_reduce.DiagonalSystem`."""
+    from ._peak import search_peak
+
+    xp = be.namespace(sys.lam, sys.B, sys.C)
+    batch = tuple(sys.batch_shape)
+    count = be.batch_size(batch)
+    n, m, p = sys.n, int(sys.B.shape[-1]), int(sys.C.shape[-2])
+    shapes = {"lam": (n,), "B": (n, m), "C": (p, n), "D": (p, m)}
+    arr = {}
+    for name, shape in shapes.items():
+        x = getattr(sys, name)
+        x = np.zeros(shape) if x is None else be.to_numpy(x)
+        arr[name] = np.broadcast_to(x, batch + shape).reshape((count,) + shape)
+    dt = np.float64 if not np.iscomplexobj(arr["D"]) else np.complex128
+    real_output = sys.real_output
+    solver = lambda lam, B, C, D, rt: search_peak(lam, B, C, D, real_output, rt)  # noqa: E731
+    out = np.array([_hinf_scaled(arr["lam"][k], arr["B"][k], arr["C"][k], arr["D"][k].astype(dt), rtol, solver=solver)
+                    for k in range(count)]).reshape(batch)
+    like = sys.lam
+    res = be.from_numpy_like(out, like)
+    return xp.astype(res, be.real_dtype(xp, be.result_dtype(xp, sys.lam, sys.B, sys.C, sys.D)))
+
+
+def _hinf_dense_search(A, B, C, D, rtol):
+    """``method="search"`` on one dense system: diagonalized, or the level set where that is ill-conditioned."""
+    from ._peak import dense_modes, search_peak
+
+    if B.shape[1] == 0 or C.shape[0] == 0:
+        return 0.0
+    modes = dense_modes(A, B, C)
+    if modes is None:
+        return _hinf_scaled(A, B, C, D, rtol)
+    lam, Bm, Cm = modes
+    real = not (np.iscomplexobj(A) or np.iscomplexobj(B) or np.iscomplexobj(C) or np.iscomplexobj(D))
+    solver = lambda lam_, B_, C_, D_, rt: search_peak(lam_, B_, C_, D_, False, rt, symmetric=real)  # noqa: E731
+    return _hinf_scaled(lam, Bm, Cm, D, rtol, solver=solver)
 
 
 def hankel_norm(A, B=None, C=None):

@@ -138,14 +138,14 @@ def decompose(sysw: _Dense):
     return _Decomposition(sysw, s, Lc, be.mH(Vh), Lo, U, floor, time="continuous")
 
 
-def hinf_norm(sysw: _Dense, rtol: float):
+def hinf_norm(sysw: _Dense, rtol: float, method: str = "level-set"):
     """``sup_w sigma_max(C (i w I - A)^{-1} B + D)`` per system, through the Cayley map (same norm)."""
     from .bounds import hinf_norm as discrete_hinf_norm
 
     sysd, _ = cayley(sysw)
     mats = [be.to_numpy(M) for M in (sysd.A, sysd.B, sysd.C, sysd.D)]
     try:
-        return discrete_hinf_norm(*mats, rtol=rtol)
+        return discrete_hinf_norm(*mats, rtol=rtol, method=method)
     except UnstableSystemError:
         lam = be.to_numpy(sysw.xp.linalg.eigvals(sysw.A))
         raise_not_hurwitz(lam.real, np.abs(lam))

@@ -621,15 +621,15 @@ def _lru_map_dense(layer):
     return A, np.concatenate([B, B.conj()]), 0.5 * np.concatenate([Cl, Cl.conj()], axis=1), (C @ B).real + D
 
 
-@pytest.mark.parametrize("tol", [0.02, 0.2])
-def test_gain_and_error_match_slicot_and_lie_between_the_bounds(trained, tol):
+@pytest.mark.parametrize("tol,hinf_method", [(0.02, "search"), (0.2, "search"), (0.2, "level-set")])
+def test_gain_and_error_match_slicot_and_lie_between_the_bounds(trained, tol, hinf_method):
     from reference import error_system, hinf_norm_ab13dd
 
     model, opt, *_ = trained
     dense_before = [_lru_map_dense(b) for b in model.blocks]
-    report = at.compress_(model, tol=tol, optimizer=opt, min_shrink=0.0)
+    report = at.compress_(model, tol=tol, optimizer=opt, min_shrink=0.0, hinf_method=hinf_method)
     for entry, block, Gd in zip(report, model.blocks, dense_before):
-        assert entry.compressed
+        assert entry.compressed and entry.hinf_method == hinf_method
         gain = hinf_norm_ab13dd(*Gd)
         error = hinf_norm_ab13dd(*error_system(*Gd, *_lru_map_dense(block)))
         assert entry.gain == pytest.approx(gain, rel=1e-5)
@@ -643,6 +643,7 @@ def test_gain_and_error_match_slicot_and_lie_between_the_bounds(trained, tol):
 
     d = json.loads(json.dumps(report.to_dict()))
     assert d["layers"][0]["gain"] == report.layers[0].gain and d["layers"][0]["error"] == report.layers[0].error
+    assert d["layers"][0]["hinf_method"] == hinf_method
     assert d["layers"][0]["relative_error"] == pytest.approx(report.layers[0].relative_error)
 
 
@@ -684,6 +685,10 @@ def test_lazy_certificates_are_those_of_the_cut_even_after_training_on():
     assert sched.compress_kwargs["certify"] == "lazy"
     with pytest.raises(ValueError, match="certify"):
         at.compress_(model, rank=3, optimizer=opt, certify="yes")
+    with pytest.raises(ValueError, match="hinf_method must be 'search'.*'level-set'"):
+        at.compress_(model, rank=3, optimizer=opt, hinf_method="exact")
+    with pytest.raises(ValueError, match="hinf_method"):
+        at.CompressionSchedule(total_steps=10, hinf_method="exact")
 
 
 class ReplacingChannels(Channels):

@@ -13,6 +13,9 @@ from hypothesis import given, strategies as st  # noqa: E402
 
 from adapters.torch.lru import LRU  # noqa: E402
 from adapters.torch.scan import MODES, lam_powers, linear_recurrence, real_output_response  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from lti_reduce import UnstableSystemError  # noqa: E402
 
 FAST_MODES = [m for m in MODES if m not in ("auto", "sequential")]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -298,7 +301,7 @@ def test_load_system_without_D_means_no_feedthrough():
     "change, message",
     [
         (dict(real_output=False), "real_output=True"),
-        (dict(lam=torch.tensor([0.5, 1.0], dtype=torch.complex128)), r"\|lam\| < 1"),
+        (dict(lam=torch.tensor([0.5, 1.0], dtype=torch.complex128)), r"\|system.lam\| < 1 - 1e-12"),
         (dict(lam=torch.tensor([0.5, float("nan")], dtype=torch.complex128)), "NaN"),
         (dict(D=torch.ones(3, 3, dtype=torch.float64)), "diagonal"),
         (dict(B=torch.ones(2, 4, dtype=torch.complex128)), "shapes"),
@@ -510,3 +513,31 @@ def test_real_mode_bound_holds_for_random_real_modes_near_the_unit_circle(seed):
     loaded = layer.to_system()
     assert bool((loaded.lam[:q].imag != 0).all()) and torch.allclose(loaded.lam[q], lam[q], rtol=1e-14, atol=0)
     assert 0 < _map_change(system, loaded) <= budget * (1 + 1e-9)
+
+
+# ------------------------------------------------------------------ one stability rule, also when loading
+@pytest.mark.parametrize("dtype,nu_log,bad", [(torch.float32, -20.0, True), (torch.float32, -16.0, False),
+                                              (torch.float64, -28.0, True), (torch.float64, -27.0, False)])
+def test_a_checkpoint_whose_eigenvalues_round_to_the_unit_circle_is_refused_before_loading(dtype, nu_log, bad):
+    sd = LRU(3, 6, dtype=dtype).state_dict()
+    sd["nu_log"][2] = nu_log
+    layer = LRU(3, 6, dtype=dtype)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    if bad:
+        with pytest.raises(UnstableSystemError, match=r"'nu_log'.*1 - 1e-12.*clamp_\(min="):
+            layer.load_state_dict(sd)
+        assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())  # nothing loaded
+    else:
+        layer.load_state_dict(sd)
+        assert float(layer.to_system().lam.abs().max()) < 1 - 1e-12  # what the rule lets load, the core accepts
+
+
+@pytest.mark.parametrize("radius", [1.0, 1 - 1e-13])
+def test_load_system_applies_the_library_stability_rule(radius):
+    layer = LRU(2, 4, dtype=torch.float64)
+    lam = torch.tensor([0.5 + 0j, radius + 0j], dtype=torch.complex128)
+    system = SimpleNamespace(lam=lam, B=torch.ones(2, 2, dtype=torch.complex128),
+                             C=torch.ones(2, 2, dtype=torch.complex128), D=None, real_output=True)
+    with pytest.raises(UnstableSystemError, match="1 - 1e-12"):
+        layer.load_system_(system)
+    assert layer.state_dim == 4

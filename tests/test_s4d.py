@@ -305,7 +305,7 @@ def _valid(H=2, r=2):
     "change, message",
     [
         (dict(real_output=False), "real_output=True"),
-        (dict(lam=torch.tensor([[0.5, 1.0], [0.5, 0.5]], dtype=torch.complex128)), r"\|lam\| < 1"),
+        (dict(lam=torch.tensor([[0.5, 1.0], [0.5, 0.5]], dtype=torch.complex128)), r"\|system.lam\| < 1 - 1e-12"),
         (dict(lam=torch.tensor([[0.5, float("nan")], [0.5, 0.5]], dtype=torch.complex128)), "NaN"),
         (dict(lam=torch.full((3, 2), 0.5, dtype=torch.complex128)), r"shape \(2, r\)"),
         (dict(B=torch.ones(2, 2, 2, dtype=torch.complex128)), "SISO"),

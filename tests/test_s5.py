@@ -323,7 +323,7 @@ def test_checkpoint_with_a_different_d_model_still_fails_loudly():
     "change, message",
     [
         (dict(real_output=False), "real_output=True"),
-        (dict(lam=torch.tensor([0.5, 1.0], dtype=torch.complex128)), r"\|lam\| < 1"),
+        (dict(lam=torch.tensor([0.5, 1.0], dtype=torch.complex128)), r"\|system.lam\| < 1 - 1e-12"),
         (dict(lam=torch.tensor([0.5, float("nan")], dtype=torch.complex128)), "NaN"),
         (dict(D=torch.ones(3, 3, dtype=torch.float64)), "diagonal"),
         (dict(B=torch.ones(2, 4, dtype=torch.complex128)), "shapes"),

@@ -71,6 +71,9 @@ class LayerReport:
         Number of independent channels of the layer's system (1 for an unbatched system).
     detail : object or None
         The :class:`adapters.torch.SelectiveLayerReport` of a selective layer.
+    hinf_method : {"search", "level-set"} or None
+        How ``gain`` and ``error`` were computed (``compress_``'s ``hinf_method``); ``None`` before
+        they are (``certify="lazy"``) or when they are not (``certify=False``, a selective layer).
     """
 
     name: str
@@ -87,6 +90,7 @@ class LayerReport:
     hsv_lower: float = 0.0
     channels: int = 1
     detail: object = field(default=None, repr=False)
+    hinf_method: str | None = None
 
     def __post_init__(self):
         self._gain, self._error, self._pending = None, None, None
@@ -170,8 +174,9 @@ class CompressionReport:
 
         layers = []
         for x in self.layers:
+            gain, error = x.gain, x.error  # resolves lazy certificates (and sets hinf_method) first
             d = {f.name: plain(getattr(x, f.name)) for f in fields(x)}
-            d["gain"], d["error"] = x.gain, x.error
+            d["gain"], d["error"] = gain, error
             d["relative_error"], d["relative_error_bound"] = x.relative_error, x.relative_error_bound
             layers.append(d)
         return {"layers": layers, "state_before": self.state_before, "state_after": self.state_after}
@@ -396,14 +401,20 @@ def _difference(sys1, sys2):
                              torch.cat([a.C.to(dtype), -b.C.to(dtype)], -1), D, real_output=a.real_output)
 
 
-def _hinf(systems: list, rtol: float) -> list[np.ndarray]:
+def _check_hinf_method(method):
+    if method not in ("search", "level-set"):
+        raise ValueError(f"hinf_method must be 'search' (fast frequency search, the default) or 'level-set' "
+                         f"(the H-infinity norm guaranteed to hinf_rtol, O(n^3)), got {method!r}.")
+
+
+def _hinf(systems: list, rtol: float, method: str) -> list[np.ndarray]:
     """``lti_reduce.hinf_norm`` of every system, one batched call per group of equal shapes."""
     out = [None] * len(systems)
     groups: dict = {}
     for i, sys in enumerate(systems):
         groups.setdefault(_group_key(sys), []).append(i)
     for idx in groups.values():
-        norms = lr_to_numpy(lr.hinf_norm(_stack([systems[i] for i in idx]), rtol=rtol)).astype(np.float64)
+        norms = lr_to_numpy(lr.hinf_norm(_stack([systems[i] for i in idx]), rtol=rtol, method=method)).astype(np.float64)
         for j, i in enumerate(idx):
             out[i] = norms[j]
     return out
@@ -456,18 +467,20 @@ class _PendingCertificates:
     right after loading, so the figures are those of the cut, whatever the layers do afterwards.
     """
 
-    def __init__(self, reports, maps_before, cut, maps_after, rtol):
-        self.reports, self.maps_before, self.cut, self.maps_after, self.rtol = reports, maps_before, cut, maps_after, rtol
+    def __init__(self, reports, maps_before, cut, maps_after, rtol, method):
+        self.reports, self.maps_before, self.cut, self.maps_after = reports, maps_before, cut, maps_after
+        self.rtol, self.method = rtol, method
         for rep in reports:
             rep._pending = self
 
     def resolve(self):
         if self.reports is None:
             return
-        gains = _hinf(self.maps_before, self.rtol)
-        errors = _hinf([_difference(self.maps_before[i], a) for i, a in zip(self.cut, self.maps_after)], self.rtol)
+        gains = _hinf(self.maps_before, self.rtol, self.method)
+        errors = _hinf([_difference(self.maps_before[i], a) for i, a in zip(self.cut, self.maps_after)],
+                       self.rtol, self.method)
         for rep, g in zip(self.reports, gains):
-            rep._gain, rep._error = float(np.max(g)), 0.0
+            rep._gain, rep._error, rep.hinf_method = float(np.max(g)), 0.0, self.method
         for i, e in zip(self.cut, errors):
             self.reports[i]._error = float(np.max(e))
         for rep in self.reports:
@@ -487,7 +500,8 @@ def _selective_entry(x) -> LayerReport:
 def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = None,
               optimizer: torch.optim.Optimizer | None = _REQUIRED, calibration_inputs=None,
               selection: str = "largest", scope: str = "layer", min_shrink: float = 0.05, method: str = "truncate",
-              seed: int | None = None, certify: bool | str = True, hinf_rtol: float = 1e-6) -> CompressionReport:
+              seed: int | None = None, certify: bool | str = True, hinf_rtol: float = 1e-6,
+              hinf_method: str = "search") -> CompressionReport:
     """Cut low-energy states of every compressible layer of ``model``, in place.
 
     The one entry point for every layer kind the library knows:
@@ -550,9 +564,17 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         default); ``"lazy"``: the maps before and right after the cut are stored (detached copies) and
         the norms computed when the report's figures are first read (``report.layers[i].error``, the
         table, ``to_dict``), so a training loop's cut costs what the cut costs; ``False``: not computed
-        (``None``). For layers with hundreds of modes the norms cost more than the cut.
+        (``None``).
     hinf_rtol : float
         Relative accuracy of the reported ``gain`` and ``error`` (:func:`lti_reduce.hinf_norm`).
+    hinf_method : {"search", "level-set"}
+        How :func:`lti_reduce.hinf_norm` computes ``gain`` and ``error``. ``"search"`` (default): a
+        frequency search on the diagonal maps, ``O(T n m p)`` with ``T`` about 300 angles; each value
+        is the layer's ``sigma_max`` at some frequency, a lower bound on the norm that equals it to
+        ``hinf_rtol`` unless a peak lies outside every polished bracket (see
+        :func:`lti_reduce.hinf_norm`). ``"level-set"``: the norm to ``hinf_rtol``, guaranteed, at
+        ``O(n^3)`` per iteration on dense realizations of order ``2 n`` and ``2 (n + r)``, which at ``n``
+        in the hundreds costs tens of times the cut.
 
     Returns
     -------
@@ -583,9 +605,8 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     exactly, and the error is re-raised. The reduction runs on each layer's device in float64 and is
     returned in the layer's precision.
 
-    Cost: the a-posteriori ``gain`` and ``error`` are :func:`lti_reduce.hinf_norm` calls on dense
-    realizations of order ``2 n`` and ``2 (n + r)`` (real-output layers), O(n^3) each: at ``n`` in the
-    hundreds they cost more than the cut itself (``benchmarks/bench_compress.py`` measures both).
+    Cost: with ``hinf_method="search"`` the a-posteriori ``gain`` and ``error`` cost less than the cut
+    itself (``benchmarks/bench_compress.py`` measures both, and the ``"level-set"`` alternative).
 
     Examples
     --------
@@ -605,6 +626,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     _check_options(tol, rank, selection, scope, min_shrink, method, seed)
     if certify not in (True, False, "lazy"):
         raise ValueError(f"certify must be True, 'lazy' or False, got {certify!r}.")
+    _check_hinf_method(hinf_method)
     if isinstance(hinf_rtol, bool) or not isinstance(hinf_rtol, (int, float)) or not 0.0 < float(hinf_rtol) < 1.0:
         raise ValueError(f"hinf_rtol must be a float in (0, 1) (relative accuracy of gain and error), got {hinf_rtol!r}.")
     from .mamba import _selective_layers, compress_selective_
@@ -738,7 +760,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
             # 5. A-posteriori norms, on the loaded layers (their maps are stored now).
             if certify:
                 maps_after = [_layer_map(layers[i][1], _layer_system(layers[i][0], layers[i][1])) for i in cut]
-                pending = _PendingCertificates(reports, maps_before, cut, maps_after, hinf_rtol)
+                pending = _PendingCertificates(reports, maps_before, cut, maps_after, hinf_rtol, hinf_method)
                 if certify != "lazy":
                     pending.resolve()
         except BaseException:
@@ -746,7 +768,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
             raise
         mark_rebased_(rebased, dropped)  # only once the call succeeded: a restored model has its old shapes
     elif certify:
-        pending = _PendingCertificates(reports, maps_before, [], [], hinf_rtol)
+        pending = _PendingCertificates(reports, maps_before, [], [], hinf_rtol, hinf_method)
         if certify != "lazy":
             pending.resolve()
     if selective_report is not None:

@@ -328,6 +328,7 @@ class LRU(nn.Module):
         parameters and ``optimizer.load_state_dict`` then restores their moments: the order of building the
         optimizer and loading does not matter.
         """
+        self._check_checkpoint_stable(state_dict, prefix)
         sizes = {
             state_dict[prefix + name].shape[0 if name in _STATE_ROWS else -1]
             for name in _STATE_ROWS + _STATE_COLS
@@ -345,6 +346,34 @@ class LRU(nn.Module):
                 mark_rebased_(old)  # an optimizer still holding state of the old shapes is caught at step()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+
+    def _check_checkpoint_stable(self, state_dict, prefix):
+        """Refuse a checkpoint whose eigenvalues, as this layer computes them, break the stability rule.
+
+        ``|lam| = exp(-exp(nu_log))`` is below 1 for every finite ``nu_log``, but rounds to 1 in the
+        layer's dtype once ``nu_log`` is below about -16.6 (float32) or -36.7 (float64); such a layer would
+        load, then fail at its next ``to_system()`` (the rule ``|lam| < 1 - 1e-12`` of every core function).
+        """
+        key = prefix + "nu_log"
+        nu_log = state_dict.get(key)
+        if not isinstance(nu_log, torch.Tensor) or nu_log.numel() == 0 or not nu_log.is_floating_point():
+            return
+        from lti_reduce import UnstableSystemError
+        from lti_reduce.validate import check_stable_eigenvalues
+
+        dtype = self.nu_log.dtype
+        modulus = torch.exp(-torch.exp(nu_log.detach().to(device="cpu", dtype=dtype)))
+        try:
+            check_stable_eigenvalues(modulus, "lam")
+        except UnstableSystemError:
+            low = dtype in (torch.float32, torch.float16, torch.bfloat16)
+            floor = -16.0 if low else -27.0
+            raise UnstableSystemError(
+                f"checkpoint entry {key!r}: its smallest value {float(nu_log.min()):.6g} gives |lam| = "
+                f"exp(-exp(nu_log)) = {float(modulus.max()):.17g} in {str(dtype).replace('torch.', '')}, which breaks "
+                "the library's stability rule |lam| < 1 - 1e-12 (such a mode no longer decays, and to_system() and "
+                f"compress_ would refuse the layer). Clamp it before loading: state_dict[{key!r}].clamp_(min={floor})"
+                + (", or load into a float64 layer." if low else ".")) from None
 
     def _parameters_for(self, system) -> dict[str, torch.Tensor]:
         """Validated new parameter values for :meth:`load_system_` (nothing is modified here)."""
@@ -370,12 +399,11 @@ class LRU(nn.Module):
         for name, value in (("lam", lam), ("B", B), ("C", C)):
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"system.{name} contains NaN or Inf; refusing to load it into the layer")
+        from lti_reduce.validate import check_stable_eigenvalues
+
+        check_stable_eigenvalues(lam, "system.lam", "An LRU represents only stable eigenvalues; load a stable "
+                                                    "system (the reduction of a stable layer is stable).")
         modulus = lam.abs()
-        if bool((modulus >= 1).any()):
-            raise ValueError(
-                f"system.lam has |lam| up to {modulus.max().item():.6g}, but an LRU represents only "
-                "eigenvalues with |lam| < 1 (a stable system); reduce a stable system"
-            )
         D = self._diagonal_feedthrough(system)
         real = ref.dtype
         modulus = modulus.real.to(torch.float64).clamp(min=torch.finfo(real).tiny)

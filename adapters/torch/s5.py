@@ -368,10 +368,10 @@ def _check_finite_stable(lam, B, C, layer):
     for name, value in (("lam", lam), ("B", B), ("C", C)):
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"system.{name} contains NaN or Inf; refusing to load it into the {layer} layer")
-    modulus = lam.abs()
-    if bool((modulus >= 1).any()):
-        raise ValueError(f"system.lam has |lam| up to {modulus.max().item():.6g}, but {layer} represents only "
-                         "eigenvalues with |lam| < 1 (a stable system); reduce a stable system")
+    from lti_reduce.validate import check_stable_eigenvalues
+
+    check_stable_eigenvalues(lam, "system.lam", f"{layer} represents only stable eigenvalues; load a stable "
+                                                "system (the reduction of a stable layer is stable).")
 
 
 def _diagonal_feedthrough(system, m: int, dtype, layer: str) -> torch.Tensor:

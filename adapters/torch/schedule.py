@@ -13,7 +13,8 @@ import copy
 import torch
 import torch.nn as nn
 
-from .compress import _REQUIRED, CompressionReport, _check_optimizer_argument, _check_options, compress_
+from .compress import (_REQUIRED, CompressionReport, _check_hinf_method, _check_optimizer_argument, _check_options,
+                       compress_)
 
 __all__ = ["CompressionSchedule", "RollbackGuard"]
 
@@ -71,7 +72,8 @@ class CompressionSchedule:
         _check_options(tol, rank, compress_kwargs.get("selection", "largest"), compress_kwargs.get("scope", "layer"),
                        compress_kwargs.get("min_shrink", 0.05), compress_kwargs.get("method", "truncate"),
                        compress_kwargs.get("seed"))
-        known = {"selection", "scope", "min_shrink", "method", "seed", "calibration_inputs", "certify", "hinf_rtol"}
+        known = {"selection", "scope", "min_shrink", "method", "seed", "calibration_inputs", "certify", "hinf_rtol",
+                 "hinf_method"}
         unknown = sorted(set(compress_kwargs) - known)
         if unknown:
             raise ValueError(f"unknown compress_ options {unknown}; known: {sorted(known)}.")
@@ -92,6 +94,8 @@ class CompressionSchedule:
         rtol = compress_kwargs.get("hinf_rtol", 1e-6)
         if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0.0 < float(rtol) < 1.0:
             raise ValueError(f"hinf_rtol must be a float in (0, 1), got {rtol!r}.")
+        if "hinf_method" in compress_kwargs:
+            _check_hinf_method(compress_kwargs["hinf_method"])
         compress_kwargs.setdefault("certify", "lazy")
         if compress_kwargs["certify"] not in (True, False, "lazy"):
             raise ValueError(f"certify must be True, 'lazy' or False, got {compress_kwargs['certify']!r}.")
