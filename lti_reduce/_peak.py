@@ -22,6 +22,8 @@ _GRID = 128       # uniform angles on the half circle [0, pi] (a real system) or
 _POLES = 64       # resonant poles whose angles (and flanks) are added to the grid
 _POLISH = 4       # local maxima refined
 _FINE = 9         # samples per bracket and refinement round
+_SCREENED = 16    # local maxima of the screening values evaluated exactly
+_POWER = 8        # power iterations of a screening value
 _BLOCK = 1 << 21  # complex entries of one block of the batched response
 
 
@@ -43,8 +45,13 @@ def complex_modes(lam, B, C, D, real_output):
     return lam, B, C, D, real
 
 
-def _sigma(lam, B, C, D, theta):
-    """``sigma_max(G(e^{i theta}))`` at every angle of ``theta`` (shape ``(T,)``)."""
+def _sigma(lam, B, C, D, theta, exact=True):
+    """``sigma_max(G(e^{i theta}))`` at every angle of ``theta`` (shape ``(T,)``).
+
+    ``exact=False``: a screening value, the Rayleigh quotient after ``_POWER`` power iterations on the
+    Gram matrix. It is never above ``sigma_max`` and equals it where one singular value dominates (at a
+    resonance); where the top two are close it can be some percent low.
+    """
     n, m, p = lam.size, B.shape[1], C.shape[0]
     out = np.empty(theta.size)
     step = max(1, _BLOCK // max(1, n * min(m, p)))
@@ -57,7 +64,15 @@ def _sigma(lam, B, C, D, theta):
             out[s:s + step] = np.sqrt(np.sum(G.real**2 + G.imag**2, axis=(1, 2)))
         else:  # sigma_max^2 = the largest eigenvalue of the smaller Gram matrix (to eps relative, like the SVD)
             M = G.conj().transpose(0, 2, 1) @ G if m <= p else G @ G.conj().transpose(0, 2, 1)
-            out[s:s + step] = np.sqrt(np.maximum(np.linalg.eigvalsh(M)[:, -1], 0.0))
+            if exact:
+                top = np.linalg.eigvalsh(M)[:, -1]
+            else:
+                v = M.sum(axis=2)[..., None] + 1e-300
+                for _ in range(_POWER):
+                    v = M @ v
+                    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-300)
+                top = np.real(np.sum(v.conj() * (M @ v), axis=(1, 2)))
+            out[s:s + step] = np.sqrt(np.maximum(top, 0.0))
     return out
 
 
@@ -95,9 +110,8 @@ def search_peak(lam, B, C, D, real_output, rtol, symmetric=False):
     theta = np.clip(theta, lo, np.pi) if real else np.mod(theta + np.pi, 2.0 * np.pi) - np.pi
     theta, first = np.unique(theta, return_index=True)
     scale = scale[first]
-    vals = _sigma(lam, B, C, D, theta)
-    best = float(np.max(vals))
-    if best == 0.0:
+    vals = _sigma(lam, B, C, D, theta, exact=False)
+    if float(np.max(vals)) == 0.0:
         return 0.0
     # Local maxima of the sampled curve (ends reflect on [0, pi]; the full circle wraps).
     if real:
@@ -106,6 +120,9 @@ def search_peak(lam, B, C, D, real_output, rtol, symmetric=False):
     else:
         left, right = np.roll(vals, 1), np.roll(vals, -1)
     peaks = np.flatnonzero((vals >= left) & (vals >= right))
+    peaks = peaks[np.argsort(vals[peaks])[::-1][:_SCREENED]]
+    vals[peaks] = _sigma(lam, B, C, D, theta[peaks])  # exact values of the screened maxima
+    best = float(np.max(vals))
     peaks = peaks[np.argsort(vals[peaks])[::-1][:_POLISH]]
     peaks = peaks[vals[peaks] >= 0.5 * best]  # a sampled maximum below half the best: not worth refining
     # Bracket: the neighbouring samples, or the resonance width of a pole sample where that is narrower.
@@ -124,16 +141,20 @@ def _refine(lam, B, C, D, a, b, t, v, rtol, lo):
     """Maximize ``sigma_max`` on every bracket ``[a_j, b_j]`` at once (best sample ``t_j``, value ``v_j``).
 
     Each round samples ``_FINE`` points across every bracket in one batched evaluation and shrinks the
-    bracket to the two cells around its best point (a factor ``(_FINE - 1) / 2`` per round), until the
-    bracket is narrower than ``0.3 sqrt(rtol)`` of its starting width: near a smooth maximum the value
-    is then within about ``rtol`` of the peak.
+    bracket to the two cells around its best point (a factor ``(_FINE - 1) / 2`` per round). Once the
+    cells are narrow enough that ``sigma_max`` is locally a parabola, the vertex of the parabola through
+    the best point and its two neighbours is evaluated as well; rounds continue until the bracket is
+    narrower than about ``sqrt(rtol)`` of its starting width, where the value is within ``rtol`` of a
+    smooth peak (a kink, where two singular values cross, is approached by the rounds alone).
     """
     if t.size == 0:
         return 0.0
     shrink = (_FINE - 1) / 2.0
     rounds = int(np.ceil(np.log(1.0 / min(1e-2, 0.3 * np.sqrt(rtol))) / np.log(shrink)))
+    rounds = max(2, rounds - 2)  # the parabolic step makes up the last rounds (tested against AB13DD)
     u = np.linspace(0.0, 1.0, _FINE)
     best = float(np.max(v))
+    rows = np.arange(t.size)
     for _ in range(rounds):
         pts = a[:, None] + (b - a)[:, None] * u[None, :]  # (k, _FINE)
         if lo == 0.0:
@@ -142,8 +163,19 @@ def _refine(lam, B, C, D, a, b, t, v, rtol, lo):
         i = np.argmax(vals, axis=1)
         best = max(best, float(vals.max()))
         h = (b - a) / (_FINE - 1)
-        c = pts[np.arange(pts.shape[0]), i]
+        c = pts[rows, i]
         a, b = c - h, c + h
+    # Parabolic vertex through the last round's best point and its neighbours (interior points only).
+    j = np.clip(i, 1, _FINE - 2)
+    f0, f1, f2 = vals[rows, j - 1], vals[rows, j], vals[rows, j + 1]
+    den = f0 - 2.0 * f1 + f2
+    ok = den < 0.0
+    if np.any(ok):
+        step = np.where(ok, 0.5 * (f0 - f2) / np.where(ok, den, -1.0), 0.0)
+        vertex = pts[rows, j] + np.clip(step, -1.0, 1.0) * h
+        if lo == 0.0:
+            vertex = np.clip(vertex, 0.0, np.pi)
+        best = max(best, float(np.max(_sigma(lam, B, C, D, vertex[ok]))))
     return best
 
 
