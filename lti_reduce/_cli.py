@@ -36,8 +36,13 @@ PROG = "lti-reduce"
 #: The entry-point group other packages register subcommands in.
 COMMAND_GROUP = "lti_reduce.commands"
 
-# Subcommands the project's own PyTorch adapter provides, for a clear message when it is not installed.
+# Subcommands the project's own PyTorch adapter provides, for a clear message when it is not installed,
+# with the one-line help ``lti-reduce --help`` shows without importing them (and torch).
 _ADAPTER_COMMANDS = ("train", "sweep")
+_ADAPTER_HELP = {
+    "train": "the main job: train an SSM on MNIST-1D full size, compressed in training, and small from scratch",
+    "sweep": "the comparison of 'train' over tolerances and seeds, with uncertainties (resumable)",
+}
 
 
 class UserError(Exception):
@@ -87,7 +92,9 @@ def build_parser(commands: dict | None = None, stubs: dict | None = None) -> arg
     for name, register in (commands or {}).items():
         register(sub)
     for name, entry in (stubs or {}).items():
-        sub.add_parser(name, help=f"(from {entry.value.split(':')[0]}; see '{PROG} {name} --help')", add_help=False)
+        text = _ADAPTER_HELP.get(name) if entry.value.startswith("adapters.torch.") else None
+        sub.add_parser(name, help=text or f"a command of {entry.value.split(':')[0]} (see '{PROG} {name} --help')",
+                       add_help=False)
     return parser
 
 

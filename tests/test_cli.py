@@ -193,6 +193,22 @@ def test_reduce_needs_neither_torch_nor_matplotlib(tmp_path, stable_npz):
     assert proc.stdout.strip().splitlines()[-1] == "0 False False", proc.stdout + proc.stderr
 
 
+def test_top_level_help_describes_every_command_without_importing_torch():
+    code = ("import sys, contextlib, io; from lti_reduce._cli import main\n"
+            "buf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf):\n"
+            "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+            "print(buf.getvalue()); print('torch' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    out = proc.stdout
+    assert out.strip().splitlines()[-1] == "False", out + proc.stderr
+    flat = " ".join(out.split())
+    assert "reduce a state-space model" in flat
+    if "train" in flat:  # the adapter's commands are installed: each has its own one-line help
+        assert "the main job" in flat and "over tolerances and seeds" in flat and "(from " not in flat
+
+
 # --------------------------------------------------------------------------------------------------- train
 def test_train_on_an_unavailable_device_is_a_one_line_error(capsys, tmp_path):
     torch = pytest.importorskip("torch")

@@ -85,7 +85,7 @@ class ExperimentConfig:
         Random seed; ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda[:N]"``; CPU threads
         (``None``: torch's default; the previous value is restored afterwards).
     progress, runs, n_train, n_test
-        tqdm bars; which of ``baseline, compressed, scratch`` to run; use only the first
+        tqdm bars (shown only when stderr is a terminal); which of ``baseline, compressed, scratch`` to run; use only the first
         ``n_train``/``n_test`` examples.
     """
 

@@ -224,7 +224,7 @@ def train_run(model: nn.Module, data: SequenceDataset, config: ExperimentConfig,
     except ImportError:  # progress bars are optional
         tqdm = None
     bar = tqdm(total=steps, desc=label, unit="step", leave=True, dynamic_ncols=True, file=sys.stderr,
-               disable=not config.progress) if tqdm is not None else None
+               disable=None if config.progress else True) if tqdm is not None else None  # None: off unless a terminal
 
     model.train()
     sync(device)

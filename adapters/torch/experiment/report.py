@@ -64,16 +64,16 @@ def format_table(results: dict) -> str:
         if "compressed_within_1pt_of_baseline" in t:
             x = t["compressed_within_1pt_of_baseline"]
             how = "" if x["decided"] else ", not decided by this test set"
-            lines.append(f"(2) vs (1): {-x['gap_points']:+.2f} points [{'met' if x['met'] else 'MISSED'}: within 1"
+            lines.append(f"(2) vs (1): {-x['gap_points']:+.2f} points [{'holds' if x['met'] else 'does not hold'}: within 1"
                          f"{how}]")
         if "compressed_beats_scratch" in t:
             x = t["compressed_beats_scratch"]
             how = "" if x["decided"] else ", inside the noise"
-            lines.append(f"(2) vs (3): {x['gain_points']:+.2f} points [{'met' if x['met'] else 'MISSED'}: (2) better"
+            lines.append(f"(2) vs (3): {x['gain_points']:+.2f} points [{'holds' if x['met'] else 'does not hold'}: (2) better"
                          f"{how}]")
         if "compressed_2x_faster_than_baseline" in t:
             x = t["compressed_2x_faster_than_baseline"]
-            lines.append(f"wall-clock speedup of (2): {x['speedup']:.2f}x [{'met' if x['met'] else 'MISSED'}: >= 2x]")
+            lines.append(f"wall-clock speedup of (2): {x['speedup']:.2f}x [{'holds' if x['met'] else 'does not hold'}: >= 2x]")
     lines.append("")
     lines.append("one seed is one sample: `lti-reduce sweep` repeats this over seeds and tolerances.")
     return "\n".join(lines)
