@@ -18,7 +18,7 @@ import numpy as np
 
 __all__: list[str] = []
 
-_GRID = 128       # uniform angles on the half circle [0, pi] (a real system) or 2 * _GRID on the circle
+_GRID = 64       # uniform angles on the half circle [0, pi] (a real system) or 2 * _GRID on the circle
 _POLES = 64       # resonant poles whose angles (and flanks) are added to the grid
 _POLISH = 4       # local maxima refined
 _FINE = 9         # samples per bracket and refinement round
