@@ -211,7 +211,7 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None, meth
         iteration. ``"search"``: the largest ``sigma_max`` found by a frequency search, a *lower
         bound* on the norm that equals it to ``rtol`` whenever the global peak is among the
         polished local maxima (see Notes); ``O(T n m p)`` on a :class:`~lti_reduce.DiagonalSystem`
-        with ``T`` about 300 angles, tens to hundreds of times faster than ``"level-set"`` at
+        with ``T`` a few hundred angles, tens to hundreds of times faster than ``"level-set"`` at
         ``n`` in the hundreds. A dense system is diagonalized first (the level set is used
         where its eigenvectors are ill-conditioned, ``cond(V) > 1e8``).
 
@@ -242,20 +242,26 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None, meth
     a-posteriori check, so it runs in float64 on the host (torch inputs are copied there). Reference: SLICOT ``AB13DD`` (``DICO='D'``).
     A :class:`~lti_reduce.DiagonalSystem` may be given alone instead of the matrices.
 
-    ``method="search"`` samples ``sigma_max(G(e^{i theta}))`` at 256 angles of the circle (129 of
-    ``[0, pi]`` for a real map, where ``sigma_max`` is even in ``theta``) and at the angles and flanks of
-    up to 64 poles whose resonance ``|c_k| |b_k| / (1 - |lambda_k|)`` is largest among those narrower than
-    the grid, then refines the four largest local maxima by bounded Brent iterations. The result is an
-    exact evaluation of the response at some angle, hence never above the norm; it is below it only if a
-    peak falls outside every polished bracket (a narrow resonance of a pole left out of the 64, or two
-    resonances adding up between samples). :func:`adapters.torch.compress_` uses it for the per-layer
-    ``gain`` and ``error``; the tests compare it with SLICOT ``AB13DD`` on trained and random layers.
+    ``method="search"`` screens ``sigma_max(G(e^{i theta}))`` at 128 angles of the circle (65 of
+    ``[0, pi]`` for a real map, where ``sigma_max`` is even in ``theta``) and at the angles of up to 64
+    poles whose resonance ``|c_k| |b_k| / (1 - |lambda_k|)`` is largest among those narrower than the
+    grid, evaluates the 16 largest local maxima exactly, and refines the four largest (those above half
+    the best) on brackets as wide as their neighbours or their pole's resonance, by rounds of 9 samples
+    each and a final parabolic step. Every value is a Rayleigh quotient or an eigenvalue of
+    ``G^H G``, so the result is never above the norm; it is below it only if a peak falls outside every
+    refined bracket (a narrow resonance of a pole left out of the 64, or resonances adding up between
+    samples). :func:`adapters.torch.compress_` uses it for the per-layer ``gain`` and ``error``; the tests
+    compare it with SLICOT ``AB13DD`` on trained and random layers (agreement to 1e-7 relative or better).
 
     Examples
     --------
     >>> import numpy as np, lti_reduce as lr
     >>> round(float(lr.hinf_norm(np.array([[0.5]]), np.array([[1.0]]), np.array([[1.0]]))), 10)  # G(1) = 2
     2.0
+    >>> sys = lr.DiagonalSystem(np.array([0.9 + 0.3j]), np.array([[1.0]]), np.array([[1.0]]), real_output=True)
+    >>> g_search, g_level = lr.hinf_norm(sys, method="search"), lr.hinf_norm(sys)
+    >>> bool(abs(g_search - g_level) <= 1e-9 * g_level)
+    True
     """
     from . import _dispatch
     from .systems import DiagonalSystem, _as_dense

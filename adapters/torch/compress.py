@@ -605,7 +605,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         Relative accuracy of the reported ``gain`` and ``error`` (:func:`lti_reduce.hinf_norm`).
     hinf_method : {"search", "level-set"}
         How :func:`lti_reduce.hinf_norm` computes ``gain`` and ``error``. ``"search"`` (default): a
-        frequency search on the diagonal maps, ``O(T n m p)`` with ``T`` about 300 angles; each value
+        frequency search on the diagonal maps, ``O(T n m p)`` with ``T`` a few hundred angles; each value
         is the layer's ``sigma_max`` at some frequency, a lower bound on the norm that equals it to
         ``hinf_rtol`` unless a peak lies outside every polished bracket (see
         :func:`lti_reduce.hinf_norm`). ``"level-set"``: the norm to ``hinf_rtol``, guaranteed, at
