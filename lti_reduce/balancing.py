@@ -442,8 +442,11 @@ def balance(A, B=None, C=None, D=None, *, time=None, unstable="error", margin=1e
     A : array, shape (..., n, n), or DiagonalSystem
         Schur-stable state matrix (or a :class:`~lti_reduce.DiagonalSystem` alone).
     B : array, shape (..., n, m)
+        Input matrix (``m`` inputs).
     C : array, shape (..., p, n)
+        Output matrix (``p`` outputs).
     D : array, shape (..., p, m), optional
+        Feedthrough; zero if omitted.
     time, unstable, margin
         As in :func:`balanced_truncation`. ``A`` may be a python-control or scipy system object.
 
@@ -480,7 +483,9 @@ def hankel_singular_values(A, B=None, C=None, *, time=None, unstable="error", ma
         Stable state matrix (or a :class:`~lti_reduce.DiagonalSystem`, or a python-control /
         scipy system object, alone).
     B : array, shape (..., n, m)
+        Input matrix (``m`` inputs).
     C : array, shape (..., p, n)
+        Output matrix (``p`` outputs).
     time, unstable, margin
         As in :func:`balanced_truncation`. With ``unstable="split"``, unstable states get
         ``inf`` (MATLAB's ``hsvd`` convention), followed by the stable part's HSVs.
@@ -578,7 +583,9 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
         ``signal.StateSpace``/``lti``/``dlti`` given alone (see :mod:`lti_reduce.interop`):
         its time base is used, and ``.system`` is the reduced model as the same kind of object.
     B : array, shape (..., n, m)
+        Input matrix (``m`` inputs); omitted when ``A`` is a system given alone.
     C : array, shape (..., p, n)
+        Output matrix (``p`` outputs); omitted when ``A`` is a system given alone.
     D : array, shape (..., p, m), optional
         Feedthrough; zero if omitted.
     rank : int, optional

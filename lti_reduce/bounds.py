@@ -197,8 +197,11 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None, meth
     A : array, shape (..., n, n)
         Schur-stable state matrix.
     B : array, shape (..., n, m)
+        Input matrix (``m`` inputs).
     C : array, shape (..., p, n)
+        Output matrix (``p`` outputs).
     D : array, shape (..., p, m), optional
+        Feedthrough; zero if omitted.
     rtol : float in (0, 1)
         Relative accuracy of the returned value.
     time : {None, "discrete", "continuous"}
@@ -335,7 +338,12 @@ def hankel_norm(A, B=None, C=None):
 
     Parameters
     ----------
-    A, B, C : arrays ``(..., n, n)``, ``(..., n, m)``, ``(..., p, n)``, or a DiagonalSystem alone.
+    A : array, shape (..., n, n), or DiagonalSystem
+        Schur-stable state matrix, or a :class:`~lti_reduce.DiagonalSystem` given alone.
+    B : array, shape (..., n, m)
+        Input matrix.
+    C : array, shape (..., p, n)
+        Output matrix.
 
     Returns
     -------

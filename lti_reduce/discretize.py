@@ -33,6 +33,7 @@ def discretize(A, B, C, D=None, *, dt: float, method: str = "bilinear"):
     A, B, C : arrays, shapes (n, n), (n, m), (p, n)
         Continuous-time model (numpy; batched inputs are not supported here).
     D : array, shape (p, m), optional
+        Feedthrough of the continuous model; zero if omitted.
     dt : float > 0
         Sampling step ``h``.
     method : {"bilinear", "zoh"}

@@ -718,7 +718,9 @@ def gramians(A, B=None, C=None, *, time=None):
         State matrix with spectral radius < 1. A :class:`~lti_reduce.DiagonalSystem`
         may be given instead of ``(A, B, C)`` (closed-form Gramians, no solver).
     B : array, shape (..., n, m)
+        Input matrix (``m`` inputs).
     C : array, shape (..., p, n)
+        Output matrix (``p`` outputs).
     time : {None, "discrete", "continuous"}
         As in :func:`gramian_factors`; ``A`` may be a system object given alone.
 

@@ -178,8 +178,11 @@ def modal_form(A, B, C, D=None, *, cond_warn: float = 1e8):
     A : array, shape (..., r, r)
         Schur-stable, diagonalizable state matrix.
     B : array, shape (..., r, m)
+        Input matrix.
     C : array, shape (..., p, r)
+        Output matrix.
     D : array, shape (..., p, m), optional
+        Feedthrough, carried over unchanged (zero if omitted).
     cond_warn : float
         Warn (:class:`ModalConditioningWarning`) when ``cond(X)`` exceeds it; a positive
         number (``inf`` never warns).

@@ -53,7 +53,9 @@ class DiagonalSystem:
     lam : array, shape (..., n)
         Eigenvalues, ``|lam| < 1 - 1e-12`` (real or complex; the stability rule of every function).
     B : array, shape (..., n, m)
+        Input matrix (``m`` inputs).
     C : array, shape (..., p, n)
+        Output matrix (``p`` outputs).
     D : array, shape (..., p, m), optional
         Feedthrough (zero if omitted). Must be real when ``real_output=True``.
     real_output : bool

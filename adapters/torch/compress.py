@@ -97,6 +97,7 @@ class LayerReport:
 
     @property
     def gain(self) -> float | None:
+        """H-infinity norm of the layer's map before the cut (see the class attributes)."""
         if self._pending is not None:
             self._pending.resolve()
         return self._gain
@@ -107,6 +108,7 @@ class LayerReport:
 
     @property
     def error(self) -> float | None:
+        """H-infinity norm of the change of the layer's map (see the class attributes)."""
         if self._pending is not None:
             self._pending.resolve()
         return self._error

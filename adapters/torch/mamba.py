@@ -249,6 +249,7 @@ class SelectiveSSM(nn.Module):
     dt_down, dt_proj : Linear
         ``Delta_t = softplus(dt_proj(dt_down(x_t)))``.
     D : Parameter, shape (d_inner,)
+        Skip connection, ``y_t += D * x_t`` per channel.
 
     Examples
     --------
@@ -812,6 +813,7 @@ def measure_selective_cut(layer: nn.Module, keep, inputs, *, data: str = "held_o
     Parameters
     ----------
     layer : SelectiveSSM, or a Hugging Face ``MambaMixer`` / ``FalconMambaMixer`` / ``Mamba2Mixer``
+        The selective layer (see :mod:`adapters.torch.hf` for the Hugging Face mixers).
     keep : sequence of int, or array of shape (G, r)
         States to keep (as for :meth:`SelectiveSSM.select_states_`); for a ``Mamba2Mixer`` with ``G`` groups
         either one list for every group or one row per group.
@@ -840,6 +842,7 @@ def selective_state_scores(layer: nn.Module, inputs, *, ranking: str = "output_e
     Parameters
     ----------
     layer : SelectiveSSM, or a Hugging Face ``MambaMixer`` / ``FalconMambaMixer`` / ``Mamba2Mixer``
+        The selective layer (see :mod:`adapters.torch.hf` for the Hugging Face mixers).
     inputs : Tensor, shape (batch, L, d_model), or a list of them
         The layer's own inputs (calibration data).
     ranking : {"output_energy", "gramian", "averaged_hsv"}
@@ -868,6 +871,7 @@ def leave_one_state_out(layer: nn.Module, inputs) -> torch.Tensor:
     Parameters
     ----------
     layer : SelectiveSSM, or a Hugging Face ``MambaMixer`` / ``FalconMambaMixer`` / ``Mamba2Mixer``
+        The selective layer (see :mod:`adapters.torch.hf` for the Hugging Face mixers).
     inputs : Tensor, shape (batch, L, d_model), or a list of them
         The layer's own inputs (held-out data).
 
@@ -913,6 +917,7 @@ class SelectiveLayerReport:
     Attributes
     ----------
     name : str
+        Qualified module name.
     kind : str
         ``"SelectiveSSM"``, ``"MambaMixer"``, ``"FalconMambaMixer"`` or ``"Mamba2Mixer"``.
     before, after : int
@@ -922,6 +927,7 @@ class SelectiveLayerReport:
     scores : numpy.ndarray, shape (before,) or (G, before)
         The ranking's score of every state (:func:`selective_state_scores`).
     ranking : str
+        The ranking that scored the states (``"output_energy"``, ``"gramian"`` or ``"averaged_hsv"``).
     energy_kept : float
         Share of the summed scores carried by the kept states.
     calibration_change : float
@@ -937,7 +943,9 @@ class SelectiveLayerReport:
     method : str
         ``"state_selection"``.
     compressed : bool
+        Whether the layer was cut.
     note : str
+        Why a layer was not cut (e.g. the ``min_shrink`` gate).
     measurement : CutMeasurement or None
         Details of ``error``.
     """

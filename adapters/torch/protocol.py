@@ -45,27 +45,103 @@ __all__ = ["CompressibleLayer", "compressible_layers", "is_compressible"]
 
 @runtime_checkable
 class CompressibleLayer(Protocol):
-    """Structural type of a compressible layer (see the module docstring)."""
+    """Structural type of a compressible layer: any ``nn.Module`` with these three members.
+
+    There is no base class to inherit; ``isinstance(layer, CompressibleLayer)`` checks the names.
+    The module docstring (:mod:`adapters.torch.protocol`) lists the optional extensions.
+
+    Examples
+    --------
+    >>> import adapters.torch as at
+    >>> isinstance(at.LRU(4, 8), at.CompressibleLayer)
+    True
+    """
 
     @property
-    def state_dim(self) -> int: ...
+    def state_dim(self) -> int:
+        """Current state size ``n`` in the layer's own units (complex modes for an LRU)."""
+        ...
 
-    def to_system(self): ...
+    def to_system(self):
+        """The layer's linear core as a :class:`lti_reduce.DiagonalSystem`.
 
-    def load_system_(self, system): ...
+        Returns
+        -------
+        lti_reduce.DiagonalSystem
+            ``lam`` (..., n), ``B`` (..., n, m), ``C`` (..., p, n), ``D`` (..., p, m) or ``None``, detached,
+            on the layer's device; ``real_output=True`` when the layer computes ``y = Re(C x) + D u``.
+            Leading batch dimensions are independent channels sharing one state size.
+        """
+        ...
+
+    def load_system_(self, system):
+        """Write ``system`` (of any order ``r``) back into the layer, in place.
+
+        Parameters
+        ----------
+        system : lti_reduce.DiagonalSystem
+            Shapes as :meth:`to_system` returns them, with ``r`` modes instead of ``n``.
+
+        Returns
+        -------
+        nn.Module
+            The layer, now with ``state_dim == r``.
+
+        Raises
+        ------
+        ValueError
+            A system the layer cannot represent (wrong shapes, unstable, NaN); raised before anything
+            changes.
+        """
+        ...
 
 
 def is_compressible(module) -> bool:
-    """Whether ``module`` implements the layer protocol."""
+    """Whether ``module`` implements the layer protocol (:class:`CompressibleLayer`).
+
+    Parameters
+    ----------
+    module : object
+        Usually an ``nn.Module``.
+
+    Returns
+    -------
+    bool
+        ``True`` when the module's class has ``state_dim`` and callable ``to_system`` and
+        ``load_system_``.
+
+    Examples
+    --------
+    >>> import torch, adapters.torch as at
+    >>> at.is_compressible(at.LRU(4, 8)), at.is_compressible(torch.nn.Linear(4, 4))
+    (True, False)
+    """
     return all(callable(getattr(type(module), name, None)) for name in ("to_system", "load_system_")) and hasattr(
         type(module), "state_dim")
 
 
 def compressible_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(qualified name, layer)`` for every compressible layer of ``model``, in ``named_modules`` order.
+    """Every compressible layer of ``model``, in ``named_modules`` order.
 
     A compressible layer nested inside another compressible layer is not listed
     separately (the outer layer owns its state).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any model; it is only read.
+
+    Returns
+    -------
+    list of (str, nn.Module)
+        ``(qualified name, layer)`` pairs; the name is ``""`` when ``model`` itself is a layer.
+
+    Examples
+    --------
+    >>> import torch, adapters.torch as at
+    >>> model = torch.nn.Sequential(at.LRU(4, 8), torch.nn.GELU(), at.LRU(4, 8))
+    >>> [name for name, _ in at.compressible_layers(model)]
+    ['0', '2']
     """
     found: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():

@@ -140,11 +140,17 @@ class CompressionSchedule:
         return report
 
     def state_dict(self) -> dict:
+        """The schedule's state for a checkpoint: steps, options, ``enabled`` and the cut history.
+
+        ``calibration_inputs`` (tensors) are left out; :meth:`load_state_dict` keeps the ones the
+        schedule was built with.
+        """
         return {"total_steps": self.total_steps, "steps": list(self.steps), "tol": self.tol, "rank": self.rank,
                 "enabled": self.enabled, "history": copy.deepcopy(self.history),
                 "compress_kwargs": {k: v for k, v in self.compress_kwargs.items() if k != "calibration_inputs"}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved (e.g. when resuming training from a checkpoint)."""
         self.total_steps, self.steps, self.tol = state["total_steps"], list(state["steps"]), state["tol"]
         self.rank = state.get("rank")
         self.enabled, self.history = state["enabled"], copy.deepcopy(state["history"])
@@ -160,7 +166,9 @@ class RollbackGuard:
     Parameters
     ----------
     model : nn.Module
+        The model whose ``state_dict`` is checkpointed before each cut.
     optimizer : torch.optim.Optimizer, optional
+        Its optimizer, checkpointed and restored with it (``None``: the model only).
     max_drop : float
         Largest acceptable drop of the validation metric (higher is better), in the
         metric's units (e.g. 0.01 = one accuracy point on a 0..1 scale).
@@ -197,6 +205,7 @@ class RollbackGuard:
 
     @property
     def allows_cut(self) -> bool:
+        """Whether another cut may be tried (``False`` after a rollback when ``stop_after_rollback``)."""
         return not (self.stop_after_rollback and self.rollbacks > 0)
 
     def checkpoint(self, metric: float) -> None:
@@ -254,9 +263,11 @@ class RollbackGuard:
             self.optimizer.load_state_dict(self._saved["optimizer"])
 
     def state_dict(self) -> dict:
+        """Options and the rollback count, for a checkpoint (the pre-cut snapshot is not included)."""
         return {"max_drop": self.max_drop, "stop_after_rollback": self.stop_after_rollback,
                 "rollbacks": self.rollbacks}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved."""
         self.max_drop, self.stop_after_rollback = state["max_drop"], state["stop_after_rollback"]
         self.rollbacks = state["rollbacks"]
