@@ -101,3 +101,57 @@ def test_a_regular_install_imports_adapters_torch_beside_adapterhub(wheel, tmp_p
     out = _run(python, FIND, extra_path=[hub])
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()) == Path(purelib) / "adapters" / "torch" / "__init__.py"
+
+
+def _sdist_of_a_clean_checkout(tmp_path: Path) -> Path:
+    """Build the source archive from the tracked files only (no egg-info left by an earlier build,
+    which setuptools would otherwise read its file list from)."""
+    import shutil
+
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, timeout=60)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    clean = tmp_path / "checkout"
+    for name in listed.stdout.decode().split("\0"):
+        if name and (ROOT / name).is_file():
+            (clean / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, clean / name)
+    code = ("from setuptools import build_meta\n"
+            f"print(build_meta.build_sdist({str(tmp_path)!r}))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=clean, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (archive,) = tmp_path.glob("lti_reduce-*.tar.gz")
+    return archive
+
+
+def test_the_source_archive_carries_what_the_tests_and_the_site_need(tmp_path):
+    """``MANIFEST.in``: the sdist holds docs/, benchmarks/, examples/ and mkdocs.yml (test_docs and
+    test_examples read them), beside the package and the tests."""
+    import tarfile
+
+    archive = _sdist_of_a_clean_checkout(tmp_path)
+    with tarfile.open(archive) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    for needed in ("mkdocs.yml", "LICENSE", "docs/index.md", "docs/scripts/mkdocs_hooks.py",
+                   "benchmarks/bench_compress.py", "examples/quickstart.py", "tests/test_docs.py",
+                   "lti_reduce/__init__.py", "adapters/torch/__init__.py", "lti_reduce_adapters.pth"):
+        assert needed in names, needed
+    assert not any("__pycache__" in n for n in names)
+
+
+def test_a_wheel_builds_from_the_source_archive(tmp_path):
+    """What ``pip install lti_reduce-<version>.tar.gz`` does: the wheel built from the unpacked
+    archive still ships the ``.pth`` hook."""
+    import tarfile
+
+    archive = _sdist_of_a_clean_checkout(tmp_path)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "src", filter="data")
+    (src,) = (tmp_path / "src").iterdir()
+    code = ("from setuptools import build_meta\n"
+            f"print(build_meta.build_wheel({str(tmp_path / 'whl')!r}))\n")
+    (tmp_path / "whl").mkdir()
+    done = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (whl,) = (tmp_path / "whl").glob("lti_reduce-*.whl")
+    assert "lti_reduce_adapters.pth" in zipfile.ZipFile(whl).namelist()
