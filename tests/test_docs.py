@@ -184,6 +184,32 @@ def test_code_on_page_runs(page, page_results):
     assert result["status"] == "ok", f"code on {page.relative_to(REPO)} failed:\n{result['message']}"
 
 
+def test_every_skipped_block_says_why_it_is_skipped():
+    unexplained = [f"{b.page.relative_to(REPO)}:{b.line}" for p in PAGES for b in doc_blocks.python_blocks(p)
+                   if b.skip and not b.skip_reason]
+    assert not unexplained, f"docs-test: skip without a reason at {unexplained}"
+
+
+USER_PAGES = [p for p in PAGES if p.name.startswith("quickstart") or p.parent.name == "tutorials"]
+
+
+def test_quickstarts_and_tutorials_need_no_files_from_outside_the_package():
+    assert USER_PAGES, "no quickstart or tutorial page found"
+    needing = {str(p.relative_to(DOCS)): doc_blocks.required_data(p) for p in USER_PAGES}
+    assert not {k: v for k, v in needing.items() if v}
+
+
+@pytest.mark.parametrize("page", USER_PAGES, ids=[str(p.relative_to(DOCS)) for p in USER_PAGES])
+def test_quickstarts_and_tutorials_run_in_full_where_everything_is_installed(page, page_results):
+    """With the ``dev`` extra every optional dependency is there, so a quickstart or tutorial page
+    may not be skipped as a whole; only marked blocks (each with its reason) stay out."""
+    missing = sorted(m for m in doc_blocks.OPTIONAL_MODULES if importlib.util.find_spec(m) is None)
+    if missing or not doc_blocks.adapter_available():
+        pytest.skip(f"not a full dev install (missing: {missing or ['adapters.torch']})")
+    result = page_results.get(str(page))
+    assert result is not None and result["status"] == "ok", result
+
+
 def test_runner_honours_markers(tmp_path):
     page = tmp_path / "page.md"
     page.write_text('Text\n\n```python\nx = 1\n```\n\n<!-- docs-test: skip -->\n```python\nraise SystemExit\n```\n\n'

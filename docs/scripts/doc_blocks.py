@@ -8,8 +8,9 @@ A page's blocks run in order in one namespace, in a fresh working directory.
 
 Markers (HTML comments, invisible on the site):
 
-``<!-- docs-test: skip -->``
-    on the line(s) just before a fence: never run that block (e.g. multi-process DDP).
+``<!-- docs-test: skip (REASON) -->``
+    on the line(s) just before a fence: never run that block (e.g. multi-process DDP); the
+    reason is required (the test suite checks it) and should name where the code is tested.
 ``<!-- docs-test: replace "OLD" "NEW" -->``
     just before a fence: run the block with the text OLD replaced by NEW (e.g. fewer
     training steps in the test suite than on the page).
@@ -21,7 +22,7 @@ Markers (HTML comments, invisible on the site):
 A page is *skipped* (not failed) from the first block that needs what is missing: a block
 that uses ``adapters.torch`` while it does not import yet, or a block that raises
 ``ModuleNotFoundError`` for an optional dependency (torch, mnist1d, slycot, control,
-matplotlib).
+matplotlib, transformers, accelerate, lightning).
 
 Command line (what the test suite runs, in a subprocess with one BLAS/OpenMP thread)::
 
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-OPTIONAL_MODULES = {"torch", "mnist1d", "slycot", "control", "matplotlib", "transformers", "lightning"}
+OPTIONAL_MODULES = {"torch", "mnist1d", "slycot", "control", "matplotlib", "transformers", "lightning", "accelerate"}
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)$")
 _MARKER = re.compile(r"<!--\s*docs-test:\s*(?P<what>[\w-]+)(?P<args>.*?)-->")
@@ -55,6 +56,7 @@ class Block:
     line: int                       # 1-based line of the opening fence
     code: str
     skip: bool = False
+    skip_reason: str = ""           # the text after ``skip`` in the marker, e.g. "(a torchrun script)"
     replacements: list[tuple[str, str]] = field(default_factory=list)
 
     def source(self, quick: bool = True) -> str:
@@ -99,6 +101,7 @@ def _apply_markers(block: Block, lines: list[str], fence_index: int) -> None:
     while j >= 0 and (m := _MARKER.search(lines[j])):
         if m["what"] == "skip":
             block.skip = True
+            block.skip_reason = m["args"].strip().strip("()").strip()
         elif m["what"] == "replace":
             old, new = shlex.split(m["args"])
             block.replacements.append((old, new))
