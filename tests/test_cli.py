@@ -404,3 +404,27 @@ def test_train_out_with_a_missing_parent_is_refused(capsys, tmp_path):
     code, _, err = run_cli(capsys, "train", "--quick", "--no-progress", "--out", tmp_path / "a" / "b" / "run")
     assert_one_line_error(code, err, "--out", "does not exist")
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("command", ["reduce", "train", "sweep"])
+def test_the_cli_reference_page_names_every_option(command, capsys):
+    """docs/cli.md mentions each option that ``lti-reduce COMMAND --help`` lists."""
+    import re
+
+    if command == "reduce":
+        with pytest.raises(SystemExit):
+            main(["reduce", "--help"])
+    else:
+        pytest.importorskip("torch")
+        from adapters.torch.experiment.cli import main as adapter_main
+
+        with pytest.raises(SystemExit):
+            adapter_main([command, "--help"])
+    options = set(re.findall(r"^\s+(--[a-z0-9][a-z0-9-]*)", capsys.readouterr().out, re.M)) - {"--help"}
+    assert options, "no option found in the help text"
+    page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    section = page.split(f"## `lti-reduce {command}`", 1)[1].split("\n## ", 1)[0]
+    if command == "sweep":  # "the training options of `train`"
+        section += page.split("## `lti-reduce train`", 1)[1].split("\n## ", 1)[0]
+    missing = sorted(o for o in options if not re.search(re.escape(o) + r"(?![a-z0-9-])", section))
+    assert not missing, f"docs/cli.md does not describe {missing} of 'lti-reduce {command}'"

@@ -130,7 +130,8 @@ def register_train(sub) -> None:
     tr = sub.add_parser("train", help="train an LRU classifier three ways: full size, compressed in training, "
                         "small from scratch",
                         description="CompreSSM's comparison on a sequence-classification task: (1) full-size LRU "
-                        "baseline, (2) the same model cut with balanced truncation a few times early in training, "
+                        "baseline, (2) the same model cut by balanced truncation early in training (once, at 10% of the "
+                        "steps, by default), "
                         "(3) a model trained from scratch at the sizes (2) reached. Prints a table with a 95% "
                         "interval on each accuracy and McNemar's test of each difference, and writes results.json "
                         "and PNG plots into --out. One seed is one sample: see 'lti-reduce sweep'.")
@@ -141,7 +142,7 @@ def register_train(sub) -> None:
     cuts.add_argument("--cuts", type=_step_list, metavar="STEPS", help="comma-separated steps at which (2) cuts, "
                       "e.g. 50,100,150")
     cuts.add_argument("--schedule", type=_schedule, metavar="K@F", help=f"K cuts spread evenly over the first "
-                      f"fraction F of the steps (default {d.n_cuts}@{d.cut_window:g}, the CompreSSM schedule)")
+                      f"fraction F of the steps (default {d.n_cuts}@{d.cut_window:g}; CompreSSM's is 4@0.1)")
     tr.add_argument("--seed", type=int, metavar="S", help=f"random seed (default {d.seed})")
     tr.add_argument("--out", metavar="DIR", default="lti_reduce_run",
                     help="output directory, created if its parent exists (default ./lti_reduce_run)")
