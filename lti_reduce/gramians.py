@@ -50,11 +50,16 @@ __all__ = ["gramians", "gramian_factors"]
 _MAX_DOUBLINGS = 45
 
 
+def _host_float(x) -> float:
+    """A scalar as a Python float, outside autograd (these are convergence tests, not results)."""
+    return float(x.detach() if hasattr(x, "detach") else x)
+
+
 def _frobenius(xp, X):
     """Frobenius norm over the last two axes, maximized over the batch (a float)."""
     if X.shape[-1] == 0:
         return 0.0
-    return float(xp.max(xp.reshape(xp.sqrt(xp.sum(xp.abs(X) ** 2, axis=(-2, -1))), (-1,))))
+    return _host_float(xp.max(xp.reshape(xp.sqrt(xp.sum(xp.abs(X) ** 2, axis=(-2, -1))), (-1,))))
 
 
 def _relative_size(xp, new, old):
@@ -62,7 +67,7 @@ def _relative_size(xp, new, old):
     num = xp.sqrt(xp.sum(xp.abs(new) ** 2, axis=(-2, -1)))
     den = xp.sqrt(xp.sum(xp.abs(old) ** 2, axis=(-2, -1)))
     ratio = xp.where(den > 0, num / xp.where(den > 0, den, 1.0), xp.where(num > 0, float("inf"), 0.0))
-    return float(xp.max(xp.reshape(ratio, (-1,))))
+    return _host_float(xp.max(xp.reshape(ratio, (-1,))))
 
 
 def _compress(xp, Z):

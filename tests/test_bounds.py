@@ -270,7 +270,7 @@ def test_dense_hankel_singular_values_are_differentiable(torch):
     S = build_system(3, 4, 2, 3, rho=0.7)
     args = tuple(torch.tensor(X, dtype=torch.float64, requires_grad=True) for X in S.matrices()[:3])
     hsv = lr.hankel_singular_values(*args)
-    assert np.min(np.diff(-hsv.detach().numpy())) > 1e-3 * float(hsv[0])  # distinct: the SVD is differentiable
+    assert np.min(np.diff(-hsv.detach().numpy())) > 1e-3 * float(hsv[0].detach())  # distinct: the SVD is differentiable
     assert torch.autograd.gradcheck(lambda A, B, C: lr.hankel_singular_values(A, B, C), args, atol=1e-6, rtol=1e-5)
 
 

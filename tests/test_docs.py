@@ -225,13 +225,28 @@ def test_runner_honours_markers(tmp_path):
 
 _CORE_MODULES = ["lti_reduce"] + sorted(
     f"lti_reduce.{m.name}" for m in pkgutil.iter_modules([str(REPO / "lti_reduce")]))
+# listed without importing torch; the Lightning callback's module needs lightning and has no examples
+_ADAPTER_MODULES = ["adapters.torch"] + sorted(
+    f"adapters.torch.{m.name}" for m in pkgutil.iter_modules([str(REPO / "adapters" / "torch")])
+    if not m.ispkg and m.name != "lightning")
 
 
-@pytest.mark.parametrize("name", _CORE_MODULES)
-def test_doctests_of_core_module(name):
+@pytest.mark.parametrize("name", _CORE_MODULES + _ADAPTER_MODULES)
+def test_doctests_of_module(name):
+    if name.startswith("adapters."):
+        pytest.importorskip("torch")
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS, verbose=False)
     assert result.failed == 0, f"{result.failed} of {result.attempted} doctest examples in {name} failed (output above)"
+
+
+@pytest.mark.parametrize("name", ["lti_reduce.balancing", "lti_reduce.bounds", "adapters.torch.compress",
+                                  "adapters.torch.schedule", "adapters.torch.protocol"])
+def test_the_main_modules_carry_examples(name):
+    if name.startswith("adapters."):
+        pytest.importorskip("torch")
+    tests = doctest.DocTestFinder().find(importlib.import_module(name))
+    assert sum(len(t.examples) for t in tests) > 0
 
 
 # ------------------------------------------------------------------------------------- docstring conversion
