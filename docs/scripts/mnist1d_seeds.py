@@ -56,7 +56,7 @@ def main():
     Classifier, accuracy = ns["Classifier"], ns["accuracy"]
     test = lambda net: 100 * accuracy(net, ns["x_test"], ns["y_test"])  # noqa: E731
     rows = {k: [] for k in ("full", "cut4", "small4", "cut1", "small1")}
-    states = {"cut4": [], "cut1": []}
+    states = {"cut4": [], "cut1": [], "small4": [], "small1": []}
     for seed in args.seeds:
         ns["num_cuts"] = None
         torch.manual_seed(seed)
@@ -77,8 +77,9 @@ def main():
             rows[f"cut{cuts}"].append(test(model))
             rows[f"small{cuts}"].append(test(small))
             states[f"cut{cuts}"].append(sum(model.state_dims()))
+            states[f"small{cuts}"].append(sum(small.state_dims()))
         print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rows.items())
-              + f"; states {states['cut4'][-1]}, {states['cut1'][-1]} of 128", flush=True)
+              + "; states " + ", ".join(f"{k} {v[-1]}" for k, v in states.items()) + " of 128", flush=True)
 
     print(f"\nMNIST-1D tutorial, {args.steps} steps, seeds {args.seeds} (test accuracy in %, 1000 test examples)")
     print("| model | state after (mean) | test acc. (mean +- std) |")
