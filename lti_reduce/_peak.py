@@ -4,12 +4,13 @@ A diagonal system's frequency response costs ``O(n m p)`` per angle,
 
 .. math:: G(e^{i\\theta}) = \\sum_k \\frac{c_k b_k^T}{e^{i\\theta} - \\lambda_k} + D,
 
-against ``O(n^3)`` for one eigenvalue solve of the level-set algorithm. The search evaluates
+against ``O(n^3)`` for one eigenvalue solve of the level-set algorithm. The search screens
 ``sigma_max`` on a uniform grid of the circle and at the angles of the poles whose resonances are
-narrower than that grid, then polishes the largest local maxima by bounded Brent iterations. Every
-value is an exact evaluation of ``sigma_max``, so the result is a lower bound on the norm; it equals
-the norm (to the requested accuracy) whenever the global peak lies in the bracket of one of the
-polished maxima, which the pole angles make the rule for a diagonal system.
+narrower than that grid, evaluates the best local maxima exactly, then refines the largest on
+shrinking brackets (rounds of samples, a parabolic step at the end). Every value is ``sigma_max``
+itself or a Rayleigh quotient of ``G^H G`` (never above ``sigma_max^2``), so the result is a lower
+bound on the norm; it equals the norm (to the requested accuracy) whenever the global peak lies in
+the bracket of one of the refined maxima, which the pole angles make the rule for a diagonal system.
 """
 
 from __future__ import annotations
@@ -45,24 +46,51 @@ def complex_modes(lam, B, C, D, real_output):
     return lam, B, C, D, real
 
 
-def _sigma(lam, B, C, D, theta, exact=True):
-    """``sigma_max(G(e^{i theta}))`` at every angle of ``theta`` (shape ``(T,)``).
+_OUTER = 1 << 22  # complex entries of the mode-by-(output, input) matrix X below, at most (64 MiB)
 
-    ``exact=False``: a screening value, the Rayleigh quotient after ``_POWER`` power iterations on the
-    Gram matrix. It is never above ``sigma_max`` and equals it where one singular value dominates (at a
-    resonance); where the top two are close it can be some percent low.
+
+class _Response:
+    """``sigma_max(G(e^{i theta}))`` of one diagonal system at batches of angles.
+
+    With ``X[k, (i, j)] = C[i, k] B[k, j]`` (formed once, where it is small enough),
+    ``G(e^{i theta}) = w(theta)^T X + D`` with ``w_k = 1 / (e^{i theta} - lam_k)``: the responses at
+    ``T`` angles are one ``(T, n) @ (n, p m)`` product, a single BLAS call. Larger systems form
+    ``(C diag(w)) B`` per angle instead (no ``n p m`` array).
     """
-    n, m, p = lam.size, B.shape[1], C.shape[0]
-    out = np.empty(theta.size)
-    step = max(1, _BLOCK // max(1, n * min(m, p)))
-    for s in range(0, theta.size, step):
-        W = 1.0 / (np.exp(1j * theta[s:s + step])[:, None] - lam[None, :])  # (t, n)
-        G = (C[None] * W[:, None, :]) @ B if p <= m else C @ (W[:, :, None] * B[None])
-        if D is not None:
-            G = G + D
-        if min(m, p) == 1:
-            out[s:s + step] = np.sqrt(np.sum(G.real**2 + G.imag**2, axis=(1, 2)))
-        else:  # sigma_max^2 = the largest eigenvalue of the smaller Gram matrix (to eps relative, like the SVD)
+
+    def __init__(self, lam, B, C, D):
+        self.lam, self.B, self.C, self.D = lam, B, C, D
+        n, m, p = lam.size, B.shape[1], C.shape[0]
+        self.n, self.m, self.p = n, m, p
+        self.X = (C.T[:, :, None] * B[:, None, :]).reshape(n, p * m) if n * p * m <= _OUTER else None
+
+    def _responses(self, theta):
+        W = 1.0 / (np.exp(1j * theta)[:, None] - self.lam[None, :])  # (t, n)
+        if self.X is not None:
+            G = (W @ self.X).reshape(theta.size, self.p, self.m)
+        elif self.p <= self.m:
+            G = (self.C[None] * W[:, None, :]) @ self.B
+        else:
+            G = self.C @ (W[:, :, None] * self.B[None])
+        return G if self.D is None else G + self.D
+
+    def __call__(self, theta, exact=True):
+        """``sigma_max`` at every angle of ``theta`` (shape ``(T,)``).
+
+        ``exact=False``: a screening value, the Rayleigh quotient after ``_POWER`` power iterations on
+        the Gram matrix. It is never above ``sigma_max`` and equals it where one singular value
+        dominates (at a resonance); where the top two are close it can be some percent low.
+        """
+        m, p = self.m, self.p
+        out = np.empty(theta.size)
+        per_angle = max(self.n * min(m, p), p * m)
+        step = max(1, _BLOCK // max(1, per_angle))
+        for s in range(0, theta.size, step):
+            G = self._responses(theta[s:s + step])
+            if min(m, p) == 1:
+                out[s:s + step] = np.sqrt(np.sum(G.real**2 + G.imag**2, axis=(1, 2)))
+                continue
+            # sigma_max^2 = the largest eigenvalue of the smaller Gram matrix (to eps relative, like the SVD)
             M = G.conj().transpose(0, 2, 1) @ G if m <= p else G @ G.conj().transpose(0, 2, 1)
             if exact:
                 top = np.linalg.eigvalsh(M)[:, -1]
@@ -73,7 +101,7 @@ def _sigma(lam, B, C, D, theta, exact=True):
                     v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-300)
                 top = np.real(np.sum(v.conj() * (M @ v), axis=(1, 2)))
             out[s:s + step] = np.sqrt(np.maximum(top, 0.0))
-    return out
+        return out
 
 
 def search_peak(lam, B, C, D, real_output, rtol, symmetric=False):
@@ -110,7 +138,8 @@ def search_peak(lam, B, C, D, real_output, rtol, symmetric=False):
     theta = np.clip(theta, lo, np.pi) if real else np.mod(theta + np.pi, 2.0 * np.pi) - np.pi
     theta, first = np.unique(theta, return_index=True)
     scale = scale[first]
-    vals = _sigma(lam, B, C, D, theta, exact=False)
+    sigma = _Response(lam, B, C, D)
+    vals = sigma(theta, exact=False)
     if float(np.max(vals)) == 0.0:
         return 0.0
     # Local maxima of the sampled curve (ends reflect on [0, pi]; the full circle wraps).
@@ -121,7 +150,7 @@ def search_peak(lam, B, C, D, real_output, rtol, symmetric=False):
         left, right = np.roll(vals, 1), np.roll(vals, -1)
     peaks = np.flatnonzero((vals >= left) & (vals >= right))
     peaks = peaks[np.argsort(vals[peaks])[::-1][:_SCREENED]]
-    vals[peaks] = _sigma(lam, B, C, D, theta[peaks])  # exact values of the screened maxima
+    vals[peaks] = sigma(theta[peaks])  # exact values of the screened maxima
     best = float(np.max(vals))
     peaks = peaks[np.argsort(vals[peaks])[::-1][:_POLISH]]
     peaks = peaks[vals[peaks] >= 0.5 * best]  # a sampled maximum below half the best: not worth refining
@@ -134,10 +163,10 @@ def search_peak(lam, B, C, D, real_output, rtol, symmetric=False):
         b = theta[(peaks + 1) % theta.size] + np.where(peaks == theta.size - 1, 2 * np.pi, 0.0)
     a = np.maximum(a, theta[peaks] - scale[peaks])
     b = np.minimum(b, theta[peaks] + scale[peaks])
-    return max(best, _refine(lam, B, C, D, a, b, theta[peaks], vals[peaks], rtol, lo))
+    return max(best, _refine(sigma, a, b, theta[peaks], vals[peaks], rtol, lo))
 
 
-def _refine(lam, B, C, D, a, b, t, v, rtol, lo):
+def _refine(sigma, a, b, t, v, rtol, lo):
     """Maximize ``sigma_max`` on every bracket ``[a_j, b_j]`` at once (best sample ``t_j``, value ``v_j``).
 
     Each round samples ``_FINE`` points across every bracket in one batched evaluation and shrinks the
@@ -155,11 +184,13 @@ def _refine(lam, B, C, D, a, b, t, v, rtol, lo):
     u = np.linspace(0.0, 1.0, _FINE)
     best = float(np.max(v))
     rows = np.arange(t.size)
-    for _ in range(rounds):
+    for r in range(rounds):
         pts = a[:, None] + (b - a)[:, None] * u[None, :]  # (k, _FINE)
         if lo == 0.0:
             pts = np.clip(pts, 0.0, np.pi)
-        vals = _sigma(lam, B, C, D, pts.ravel()).reshape(pts.shape)
+        # Screening values steer the early rounds (lower bounds too); the last round, which the
+        # parabolic step reads, is exact.
+        vals = sigma(pts.ravel(), exact=r == rounds - 1).reshape(pts.shape)
         i = np.argmax(vals, axis=1)
         best = max(best, float(vals.max()))
         h = (b - a) / (_FINE - 1)
@@ -175,7 +206,7 @@ def _refine(lam, B, C, D, a, b, t, v, rtol, lo):
         vertex = pts[rows, j] + np.clip(step, -1.0, 1.0) * h
         if lo == 0.0:
             vertex = np.clip(vertex, 0.0, np.pi)
-        best = max(best, float(np.max(_sigma(lam, B, C, D, vertex[ok]))))
+        best = max(best, float(np.max(sigma(vertex[ok]))))
     return best
 
 
