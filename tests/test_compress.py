@@ -738,3 +738,85 @@ def test_loading_a_compressed_checkpoint_under_a_trained_optimizer_without_its_s
     torch.nn.functional.cross_entropy(fresh(x), y).backward()
     with pytest.raises(at.StaleOptimizerStateError, match="old shape"):
         fresh_opt.step()
+
+
+# --------------------------------------------------------------------------- re-warm-up after a cut
+from adapters.torch.optim import rewarm_remaining  # noqa: E402
+
+def _sgd_twins(rewarm_steps, lr=0.1):
+    """Two identical 2-LRU models with SGD, cut alike, the first with ``rewarm_steps``, the second without."""
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(at.LRU(4, 16), torch.nn.Linear(4, 4), at.LRU(4, 16))
+    b = copy.deepcopy(a)
+    oa, ob = torch.optim.SGD(a.parameters(), lr=lr), torch.optim.SGD(b.parameters(), lr=lr)
+    ra = at.compress_(a, rank=6, optimizer=oa, rewarm_steps=rewarm_steps)
+    rb = at.compress_(b, rank=6, optimizer=ob, rewarm_steps=0)
+    return a, b, oa, ob, ra, rb
+
+
+def _update_ratios(a, b, oa, ob, u):
+    """One step on both from equal parameters; the ratio |update_a| / |update_b| per parameter name."""
+    with torch.no_grad():
+        for p, q in zip(a.parameters(), b.parameters()):
+            q.copy_(p)
+    for m, o in ((a, oa), (b, ob)):
+        o.zero_grad()
+        m(u).square().mean().backward()
+    before = {n: p.detach().clone() for n, p in a.named_parameters()}
+    oa.step()
+    ob.step()
+    return {n: float((p.detach() - before[n]).norm() / (q.detach() - before[n]).norm())
+            for (n, p), q in zip(a.named_parameters(), b.parameters())}
+
+
+def test_the_cut_parameters_updates_ramp_up_over_rewarm_steps_and_nothing_else_changes():
+    a, b, oa, ob, ra, rb = _sgd_twins(rewarm_steps=10)
+    assert ra.rewarm_steps == 10 and rb.rewarm_steps == 0
+    assert "ramp up over the next 10 steps" in str(ra) and ra.to_dict()["rewarm_steps"] == 10
+    u = torch.randn(3, 12, 4)
+    rebased = {"0.B_re", "0.C_im", "0.nu_log", "2.theta", "2.B_im"}
+    untouched = {"1.weight", "1.bias", "0.D", "2.D"}  # not re-based by the cut (D is kept as it is)
+    for k in range(1, 13):
+        ratios = _update_ratios(a, b, oa, ob, u)
+        want = min(1.0, k / 10)
+        for name in rebased:
+            assert ratios[name] == pytest.approx(want, rel=1e-3), (k, name)  # float32 differences
+        for name in untouched:
+            assert ratios[name] == pytest.approx(1.0, rel=1e-5), (k, name)
+    assert rewarm_remaining(oa) == 0 and not any(k.startswith("lti_reduce") for g in oa.param_groups for k in g)
+
+
+def test_a_rolled_back_cut_stops_its_ramp():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(at.LRU(4, 16), at.LRU(4, 16))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = at.RollbackGuard(model, opt, max_drop=0.0)
+    guard.checkpoint(metric=1.0)
+    at.compress_(model, rank=6, optimizer=opt)
+    assert rewarm_remaining(opt) == 20
+    assert guard.check(metric=0.0)  # rolled back
+    assert rewarm_remaining(opt) == 0
+    assert [layer.state_dim for layer in model] == [16, 16]
+
+
+def test_a_second_cut_replaces_the_first_ramp_and_a_failed_cut_starts_none(monkeypatch):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(at.LRU(4, 16))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    at.compress_(model, rank=10, optimizer=opt, rewarm_steps=5)
+    at.compress_(model, rank=6, optimizer=opt, rewarm_steps=7)
+    assert rewarm_remaining(opt) == 7
+    other = torch.optim.SGD(model.parameters(), lr=0.1)
+    monkeypatch.setattr(at.LRU, "load_system_", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        at.compress_(model, rank=3, optimizer=other)
+    assert rewarm_remaining(other) == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "20", None])
+def test_rewarm_steps_must_be_a_non_negative_integer(trained, bad):
+    model, opt, *_ = trained
+    with pytest.raises(ValueError, match="rewarm_steps must be an integer >= 0"):
+        at.compress_(model, tol=0.05, optimizer=opt, rewarm_steps=bad)
+    with pytest.raises(ValueError, match="rewarm_steps"):
+        at.CompressionSchedule(total_steps=100, tol=0.05, rewarm_steps=bad)

@@ -15,7 +15,8 @@ import torch.nn as nn
 
 import lti_reduce as lr
 
-from .optim import check_optimizer_owns, mark_rebased_, rebind_parameters_, reset_state_
+from .optim import (check_optimizer_owns, check_rewarm_steps, mark_rebased_, rebind_parameters_, reset_state_,
+                    rewarm_)
 from .protocol import compressible_layers
 
 __all__ = ["compress_", "CompressionReport", "LayerReport"]
@@ -141,6 +142,10 @@ class CompressionReport:
     layers : list of LayerReport
         One entry per compressible layer, in the order of ``model.named_modules()`` (selective
         layers last).
+    rewarm_steps : int
+        Optimizer steps over which the updates of the parameters this call re-based ramp up again
+        (``compress_(rewarm_steps=)``); 0 when nothing was cut, no optimizer was given, or the ramp
+        was turned off.
 
     Examples
     --------
@@ -155,6 +160,7 @@ class CompressionReport:
     """
 
     layers: list[LayerReport]
+    rewarm_steps: int = 0
 
     def __iter__(self):
         """Iterate over the :class:`LayerReport` entries (``for x in report``)."""
@@ -198,7 +204,8 @@ class CompressionReport:
         Returns
         -------
         dict
-            ``{"layers": [...], "state_before": int, "state_after": int}``; each layer entry holds every
+            ``{"layers": [...], "state_before": int, "state_after": int, "rewarm_steps": int}``; each
+            layer entry holds every
             :class:`LayerReport` field (arrays as lists), ``gain`` and ``error`` (lazy certificates are
             computed here), ``relative_error`` and ``relative_error_bound``.
         """
@@ -218,7 +225,8 @@ class CompressionReport:
             d["gain"], d["error"] = gain, error
             d["relative_error"], d["relative_error_bound"] = x.relative_error, x.relative_error_bound
             layers.append(d)
-        return {"layers": layers, "state_before": self.state_before, "state_after": self.state_after}
+        return {"layers": layers, "state_before": self.state_before, "state_after": self.state_after,
+                "rewarm_steps": self.rewarm_steps}
 
     def __str__(self) -> str:
         def num(v, fmt):
@@ -234,6 +242,9 @@ class CompressionReport:
                         f"{num(x.gain, '10.4g')} {num(x.error, '10.4g')} {num(x.relative_error, '9.3g')} "
                         f"{num(x.relative_error_bound, '10.3g')}  {x.note}")
         rows.append(f"{'total':<24} {'':>6} {f'{self.state_before}->{self.state_after}':>9}")
+        if self.rewarm_steps > 1:
+            rows.append(f"optimizer: the cut parameters' state was reset; their updates ramp up over the next "
+                        f"{self.rewarm_steps} steps")
         return "\n".join(rows)
 
 
@@ -540,7 +551,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
               optimizer: torch.optim.Optimizer | None = _REQUIRED, calibration_inputs=None,
               selection: str = "largest", scope: str = "layer", min_shrink: float = 0.05, method: str = "truncate",
               seed: int | None = None, certify: bool | str = True, hinf_rtol: float = 1e-6,
-              hinf_method: str = "search") -> CompressionReport:
+              hinf_method: str = "search", rewarm_steps: int = 20) -> CompressionReport:
     """Cut low-energy states of every compressible layer of ``model``, in place.
 
     The one entry point for every layer kind the library knows:
@@ -616,6 +627,15 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         :func:`lti_reduce.hinf_norm`). ``"level-set"``: the norm to ``hinf_rtol``, guaranteed, at
         ``O(n^3)`` per iteration on dense realizations of order ``2 n`` and ``2 (n + r)``, which at ``n``
         in the hundreds costs tens of times the cut.
+    rewarm_steps : int >= 0
+        With an optimizer: over its next ``rewarm_steps`` steps, the updates of the parameters the cut
+        re-based are scaled by ``k / rewarm_steps`` at the ``k``-th step, which is a learning rate ramped
+        up from ``lr / rewarm_steps`` for those parameters alone (default 20; 0 or 1: no ramp). Their
+        optimizer state is reset by the cut, and Adam's first steps from zero moments move every element
+        by about the full learning rate: without the ramp the loss typically jumps by one to two orders
+        of magnitude for a few steps after a cut. The ramp is kept in the optimizer's param groups, so
+        ``optimizer.state_dict()`` saves it and a resumed run continues it; it ends after its steps, when
+        :class:`RollbackGuard` rolls the cut back, or when the next cut starts its own.
 
     Returns
     -------
@@ -669,6 +689,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
             "(it runs under torch.no_grad() by itself).")
     _check_optimizer_argument(optimizer, "compress_")
     _check_options(tol, rank, selection, scope, min_shrink, method, seed)
+    check_rewarm_steps(rewarm_steps)
     if certify not in (True, False, "lazy"):
         raise ValueError(f"certify must be True, 'lazy' or False, got {certify!r}.")
     _check_hinf_method(hinf_method)
@@ -763,11 +784,11 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
 
     # 4. Swap, undoing everything on any failure.
     todo = [(layers[i][1], plans[i]) for i in cut]
-    selective_report = None
+    selective_report, ramp = None, 0
     if todo or selective:
         snapshot = _Snapshot([layer for layer, _ in todo] + [m for _, m in selective], optimizer)
         try:
-            rebased, dropped = [], []
+            rebased, dropped, fresh = [], [], []  # fresh: parameter objects a layer created in place of others
             if selective:
                 old_sel = {(n, pn): p for n, m in selective for pn, p in m.named_parameters()}
                 shapes = {key: tuple(p.shape) for key, p in old_sel.items()}
@@ -777,6 +798,8 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
                 for key, p in old_sel.items():
                     if new_sel.get(key) is not p:
                         dropped.append((f"{key[0]}.{key[1]}".lstrip("."), p))
+                        if new_sel.get(key) is not None:
+                            fresh.append(new_sel[key])
                     elif tuple(p.shape) != shapes[key]:
                         rebased.append((p, shapes[key]))
             names = {id(layer): name for name, layer in layers}
@@ -798,6 +821,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
                         rebased.append((p, tuple(values[pname].shape)))
                 anchor = next(iter(old.values()), None)
                 added = [(anchor, q) for pname, q in new.items() if pname not in old and anchor is not None]
+                fresh += [q for _, q in replaced.values() if q is not None] + [q for _, q in added]
                 if optimizer is not None and (replaced or added):
                     rebind_parameters_(optimizer, replaced, added)
             if optimizer is not None:
@@ -812,13 +836,17 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
             snapshot.restore()
             raise
         mark_rebased_(rebased, dropped)  # only once the call succeeded: a restored model has its old shapes
+        trained = [p for p, _ in rebased] + fresh
+        if optimizer is not None and trained and rewarm_steps > 1:
+            rewarm_(optimizer, trained, rewarm_steps)
+            ramp = rewarm_steps
     elif certify:
         pending = _PendingCertificates(reports, maps_before, [], [], hinf_rtol, hinf_method)
         if certify != "lazy":
             pending.resolve()
     if selective_report is not None:
         reports.extend(_selective_entry(x) for x in selective_report.layers)
-    return CompressionReport(reports)
+    return CompressionReport(reports, rewarm_steps=ramp)
 
 
 def lr_to_numpy(x) -> np.ndarray:

@@ -136,3 +136,93 @@ def rebind_parameters_(optimizer: torch.optim.Optimizer, replaced: dict[int, tup
         anchors = {id(p) for p in group["params"]}
         params.extend(new for anchor, new in added if id(anchor) in anchors)
         group["params"] = params
+
+
+# ------------------------------------------------------------------------------ re-warm-up after a cut
+#
+# A cut drops the re-based parameters' optimizer state. Adam (and its relatives) then start from zero
+# moments, and their first updates move every element by about the full learning rate in the sign of
+# its gradient, which undoes part of what was learned (the loss can jump by one to two orders of
+# magnitude for a few steps). Ramping those parameters' steps up again avoids that: at the k-th step
+# after the cut their update p_new - p_old is scaled by k / K, which is exactly a learning rate of
+# (k / K) lr for those parameters alone (SGD, Adam, AdamW with its decoupled weight decay), whatever
+# the groups, schedulers or wrappers; the moments are updated as usual.
+#
+# The ramp lives in the optimizer's param groups, under _RAMP ({"done", "steps", "index"}: the
+# positions of the ramped parameters in the group), so optimizer.state_dict() / load_state_dict()
+# save and resume it, and RollbackGuard's reload of the pre-cut state ends it. Two global step hooks
+# (installed when this module is imported; a dictionary lookup per group and step when no ramp runs)
+# copy the ramped parameters before a step and mix them back after it.
+
+_RAMP = "lti_reduce_rewarm"
+_BEFORE = WeakIdKeyDictionary()  # optimizer -> [(group, [(parameter, its value before the step)])]
+_RAMP_HOOKS = None
+
+
+def _ramp_before(optimizer, args, kwargs) -> None:
+    saved = [(g, [(g["params"][i], g["params"][i].detach().clone()) for i in g[_RAMP]["index"]])
+             for g in getattr(optimizer, "param_groups", ()) if g.get(_RAMP)]
+    if saved:
+        _BEFORE[optimizer] = saved
+
+
+@torch.no_grad()
+def _ramp_after(optimizer, args, kwargs) -> None:
+    saved = _BEFORE.pop(optimizer, None) if optimizer in _BEFORE else None
+    for group, pairs in saved or ():
+        ramp = group.get(_RAMP)
+        if not ramp:
+            continue
+        done = ramp["done"] + 1
+        factor = done / ramp["steps"]
+        if factor < 1.0:
+            for p, old in pairs:
+                if p.shape == old.shape:
+                    p.lerp_(old, 1.0 - factor)  # old + factor * (new - old)
+            group[_RAMP] = {**ramp, "done": done}  # a new dict: state_dict() copies are not changed
+        else:
+            del group[_RAMP]
+
+
+def _install_ramp_hooks() -> None:
+    global _RAMP_HOOKS
+    if _RAMP_HOOKS is None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        _RAMP_HOOKS = (register_optimizer_step_pre_hook(_ramp_before), register_optimizer_step_post_hook(_ramp_after))
+
+
+def rewarm_(optimizer: torch.optim.Optimizer, params, steps: int) -> None:
+    """Ramp the updates of ``params`` up over the next ``steps`` steps of ``optimizer`` (see above).
+
+    Replaces a ramp still running on ``optimizer``; ``steps <= 1`` or no ``params`` only cancels it.
+    """
+    cancel_rewarm_(optimizer)
+    if int(steps) <= 1:
+        return
+    ids = {id(p) for p in params}
+    for group in optimizer.param_groups:
+        index = [i for i, p in enumerate(group["params"]) if id(p) in ids]
+        if index:
+            group[_RAMP] = {"done": 0, "steps": int(steps), "index": index}
+
+
+def cancel_rewarm_(optimizer) -> None:
+    """End a ramp started by :func:`rewarm_` on ``optimizer``."""
+    for group in getattr(optimizer, "param_groups", ()):
+        group.pop(_RAMP, None)
+
+
+def rewarm_remaining(optimizer) -> int:
+    """Steps left of the ramp on ``optimizer`` (0: none)."""
+    return max((g[_RAMP]["steps"] - g[_RAMP]["done"] for g in optimizer.param_groups if g.get(_RAMP)), default=0)
+
+
+_install_ramp_hooks()
+
+
+def check_rewarm_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"rewarm_steps must be an integer >= 0 (the optimizer steps over which the updates of the "
+                         f"parameters a cut re-based ramp up again; 0 or 1: no ramp), got {steps!r}.")
+    return steps

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from .compress import (_REQUIRED, CompressionReport, _check_hinf_method, _check_optimizer_argument, _check_options,
                        compress_)
+from .optim import cancel_rewarm_, check_rewarm_steps
 
 __all__ = ["CompressionSchedule", "RollbackGuard"]
 
@@ -44,7 +45,7 @@ class CompressionSchedule:
         Explicit cut steps (overrides ``window``/``num_cuts``).
     **compress_kwargs
         Passed to :func:`compress_` (``scope``, ``selection``, ``min_shrink``,
-        ``calibration_inputs``, ``certify``, ...). ``certify`` defaults to ``"lazy"`` here:
+        ``calibration_inputs``, ``certify``, ``rewarm_steps``, ...). ``certify`` defaults to ``"lazy"`` here:
         a cut inside the training loop costs only the cut, and each report's ``gain`` and
         ``error`` (of the maps stored at the cut) are computed when first read.
 
@@ -73,7 +74,7 @@ class CompressionSchedule:
                        compress_kwargs.get("min_shrink", 0.05), compress_kwargs.get("method", "truncate"),
                        compress_kwargs.get("seed"))
         known = {"selection", "scope", "min_shrink", "method", "seed", "calibration_inputs", "certify", "hinf_rtol",
-                 "hinf_method"}
+                 "hinf_method", "rewarm_steps"}
         unknown = sorted(set(compress_kwargs) - known)
         if unknown:
             raise ValueError(f"unknown compress_ options {unknown}; known: {sorted(known)}.")
@@ -96,6 +97,8 @@ class CompressionSchedule:
             raise ValueError(f"hinf_rtol must be a float in (0, 1), got {rtol!r}.")
         if "hinf_method" in compress_kwargs:
             _check_hinf_method(compress_kwargs["hinf_method"])
+        if "rewarm_steps" in compress_kwargs:
+            check_rewarm_steps(compress_kwargs["rewarm_steps"])
         compress_kwargs.setdefault("certify", "lazy")
         if compress_kwargs["certify"] not in (True, False, "lazy"):
             raise ValueError(f"certify must be True, 'lazy' or False, got {compress_kwargs['certify']!r}.")
@@ -246,6 +249,7 @@ class RollbackGuard:
             raise RuntimeError("call checkpoint(metric) before restore().")
         self.model.load_state_dict(self._saved["model"])
         if self.optimizer is not None:
+            cancel_rewarm_(self.optimizer)  # the ramp of the rolled-back cut's parameters
             params = dict(self.model.named_parameters())
             saved_groups = self._saved["groups"]
             groups = self.optimizer.param_groups

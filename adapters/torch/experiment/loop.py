@@ -212,7 +212,9 @@ def train_run(model: nn.Module, data: SequenceDataset, config: ExperimentConfig,
     n = len(data.y_train)
     bs = min(config.batch_size, n)
     per_epoch = n // bs  # drop the last partial batch: every step has the same cost
-    schedule = CompressionSchedule(steps, steps=cuts, tol=config.tol, min_shrink=config.min_shrink) if cuts else None
+    # rewarm_steps=0: this loop ramps the SSM groups' learning rate itself (lr_lambdas), as its results were measured
+    schedule = (CompressionSchedule(steps, steps=cuts, tol=config.tol, min_shrink=config.min_shrink, rewarm_steps=0)
+                if cuts else None)
     losses: list[torch.Tensor] = []
     cut_records, phases = [], []
     dims = lambda: [layer.state_dim for _, layer in compressible_layers(model)]  # noqa: E731
