@@ -428,3 +428,19 @@ def test_the_cli_reference_page_names_every_option(command, capsys):
         section += page.split("## `lti-reduce train`", 1)[1].split("\n## ", 1)[0]
     missing = sorted(o for o in options if not re.search(re.escape(o) + r"(?![a-z0-9-])", section))
     assert not missing, f"docs/cli.md does not describe {missing} of 'lti-reduce {command}'"
+
+
+@pytest.mark.parametrize("decided,met,word", [(True, True, "holds"), (True, False, "does not hold"),
+                                              (False, True, "not decided"), (False, False, "not decided")])
+def test_train_target_lines_say_holds_does_not_hold_or_not_decided(quick_run, decided, met, word):
+    """A noisy difference is 'not decided', never 'holds'/'does not hold' next to the wrong sign."""
+    from adapters.torch.experiment.report import format_table
+
+    results = json.loads((quick_run[3] / "results.json").read_text())
+    x = results["targets"]["compressed_beats_scratch"]
+    x.update(decided=decided, met=met, gain_points=-1.2 if not met else 0.8)
+    line = next(ln for ln in format_table(results).splitlines() if "(2) better than (3)" in ln)
+    verdict = line.split(":", 1)[1].split(";")[0].strip()
+    assert verdict.startswith(word)
+    assert ("does not hold" in verdict) == (word == "does not hold")
+    assert ("inside the noise" in verdict) == (not decided)

@@ -61,19 +61,24 @@ def format_table(results: dict) -> str:
     if results.get("targets"):
         lines.append("")
         t = results["targets"]
+        lines.append("targets:")
+
+        def verdict(x, why):
+            if not x.get("decided", True):
+                return f"not decided ({why})"
+            return "holds" if x["met"] else "does not hold"
+
         if "compressed_within_1pt_of_baseline" in t:
             x = t["compressed_within_1pt_of_baseline"]
-            how = "" if x["decided"] else ", not decided by this test set"
-            lines.append(f"(2) vs (1): {-x['gap_points']:+.2f} points [{'holds' if x['met'] else 'does not hold'}: within 1"
-                         f"{how}]")
+            lines.append(f"  (2) within 1 point of (1): {verdict(x, 'the interval contains 1 point')}; (2) - (1) = "
+                         f"{-x['gap_points']:+.2f} points")
         if "compressed_beats_scratch" in t:
             x = t["compressed_beats_scratch"]
-            how = "" if x["decided"] else ", inside the noise"
-            lines.append(f"(2) vs (3): {x['gain_points']:+.2f} points [{'holds' if x['met'] else 'does not hold'}: (2) better"
-                         f"{how}]")
+            lines.append(f"  (2) better than (3): {verdict(x, 'the difference is inside the noise')}; (2) - (3) = "
+                         f"{x['gain_points']:+.2f} points")
         if "compressed_2x_faster_than_baseline" in t:
             x = t["compressed_2x_faster_than_baseline"]
-            lines.append(f"wall-clock speedup of (2): {x['speedup']:.2f}x [{'holds' if x['met'] else 'does not hold'}: >= 2x]")
+            lines.append(f"  (2) at least 2x faster than (1), wall clock: {verdict(x, '')}; {x['speedup']:.2f}x")
     lines.append("")
     lines.append("one seed is one sample: `lti-reduce sweep` repeats this over seeds and tolerances.")
     return "\n".join(lines)
