@@ -448,7 +448,8 @@ def test_rollback_guard_restores_groups_in_another_order_by_identity():
     (dict(tol=5), "tol"), (dict(tol=0.1, rank=3), "exactly one"), (dict(rank=0), "rank"),
     (dict(steps=[0]), "cut steps"), (dict(steps=["a"]), "steps"), (dict(selection="best"), "selection"),
     (dict(min_shrink=2), "min_shrink"), (dict(seed=-1), "seed"), (dict(window=0), "window"),
-    (dict(num_cuts=0), "num_cuts"), (dict(bogus=1), "unknown"),
+    (dict(num_cuts=0), "num_cuts"), (dict(bogus=1), "unknown"), (dict(num_cuts=11), "do not fit in the window of 10"),
+    (dict(tol=5), "did you mean 0.05"),
 ])
 def test_schedule_validates_every_option_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -256,12 +256,21 @@ class _Required:
 _REQUIRED = _Required()
 
 
+def _check_tol(tol) -> None:
+    if tol is None:
+        return
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0.0 < float(tol) < 1.0:
+        hint = (f" (a fraction, not a percentage: did you mean {float(tol) / 100:g}?)"
+                if isinstance(tol, (int, float)) and not isinstance(tol, bool) and 1.0 <= float(tol) < 100.0 else "")
+        raise ValueError(f"tol must be a float strictly between 0 and 1, the fraction of each layer's HSV energy a "
+                         f"cut may drop, got {tol!r}{hint}.")
+
+
 def _check_options(tol, rank, selection, scope, min_shrink, method="truncate", seed=None):
     if (tol is None) == (rank is None):
         raise ValueError(f"give exactly one of tol= (fraction of HSV energy that may be dropped, e.g. 0.01) and "
                          f"rank= (new state_dim per layer); got tol={tol!r}, rank={rank!r}.")
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0.0 < float(tol) < 1.0):
-        raise ValueError(f"tol must be a float strictly between 0 and 1, got {tol!r}.")
+    _check_tol(tol)
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank must be a positive integer (the new state_dim of each layer), got {rank!r}.")
     if selection not in _SELECTIONS:

@@ -1156,8 +1156,9 @@ def compress_selective_(model: nn.Module, *, calibration_inputs, tol: float | No
 
     if (tol is None) == (rank is None):
         raise ValueError(f"give exactly one of tol= and rank=, got tol={tol!r}, rank={rank!r}.")
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0.0 < float(tol) < 1.0):
-        raise ValueError(f"tol must be a float strictly between 0 and 1, got {tol!r}.")
+    from .compress import _check_tol
+
+    _check_tol(tol)
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank must be a positive integer (the new state size), got {rank!r}.")
     if not 0.0 <= float(min_shrink) < 1.0:

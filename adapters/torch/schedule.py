@@ -84,6 +84,10 @@ class CompressionSchedule:
             if isinstance(num_cuts, bool) or not isinstance(num_cuts, int) or num_cuts < 1:
                 raise ValueError(f"num_cuts must be a positive integer, got {num_cuts!r}.")
             end = max(1, int(round(window * total_steps)))
+            if num_cuts > end:
+                raise ValueError(f"num_cuts={num_cuts} cuts do not fit in the window of {end} step(s) "
+                                 f"(window={window:g} of total_steps={total_steps}): give at most {end} cuts, a "
+                                 "larger window, or explicit steps=[...].")
             steps = sorted({max(1, round(end * (k + 1) / num_cuts)) for k in range(int(num_cuts))})
         try:
             steps = sorted(int(s) for s in steps)
