@@ -87,6 +87,9 @@ def build_parser(commands: dict | None = None, stubs: dict | None = None) -> arg
     red.add_argument("--out", metavar="OUT.npz", help="where to write the reduced model "
                      "(default: FILE's name with _r<R>.npz, in the current directory)")
     red.add_argument("--plot", metavar="PNG", help="save a figure of the HSVs and the error bound for every order")
+    red.add_argument("--unstable", choices=("error", "split"), default="error",
+                     help="a model with unstable poles: refuse it (error, default) or keep its unstable part "
+                          "exactly and reduce the stable part (split; --rank counts the whole order)")
     red.set_defaults(func=_cmd_reduce)
 
     for name, register in (commands or {}).items():
@@ -208,6 +211,10 @@ def _cmd_reduce(args) -> int:
     import lti_reduce as lr
 
     path = Path(args.file)
+    if args.out:  # checked before any work
+        _check_parent(Path(args.out), "--out")
+    if args.plot:
+        _check_parent(Path(args.plot), "--plot")
     system = _load_system(path)
     A, B, C, D = system["A"], system["B"], system["C"], system["D"]
     n, m, p = A.shape[-1], B.shape[-1], C.shape[0]
@@ -222,10 +229,14 @@ def _cmd_reduce(args) -> int:
     if args.rank is not None and args.rank > n:
         raise UserError(f"--rank {args.rank} exceeds the model's order n = {n}; give --rank between 1 and {n}.")
     try:
-        result = lr.balanced_truncation(A, B, C, D, rank=args.rank, tol=args.tol, method=args.method)
+        result = lr.balanced_truncation(A, B, C, D, rank=args.rank, tol=args.tol, method=args.method,
+                                        unstable=args.unstable)
     except lr.UnstableSystemError as exc:
-        hint = ("" if args.dt is not None else " If this is a continuous-time model, give --dt DT to discretize it.")
-        raise UserError(f"{exc}{hint}") from None
+        text = str(exc).replace('pass unstable="split"', "give --unstable split").replace(
+            'pass time="continuous" or discretize it first (lti_reduce.discretize)', "give --dt DT to discretize it")
+        hint = ("" if args.dt is not None or "--dt DT" in text
+                else " If this is a continuous-time model, give --dt DT to discretize it.")
+        raise UserError(f"{text}{hint}") from None
     hsv = np.asarray(result.hsv, dtype=float)
     r = result.rank
     bound = float(result.error_bound)
@@ -239,8 +250,13 @@ def _cmd_reduce(args) -> int:
     how = f"rank {args.rank}" if args.rank is not None else f"tol {args.tol:g} (keep {1 - args.tol:.4g} of the HSV sum)"
     print(f"reduced order r = {r} of {n} ({how}, method {args.method})")
     print(f"error bound: {lower:.6e} = sigma_(r+1) <= ||G - G_r||_inf <= 2 * sum(sigma_i, i > r) = {bound:.6e}")
-    if hsv[0] > 0:
-        print(f"bound relative to the Hankel norm sigma_1: {bound / hsv[0]:.3e}")
+    unstable = int(np.sum(np.isinf(hsv)))
+    if unstable:
+        print(f"{unstable} unstable state(s) (HSV inf) kept exactly; the bound is that of the stable part")
+    finite = hsv[np.isfinite(hsv)]
+    if finite.size and finite[0] > 0:
+        part = "the stable part's" if unstable else "the"
+        print(f"bound relative to {part} Hankel norm sigma_1: {bound / finite[0]:.3e}")
 
     out = Path(args.out) if args.out else Path.cwd() / f"{path.stem}_r{r}.npz"
     if out.suffix.lower() != ".npz":

@@ -112,7 +112,7 @@ def _factor_pair(sysw: _Dense):
             Ak = Ak @ Ak
             if not bool(xp.all(xp.isfinite(Ak))):
                 break
-    raise_unstable(xp, A, "The doubling iteration for the Gramians did not converge. ")
+    raise_unstable(xp, A, "the doubling iteration did not converge ")
 
 
 # From this many squarings on, the proof ||A^(2^k)||_F < 1 is backed by an eigenvalue check.
@@ -168,7 +168,7 @@ def _factor_pair_numpy(sysw: _Dense):
     # R^H R = Z Z^H: controllability starts from Z = B (R = B^H), observability from Z = C^H (R = C).
     factors = _doubling_rt(Ak, np.conj(B.T), np.array(C), n, certify=True)
     if factors is None:
-        raise_unstable(sysw.xp, sysw.A, "The doubling iteration for the Gramians did not converge. ")
+        raise_unstable(sysw.xp, sysw.A, "the doubling iteration did not converge ")
     _check_a_late_certificate(sysw, factors[2])
     Lc, Lo = np.conj(factors[0].T), np.conj(factors[1].T)
     return Ak.unpermute(Lc), Ak.unpermute(Lo)

@@ -171,15 +171,30 @@ MAX_SPECTRAL_RADIUS = 1.0 - STABILITY_MARGIN
 
 
 def raise_unstable(xp, A, detail: str = "") -> None:
-    rho = be.to_numpy(spectral_radius(xp, A))
+    """Raise :class:`UnstableSystemError` for ``A``, naming its spectral radius and the fixes.
+
+    ``detail`` (the mechanism that found it, e.g. a Gramian iteration that did not converge) is said
+    only where the eigenvalues themselves look stable, the one case where it explains something.
+    """
+    lam = be.to_numpy(xp.linalg.eigvals(A))
+    rho = np.max(np.abs(lam), axis=-1) if lam.shape[-1] else np.zeros(lam.shape[:-1])
     worst = float(np.max(rho)) if rho.size else float("nan")
-    where = ""
+    where, flat = "", lam.reshape(-1, lam.shape[-1]) if lam.ndim > 1 else lam[None]
+    k = int(np.argmax(rho)) if rho.size else 0
     if rho.ndim > 0 and rho.size > 1:
-        idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(rho)), rho.shape))
+        idx = tuple(int(i) for i in np.unravel_index(k, rho.shape))
         where = f" (batch element {idx})"
+    if worst < MAX_SPECTRAL_RADIUS:
+        raise UnstableSystemError(
+            f"the discrete-time Gramians of A could not be computed: {detail}although A's eigenvalues lie inside the "
+            f"unit circle (spectral radius {worst:.15g}{where}), its powers grow beyond the float64 range before they "
+            "decay (a strongly non-normal A). Scale the state (a better-conditioned realization) or check A.")
+    continuous = bool(flat.shape[-1]) and bool(np.all(flat[min(k, len(flat) - 1)].real < 0))
+    hint = (" Its eigenvalues all have negative real parts: if this is a continuous-time model, pass "
+            "time=\"continuous\" or discretize it first (lti_reduce.discretize)." if continuous else "")
     raise UnstableSystemError(
         f"A is not Schur stable: spectral radius {worst:.15g}{where} >= 1 - 1e-12; discrete-time Gramians exist "
-        f"only for spectral radius < 1. {detail}Check the time step / discretization; to reduce a model with unstable "
+        f"only for spectral radius < 1.{hint} Check the time step / discretization; to reduce a model with unstable "
         f"poles, pass unstable=\"split\" (the unstable part is kept exactly and the stable part reduced)."
     )
 

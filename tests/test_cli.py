@@ -387,9 +387,31 @@ def test_train_without_a_registered_adapter_says_how_to_get_it(capsys, monkeypat
 def test_reduce_refuses_to_create_missing_parent_directories(capsys, tmp_path, stable_npz, option):
     target = tmp_path / "no" / "such" / ("r.npz" if option == "--out" else "hsv.png")
     extra = [option, target] + (["--out", tmp_path / "r.npz"] if option == "--plot" else [])
-    code, _, err = run_cli(capsys, "reduce", stable_npz, "--rank", 2, *extra)
+    code, out, err = run_cli(capsys, "reduce", stable_npz, "--rank", 2, *extra)
     assert_one_line_error(code, err, option, "does not exist", "create it first")
     assert not (tmp_path / "no").exists()
+    assert out == ""  # refused before any work
+
+
+def test_reduce_of_an_unstable_model_names_the_cli_options_that_fix_it(capsys, tmp_path):
+    path = tmp_path / "hurwitz.npz"
+    np.savez(path, A=np.diag([-1.0, -2.0, -3.0]), B=np.ones((3, 1)), C=np.ones((1, 3)))
+    code, _, err = run_cli(capsys, "reduce", path, "--rank", 2)
+    assert_one_line_error(code, err, "spectral radius 3", "--unstable split", "--dt DT")
+    assert 'unstable="split"' not in err and "time=" not in err and "did not converge" not in err
+
+
+def test_reduce_unstable_split_keeps_the_unstable_part_and_matches_the_library(capsys, tmp_path):
+    A, B, C = np.diag([1.5, 0.5, 0.2, -0.4]), np.ones((4, 1)), np.arange(1.0, 5.0)[None]
+    path = tmp_path / "unstable.npz"
+    np.savez(path, A=A, B=B, C=C)
+    code, out, err = run_cli(capsys, "reduce", path, "--rank", 3, "--unstable", "split", "--out", tmp_path / "r.npz")
+    assert code == 0, err
+    ref = lr.balanced_truncation(A, B, C, rank=3, unstable="split")
+    saved = np.load(tmp_path / "r.npz")
+    np.testing.assert_allclose(saved["A"], ref.A, atol=1e-12)
+    assert "1 unstable state(s) (HSV inf) kept exactly" in out and "stable part's Hankel norm" in out
+    assert 1.5 == pytest.approx(max(abs(np.linalg.eigvals(saved["A"]))), rel=1e-12)
 
 
 def test_reduce_of_a_model_without_states_is_a_clear_error(capsys, tmp_path):

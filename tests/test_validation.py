@@ -358,3 +358,22 @@ def test_a_batch_of_zero_systems_is_refused_clearly(name):
 def test_a_diagonal_batch_of_zero_systems_is_refused_clearly():
     with pytest.raises(lr.LTIInputError, match="batch is empty"):
         lr.DiagonalSystem(np.zeros((0, 3)), np.zeros((0, 3, 1)), np.zeros((0, 1, 3)))
+
+
+def test_an_unstable_hurwitz_matrix_suggests_continuous_time_and_hides_the_iteration():
+    A = np.diag([-1.0, -2.0, -3.0])
+    with pytest.raises(lr.UnstableSystemError) as info:
+        lr.balanced_truncation(A, np.ones((3, 1)), np.ones((1, 3)), rank=2)
+    text = str(info.value)
+    assert "spectral radius 3" in text and 'time="continuous"' in text and 'unstable="split"' in text
+    assert "did not converge" not in text
+    with pytest.raises(lr.UnstableSystemError) as info:
+        lr.balanced_truncation(np.diag([1.5, 0.2, -0.3]), np.ones((3, 1)), np.ones((1, 3)), rank=2)
+    assert 'time="continuous"' not in str(info.value)  # not all eigenvalues in the left half-plane
+
+
+def test_a_stable_matrix_whose_powers_overflow_is_refused_without_calling_it_unstable():
+    n = 40
+    A = 0.5 * np.eye(n) + np.diag(np.full(n - 1, 1e12), 1)  # rho = 0.5, ||A^k|| ~ 1e12^k first
+    with pytest.raises(lr.UnstableSystemError, match=r"eigenvalues lie inside the unit circle \(spectral radius 0.5"):
+        lr.hankel_singular_values(A, np.ones((n, 1)), np.ones((1, n)))
