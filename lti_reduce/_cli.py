@@ -63,8 +63,8 @@ class _Parser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------------------------------- parser
 def build_parser(commands: dict | None = None, stubs: dict | None = None) -> argparse.ArgumentParser:
     """The parser: ``reduce``, then ``commands`` (name -> ``register(subparsers)``), then one-line ``stubs``."""
-    parser = _Parser(prog=PROG, description="Discrete-time balanced truncation of LTI systems, and in-training "
-                     "compression of state-space models.")
+    parser = _Parser(prog=PROG, description="Balanced truncation of LTI systems (discrete time; continuous-time "
+                     "models are discretized with 'reduce --dt'), and in-training compression of state-space models.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     names = ["reduce", *(commands or {}), *(stubs or {})]
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(names) + "}", parser_class=_Parser)

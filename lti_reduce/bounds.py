@@ -251,7 +251,8 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None, meth
     grid, evaluates the 16 largest local maxima exactly, and refines the four largest (those above half
     the best) on brackets as wide as their neighbours or their pole's resonance, by rounds of 9 samples
     each and a final parabolic step. Every value is a Rayleigh quotient or an eigenvalue of
-    ``G^H G``, so the result is never above the norm; it is below it only if a peak falls outside every
+    ``G^H G``, so the result is never above the norm (up to the rounding of the response, which
+    matters only for norms near round-off); it is below it only if a peak falls outside every
     refined bracket (a narrow resonance of a pole left out of the 64, or resonances adding up between
     samples). :func:`adapters.torch.compress_` uses it for the per-layer ``gain`` and ``error``; the tests
     compare it with SLICOT ``AB13DD`` on trained and random layers (agreement to 1e-7 relative or better).
