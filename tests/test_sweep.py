@@ -167,13 +167,24 @@ def test_sweep_command_prints_the_table_and_writes_results(tmp_path, capsys):
     from adapters.torch.experiment.cli import main
 
     out = tmp_path / "cli"
-    code = main(["sweep", "--quick", "--steps", "12", "--seeds", "0,1", "--tols", "0.2", "--no-progress",
+    code = main(["sweep", "--quick", "--steps", "24", "--seeds", "0,1", "--tols", "0.2", "--no-progress",
                  "--out", str(out), "--data-dir", str(tmp_path / "cache")])
     stdout = capsys.readouterr().out
     assert code == 0
     assert "compressed - scratch" in stdout and "mean +- std" in stdout and "interleaved" in stdout
     saved = json.loads((out / "results.json").read_text())
-    assert saved["seeds"] == [0, 1] and saved["tols"] == [0.2] and saved["steps"] == 12
+    assert saved["seeds"] == [0, 1] and saved["tols"] == [0.2] and saved["steps"] == 24
+
+
+def test_more_cuts_than_fit_in_the_window_is_a_one_line_error(tmp_path, capsys):
+    """--quick asks for 2 cuts in the first 10% of the steps; 12 steps leave room for one."""
+    from adapters.torch.experiment.cli import main
+
+    code = main(["sweep", "--quick", "--steps", "12", "--seeds", "0,1", "--tols", "0.2", "--no-progress",
+                 "--out", str(tmp_path / "cli"), "--data-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "2 cuts do not fit in the first 1 step(s)" in err and "--schedule K@F" in err
 
 
 # --------------------------------------------------------------------------------------------------- stats

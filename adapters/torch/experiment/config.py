@@ -197,6 +197,11 @@ def cut_steps(config: ExperimentConfig, steps: int) -> list[int]:
         return cuts
     if config.n_cuts == 0:
         return []
+    window = max(1, int(round(config.cut_window * steps)))
+    if config.n_cuts > window:
+        raise ConfigError(f"{config.n_cuts} cuts do not fit in the first {window} step(s) ({config.cut_window:g} of "
+                          f"{steps} steps): give fewer cuts or a wider window (--schedule K@F), more steps, or the "
+                          "steps themselves (--cuts).")
     schedule = CompressionSchedule(steps, window=config.cut_window, num_cuts=config.n_cuts, tol=config.tol)
     return [c for c in schedule.steps if c < steps]
 
