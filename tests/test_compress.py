@@ -821,3 +821,34 @@ def test_rewarm_steps_must_be_a_non_negative_integer(trained, bad):
         at.compress_(model, tol=0.05, optimizer=opt, rewarm_steps=bad)
     with pytest.raises(ValueError, match="rewarm_steps"):
         at.CompressionSchedule(total_steps=100, tol=0.05, rewarm_steps=bad)
+
+
+def test_a_wrapper_sharing_the_optimizers_groups_ramps_each_step_once():
+    """Wrappers (accelerate, Lightning) share the inner optimizer's param_groups; if both fire step hooks
+    the ramp must still scale the update once and count one step."""
+    a, b, oa, ob, *_ = _sgd_twins(rewarm_steps=10)
+
+    class Wrapper(torch.optim.Optimizer):
+        def __init__(self, inner):  # noqa: D107 - like accelerate's AcceleratedOptimizer, plus hooks
+            self.inner, self.param_groups, self.state, self.defaults = inner, inner.param_groups, inner.state, {}
+            self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
+
+        def step(self, closure=None):
+            return self.inner.step(closure)
+
+    Wrapper.step = torch.optim.Optimizer.profile_hook_step(Wrapper.step)
+    wrapped = Wrapper(oa)
+    u = torch.randn(3, 12, 4)
+    for k in (1, 2):
+        with torch.no_grad():
+            for p, q in zip(a.parameters(), b.parameters()):
+                q.copy_(p)
+        for m, o in ((a, wrapped), (b, ob)):
+            o.zero_grad()
+            m(u).square().mean().backward()
+        before = a[0].B_re.detach().clone()
+        wrapped.step()
+        ob.step()
+        ratio = float((a[0].B_re.detach() - before).norm() / (b[0].B_re.detach() - before).norm())
+        assert ratio == pytest.approx(k / 10, rel=1e-3)
+    assert rewarm_remaining(oa) == 8

@@ -155,20 +155,24 @@ def rebind_parameters_(optimizer: torch.optim.Optimizer, replaced: dict[int, tup
 # copy the ramped parameters before a step and mix them back after it.
 
 _RAMP = "lti_reduce_rewarm"
-_BEFORE = WeakIdKeyDictionary()  # optimizer -> [(group, [(parameter, its value before the step)])]
+# id(optimizer.param_groups) -> [(group, [(parameter, its value before the step)])]. Keyed by the groups'
+# list, not the optimizer: a wrapper that shares its inner optimizer's groups and fires the hooks too
+# (wrapper pre, inner pre, inner post, wrapper post) then ramps the step once.
+_BEFORE: dict[int, list] = {}
 _RAMP_HOOKS = None
 
 
 def _ramp_before(optimizer, args, kwargs) -> None:
+    groups = getattr(optimizer, "param_groups", None)
     saved = [(g, [(g["params"][i], g["params"][i].detach().clone()) for i in g[_RAMP]["index"]])
-             for g in getattr(optimizer, "param_groups", ()) if g.get(_RAMP)]
+             for g in groups or () if g.get(_RAMP)]
     if saved:
-        _BEFORE[optimizer] = saved
+        _BEFORE[id(groups)] = saved
 
 
 @torch.no_grad()
 def _ramp_after(optimizer, args, kwargs) -> None:
-    saved = _BEFORE.pop(optimizer, None) if optimizer in _BEFORE else None
+    saved = _BEFORE.pop(id(getattr(optimizer, "param_groups", None)), None)
     for group, pairs in saved or ():
         ramp = group.get(_RAMP)
         if not ramp:
