@@ -47,7 +47,7 @@ def main():
     right.set_yscale("log")
     right.set_xlabel("training step")
     right.set_ylabel("training loss (running mean)")
-    fig.suptitle("MNIST-1D, 2-block LRU classifier: cuts in the first 10 % of training")
+    fig.suptitle("MNIST-1D, 2-block LRU classifier: compressed at 10 % of training")
     fig.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=3, bbox_to_anchor=(0.5, -0.1))
     save(fig, "mnist1d.png")
 
