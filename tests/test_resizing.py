@@ -54,3 +54,20 @@ def test_function_returns_the_new_size_or_none():
     assert layer.B.shape == (4, 3) and layer.D.shape == (3,)
     with pytest.raises(TypeError, match="state axis"):
         resize_state_from_checkpoint_(layer, sd, "", ["lam", "B"])
+
+
+@pytest.mark.parametrize("name", ["LRU", "S5", "S4D"])
+def test_a_checkpoint_of_another_width_is_refused_with_the_reason_first(name):
+    """Another d_model is not a cut: the first error line says so (PyTorch's own lines follow)."""
+    import adapters.torch as at
+
+    cls = getattr(at, name)
+    fresh = cls(4, 8)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(RuntimeError) as info:
+        fresh.load_state_dict(cls(5, 3).state_dict())
+    first = str(info.value).splitlines()[1]
+    assert "has size 5 where this" in first and "has 4" in first and "not the state axis" in first
+    assert "Build the layer with the checkpoint's options" in first
+    fresh.load_state_dict(cls(4, 3).state_dict())  # a cut checkpoint of the same width still loads
+    assert fresh.state_dim == 3 and set(before) == set(fresh.state_dict())

@@ -30,6 +30,7 @@ from torch import nn
 
 from ._params import set_parameter_
 from .optim import mark_rebased_
+from .resizing import explain_checkpoint_mismatch
 from .scan import MODES, linear_recurrence
 
 __all__ = ["LRU"]
@@ -346,6 +347,8 @@ class LRU(nn.Module):
                 mark_rebased_(old)  # an optimizer still holding state of the old shapes is caught at step()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        explain_checkpoint_mismatch(self, state_dict, prefix, {**{k: 0 for k in _STATE_ROWS},
+                                                               **{k: -1 for k in _STATE_COLS}}, error_msgs)
 
     def _check_checkpoint_stable(self, state_dict, prefix):
         """Refuse a checkpoint whose eigenvalues, as this layer computes them, break the stability rule.

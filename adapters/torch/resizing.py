@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 import torch.nn as nn
 
 from ._params import resize_from_checkpoint_, set_parameter_
@@ -110,6 +111,32 @@ def resize_state_from_checkpoint_(module: nn.Module, state_dict, prefix: str, st
     return n if resized else None
 
 
+def explain_checkpoint_mismatch(module: nn.Module, state_dict, prefix: str, state_parameters, error_msgs) -> None:
+    """Put one line first in ``error_msgs`` when a checkpoint differs from ``module`` in a non-state axis.
+
+    A compressed checkpoint differs only in the state axis, which the layers resize to; a checkpoint of a
+    layer built with another width (``d_model``) also differs elsewhere, and PyTorch's size-mismatch
+    lines then list the state axis too, as if that were the problem. The line names the axis that
+    cannot be loaded and the fix.
+    """
+    axes = _state_axes(state_parameters)
+    for name, param in module.named_parameters(recurse=False):
+        key = prefix + name
+        target = state_dict.get(key)
+        if not isinstance(target, torch.Tensor) or target.dim() != param.dim() or target.shape == param.shape:
+            continue
+        state = {a % param.dim() for a in axes.get(name, ())}
+        other = [(a, int(target.shape[a]), int(param.shape[a])) for a in range(param.dim())
+                 if a not in state and target.shape[a] != param.shape[a]]
+        if other:
+            a, want, have = other[0]
+            error_msgs.insert(0, f"{key}: the checkpoint's layer has size {want} where this {type(module).__name__} "
+                                 f"has {have} (axis {a} of {name}, not the state axis): it was built with other "
+                                 "options (e.g. d_model); a cut changes only the state size, which loading "
+                                 "adapts to. Build the layer with the checkpoint's options.")
+            return
+
+
 class ResizableStateMixin:
     """Mixin for ``nn.Module`` layers: ``load_state_dict`` resizes the state-shaped parameters first.
 
@@ -150,3 +177,4 @@ class ResizableStateMixin:
         resize_state_from_checkpoint_(self, state_dict, prefix, type(self).state_parameters)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        explain_checkpoint_mismatch(self, state_dict, prefix, type(self).state_parameters, error_msgs)
