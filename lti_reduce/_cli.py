@@ -232,7 +232,8 @@ def _cmd_reduce(args) -> int:
         result = lr.balanced_truncation(A, B, C, D, rank=args.rank, tol=args.tol, method=args.method,
                                         unstable=args.unstable)
     except lr.UnstableSystemError as exc:
-        text = str(exc).replace('pass unstable="split"', "give --unstable split").replace(
+        text = str(exc).replace('give balanced_truncation (or balance, hankel_singular_values) unstable="split"',
+                                "give --unstable split").replace(
             'pass time="continuous" or discretize it first (lti_reduce.discretize)', "give --dt DT to discretize it")
         hint = ("" if args.dt is not None or "--dt DT" in text
                 else " If this is a continuous-time model, give --dt DT to discretize it.")

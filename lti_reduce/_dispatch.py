@@ -79,10 +79,10 @@ def balance(A, B, C, D, *, time, unstable, margin):
     return balancing.BalancedTruncationResult(dec, dec.sysw.n, "truncate")
 
 
-def hankel_singular_values(A, B, C, *, time, unstable, margin):
+def hankel_singular_values(A, B, C, D=None, *, time, unstable, margin):
     from . import stable_split
 
-    A, B, C, D, time, wrap = _route(A, B, C, None, time, unstable)
+    A, B, C, D, time, wrap = _route(A, B, C, D, time, unstable)
     if unstable == "split":
         hsv = stable_split.balance_split(A, B, C, D, time=time, margin=margin).hsv
         return hsv if wrap is not None or be.is_numpy(A) else be.from_numpy_like(hsv, A)

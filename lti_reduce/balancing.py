@@ -470,7 +470,7 @@ def balance(A, B=None, C=None, D=None, *, time=None, unstable="error", margin=1e
     return BalancedTruncationResult(dec, dec.sysw.n, "truncate")
 
 
-def hankel_singular_values(A, B=None, C=None, *, time=None, unstable="error", margin=1e-8):
+def hankel_singular_values(A, B=None, C=None, D=None, *, time=None, unstable="error", margin=1e-8):
     """Hankel singular values of a system, sorted descending.
 
     .. math:: \\sigma_i = \\sqrt{\\lambda_i(P Q)}, \\quad P = A P A^H + B B^H, \\; Q = A^H Q A + C^H C
@@ -486,6 +486,9 @@ def hankel_singular_values(A, B=None, C=None, *, time=None, unstable="error", ma
         Input matrix (``m`` inputs).
     C : array, shape (..., p, n)
         Output matrix (``p`` outputs).
+    D : array, shape (..., p, m), optional
+        Ignored: the HSVs do not depend on the feedthrough. Accepted so that the arguments of a
+        :func:`balanced_truncation` call can be passed unchanged.
     time, unstable, margin
         As in :func:`balanced_truncation`. With ``unstable="split"``, unstable states get
         ``inf`` (MATLAB's ``hsvd`` convention), followed by the stable part's HSVs.
@@ -522,7 +525,7 @@ def hankel_singular_values(A, B=None, C=None, *, time=None, unstable="error", ma
     1.333333333333
     """
     if _dispatch.routed(A, time, unstable):
-        return _dispatch.hankel_singular_values(A, B, C, time=time, unstable=unstable, margin=margin)
+        return _dispatch.hankel_singular_values(A, B, C, D, time=time, unstable=unstable, margin=margin)
     scaled = _scaled_for_hsv(A, B, C)
     if scaled is not None:  # extreme scales: HSVs of (A, B 2^-eb, C 2^-ec), times 2^(eb + ec)
         hsv = hankel_singular_values(*scaled[:-1])
@@ -589,15 +592,16 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
     D : array, shape (..., p, m), optional
         Feedthrough; zero if omitted.
     rank : int, optional
-        Reduced order ``r`` in ``1..n``.
+        Reduced order ``r`` in ``1..n`` (with ``unstable="split"``: at least the number of
+        unstable poles, which are all kept).
     tol : float in (0, 1), optional
         Fraction of the HSV sum that may be discarded (CompreSSM's tau): ``r`` is the
         smallest order with ``sum(hsv[:r]) >= (1 - tol) * sum(hsv)``; for a batch, the
         largest such ``r`` over the batch (every system meets ``tol``). Give exactly
         one of ``rank`` and ``tol``.
     method : {"truncate", "spa"}
-        Balanced truncation (exact at high frequency, ``z -> inf``) or singular
-        perturbation approximation (exact DC gain ``G(1)``).
+        Balanced truncation (exact at high frequency: ``z -> inf``, continuous ``s -> inf``) or
+        singular perturbation approximation (exact DC gain: ``G(1)``, continuous ``G(0)``).
     projection : {"sr", "bfsr"}
         ``"sr"``: square-root projections ``V = L_c V_r S_r^{-1/2}``,
         ``W = L_o U_r S_r^{-1/2}``; the reduced realization is balanced (SLICOT
@@ -624,7 +628,9 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
     -------
     BalancedTruncationResult
         ``.A, .B, .C, .D`` (reduced model), ``.hsv``, ``.rank``, ``.error_bound``,
-        ``.error_bounds()`` for all orders and ``.reduce(rank=|tol=)`` for others.
+        ``.error_bounds()`` for all orders and ``.reduce(rank=|tol=)`` for others; with
+        ``unstable="split"`` a :class:`~lti_reduce.SplitReductionResult` (the same members, ``hsv``
+        ``inf`` for the unstable states, the bound that of the stable part).
 
     Raises
     ------
@@ -644,7 +650,8 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
 
     If ``rank`` exceeds the numerical order of a non-minimal system, the extra
     states are exactly decoupled (zero rows/columns), so batch shapes stay fixed.
-    Compares with SLICOT ``AB09AD`` (truncation) and ``AB09ND`` (SPA), ``DICO='D'``.
+    Compares with SLICOT ``AB09AD`` (truncation) and ``AB09ND`` (SPA), ``DICO='D'`` (``'C'`` with
+    ``time="continuous"``); ``unstable="split"`` with ``AB09MD``.
 
     Examples
     --------

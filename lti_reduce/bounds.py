@@ -194,8 +194,9 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None, meth
 
     Parameters
     ----------
-    A : array, shape (..., n, n)
-        Schur-stable state matrix.
+    A : array, shape (..., n, n), DiagonalSystem, or system object
+        Stable state matrix (discrete time: spectral radius below 1; continuous time: every
+        eigenvalue in the open left half plane), or a system given alone (see ``time``).
     B : array, shape (..., n, m)
         Input matrix (``m`` inputs).
     C : array, shape (..., p, n)
@@ -220,14 +221,16 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None, meth
 
     Returns
     -------
-    array, shape (...)
-        The norm per system, real, in the input's backend and device; 0 for a system
-        with no inputs (``m = 0``) or no outputs (``p = 0``).
+    array, shape (...), or float
+        The norm per system, real, in the input's backend and device (a float for a
+        python-control / scipy system object); 0 for a system with no inputs (``m = 0``) or no
+        outputs (``p = 0``).
 
     Raises
     ------
     UnstableSystemError
-        If ``A`` has spectral radius ``>= 1 - 1e-12``.
+        If ``A`` has spectral radius ``>= 1 - 1e-12`` (continuous time: an eigenvalue with
+        ``Re >= 0``); the norm of an unstable system is not finite.
     LTIInputError
         Shape mismatch, NaN/Inf, an empty batch, ``rtol`` not a number in ``(0, 1)``
         (``0``, negative, NaN, a string), or a norm beyond the float64 range.

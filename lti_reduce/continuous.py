@@ -49,7 +49,7 @@ import numpy as np
 
 from . import _backend as be
 from .errors import LTIInputError, UnstableSystemError
-from .validate import _Dense
+from .validate import SPLIT_ADVICE, _Dense
 
 __all__: list[str] = []
 
@@ -82,9 +82,8 @@ def raise_not_hurwitz(re, mag, detail: str = ""):
         where = f" (batch element {idx})"
     raise UnstableSystemError(
         f"A is not Hurwitz stable: the largest real part of its eigenvalues is {float(np.max(worst)):.15g}{where}, "
-        f"not < 0; continuous-time Gramians exist only when every eigenvalue has a negative real part. {detail}"
-        "Check the model (or its sign convention), or pass unstable='split' to keep the unstable part exactly "
-        "and reduce the stable part.")
+        f"not < 0; continuous-time Gramians and H-infinity norms exist only when every eigenvalue has a negative real part. {detail}"
+        f"Check the model (or its sign convention). To reduce a model with unstable poles, {SPLIT_ADVICE}")
 
 
 def cayley(sysw: _Dense, alpha=None) -> tuple[_Dense, np.ndarray]:

@@ -167,6 +167,8 @@ def spectral_radius(xp, A):
 # Beyond that the Gramians (sums of powers lam^k up to k ~ 36 / (1 - |lam|)) are not computable in
 # double precision, and a pole that close to the circle is one rounding away from an unstable one.
 STABILITY_MARGIN = 1e-12
+SPLIT_ADVICE = ("give balanced_truncation (or balance, hankel_singular_values) unstable=\"split\": the unstable "
+                "part is kept exactly and the stable part reduced.")
 MAX_SPECTRAL_RADIUS = 1.0 - STABILITY_MARGIN
 
 
@@ -193,9 +195,9 @@ def raise_unstable(xp, A, detail: str = "") -> None:
     hint = (" Its eigenvalues all have negative real parts: if this is a continuous-time model, pass "
             "time=\"continuous\" or discretize it first (lti_reduce.discretize)." if continuous else "")
     raise UnstableSystemError(
-        f"A is not Schur stable: spectral radius {worst:.15g}{where} >= 1 - 1e-12; discrete-time Gramians exist "
-        f"only for spectral radius < 1.{hint} Check the time step / discretization; to reduce a model with unstable "
-        f"poles, pass unstable=\"split\" (the unstable part is kept exactly and the stable part reduced)."
+        f"A is not Schur stable: spectral radius {worst:.15g}{where} >= 1 - 1e-12; discrete-time Gramians and H-infinity norms exist "
+        f"only for spectral radius < 1.{hint} Check the time step / discretization. To reduce a model with unstable "
+        f"poles, {SPLIT_ADVICE}"
     )
 
 

@@ -392,3 +392,15 @@ def test_batched_torch_reduction_equals_batched_numpy(torch, sys):
         G = response(res.A[idx], res.B[idx], res.C[idx], res.D[idx])
         Gt = response(res_t.A[idx], res_t.B[idx], res_t.C[idx], res_t.D[idx])
         assert np.max(np.abs(Gt - G)) <= 1e-9 * peak(G)
+
+
+def test_hankel_singular_values_take_the_arguments_of_a_balanced_truncation_call():
+    """``D`` is accepted (and does not change the HSVs), for arrays and with ``time="continuous"``."""
+    rng = np.random.default_rng(3)
+    A = np.diag([0.9, 0.5, -0.3, 0.1]); B = rng.standard_normal((4, 2)); C = rng.standard_normal((3, 4))
+    D = rng.standard_normal((3, 2))
+    ref = lr.balanced_truncation(A, B, C, D, rank=2).hsv
+    np.testing.assert_allclose(lr.hankel_singular_values(A, B, C, D), ref, rtol=1e-13)
+    Ac = np.diag([-1.0, -2.0, -0.5, -3.0])
+    np.testing.assert_allclose(lr.hankel_singular_values(Ac, B, C, D, time="continuous"),
+                               lr.balanced_truncation(Ac, B, C, D, rank=2, time="continuous").hsv, rtol=1e-13)

@@ -155,3 +155,22 @@ def test_a_wheel_builds_from_the_source_archive(tmp_path):
     assert done.returncode == 0, done.stderr
     (whl,) = (tmp_path / "whl").glob("lti_reduce-*.whl")
     assert "lti_reduce_adapters.pth" in zipfile.ZipFile(whl).namelist()
+
+
+def test_the_install_page_lists_every_extra_with_what_it_installs():
+    """docs/install.md's table of extras names each extra of pyproject.toml and each package it adds."""
+    import re
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    rows = {}
+    for line in (ROOT / "docs" / "install.md").read_text(encoding="utf-8").splitlines():
+        m = re.match(r"\|\s*`([\w-]+)`\s*\|(.*?)\|", line)
+        if m:
+            rows[m.group(1)] = m.group(2)
+    assert set(extras) <= set(rows), f"extras missing from the install page: {sorted(set(extras) - set(rows))}"
+    for name, requirements in extras.items():
+        for req in requirements:
+            package = re.split(r"[\[<>=!~ ]", req, maxsplit=1)[0]
+            listed = rows[name].replace("python-control", "control")
+            assert package in listed or (name == "dev" and package in rows["docs"]), (name, package)

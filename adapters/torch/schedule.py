@@ -21,7 +21,10 @@ __all__ = ["CompressionSchedule", "RollbackGuard"]
 
 
 class CompressionSchedule:
-    """When to cut: every ``interval`` steps inside a window of training steps.
+    """When to cut: ``num_cuts`` cuts spread over the first ``window`` of training (or at given ``steps``).
+
+    ``step(step, model, optimizer)`` calls :func:`compress_` at those steps and does nothing at the
+    others.
 
     Parameters
     ----------
@@ -48,6 +51,16 @@ class CompressionSchedule:
         ``calibration_inputs``, ``certify``, ``rewarm_steps``, ...). ``certify`` defaults to ``"lazy"`` here:
         a cut inside the training loop costs only the cut, and each report's ``gain`` and
         ``error`` (of the maps stored at the cut) are computed when first read.
+
+    Attributes
+    ----------
+    steps : list of int
+        The cut steps, ascending.
+    enabled : bool
+        ``False`` stops all further cuts (what :class:`RollbackGuard` does after a rollback with
+        ``schedule=``); saved and restored by :meth:`state_dict` / :meth:`load_state_dict`.
+    history : list of dict
+        One entry per cut made: ``{"step", "state_before", "state_after"}``.
 
     Raises
     ------
@@ -230,7 +243,11 @@ class RollbackGuard:
         return [[names.get(id(p)) for p in g["params"]] for g in self.optimizer.param_groups]
 
     def check(self, metric: float) -> bool:
-        """Compare the post-cut metric with the checkpoint; roll back if it fell by more than ``max_drop``."""
+        """Compare the post-cut metric with the checkpoint; roll back if it fell by more than ``max_drop``.
+
+        Returns ``True`` when it rolled back (model and optimizer restored), ``False`` otherwise; either
+        way the checkpoint is consumed. Raises ``RuntimeError`` without a :meth:`checkpoint` before it.
+        """
         if self._saved is None:
             raise RuntimeError("call checkpoint(metric) before check(metric).")
         rolled = float(metric) < self._saved["metric"] - self.max_drop
