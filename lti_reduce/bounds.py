@@ -72,7 +72,7 @@ def _hinf_single(A, B, C, D, rtol):
         rot = np.exp(-1j * phi)
         A, C = rot * A, rot * C
     Ac, Bc, Cc, Dc = _bilinear_to_continuous(A, B, C, D)
-    n, m, p = Ac.shape[0], Bc.shape[1], Cc.shape[0]
+    m, p = Bc.shape[1], Cc.shape[0]
     poles = np.linalg.eigvals(Ac)
     # Initial lower bound: infinity (z = -1), DC (z = 1) and the most resonant pole.
     cands = [0.0]

@@ -149,10 +149,7 @@ def _factor_pair_numpy(sysw: _Dense):
     diagonal: squaring it and applying it cost ``O(sum b_i^3)`` and ``O(n k b)``
     instead of ``2 n^3`` each, and only the QR compressions remain ``O(n^3)``.
     """
-    from scipy.linalg import lapack
-
     A, n = sysw.A, sysw.n
-    eps = float(np.finfo(np.float64).eps)
     cplx = np.iscomplexobj(A) or np.iscomplexobj(sysw.B) or np.iscomplexobj(sysw.C)
     dtype = np.complex128 if cplx else np.float64
     A = np.asarray(A, dtype=dtype)

@@ -89,7 +89,7 @@ class DiagonalSystem:
     def __post_init__(self):
         lam = be.as_array(self.lam, "lam")
         if lam.ndim < 1:
-            raise LTIInputError(f"lam must have shape (..., n), got a scalar; wrap it: lam[None].")
+            raise LTIInputError("lam must have shape (..., n), got a scalar; wrap it: lam[None].")
         B, C = check_matrix(self.B, "B"), check_matrix(self.C, "C")
         D = check_matrix(self.D, "D") if self.D is not None else None
         arrays = [a for a in (lam, B, C, D) if a is not None]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 
-import torch
 import torch.nn as nn
 
 from .compress import (_REQUIRED, CompressionReport, _check_hinf_method, _check_optimizer_argument, _check_options,
