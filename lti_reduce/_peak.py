@@ -184,7 +184,8 @@ def _refine(sigma, a, b, t, v, rtol, lo):
     u = np.linspace(0.0, 1.0, _FINE)
     best = float(np.max(v))
     rows = np.arange(t.size)
-    mid, fresh = (_FINE - 1) // 2, [j for j in range(_FINE) if j not in (0, (_FINE - 1) // 2, _FINE - 1)]
+    mid = (_FINE - 1) // 2
+    fresh = [j for j in range(1, _FINE - 1) if j != mid]  # the columns a known bracket still needs
     prev = None
     for _ in range(rounds):
         pts = a[:, None] + (b - a)[:, None] * u[None, :]  # (k, _FINE)

@@ -167,8 +167,10 @@ def spectral_radius(xp, A):
 # Beyond that the Gramians (sums of powers lam^k up to k ~ 36 / (1 - |lam|)) are not computable in
 # double precision, and a pole that close to the circle is one rounding away from an unstable one.
 STABILITY_MARGIN = 1e-12
-SPLIT_ADVICE = ("give balanced_truncation (or balance, hankel_singular_values) unstable=\"split\": the unstable "
-                "part is kept exactly and the stable part reduced.")
+# The fixes the unstable-model messages name; the CLI replaces them by its own options.
+SPLIT_FIX = 'give balanced_truncation (or balance, hankel_singular_values) unstable="split"'
+SPLIT_ADVICE = f"{SPLIT_FIX}: the unstable part is kept exactly and the stable part reduced."
+CONTINUOUS_FIX = 'pass time="continuous" or discretize it first (lti_reduce.discretize)'
 MAX_SPECTRAL_RADIUS = 1.0 - STABILITY_MARGIN
 
 
@@ -181,8 +183,7 @@ def raise_unstable(xp, A, detail: str = "") -> None:
     lam = be.to_numpy(xp.linalg.eigvals(A))
     rho = np.max(np.abs(lam), axis=-1) if lam.shape[-1] else np.zeros(lam.shape[:-1])
     worst = float(np.max(rho)) if rho.size else float("nan")
-    where, flat = "", lam.reshape(-1, lam.shape[-1]) if lam.ndim > 1 else lam[None]
-    k = int(np.argmax(rho)) if rho.size else 0
+    where, k = "", int(np.argmax(rho)) if rho.size else 0
     if rho.ndim > 0 and rho.size > 1:
         idx = tuple(int(i) for i in np.unravel_index(k, rho.shape))
         where = f" (batch element {idx})"
@@ -191,9 +192,10 @@ def raise_unstable(xp, A, detail: str = "") -> None:
             f"the discrete-time Gramians of A could not be computed: {detail}although A's eigenvalues lie inside the "
             f"unit circle (spectral radius {worst:.15g}{where}), its powers grow beyond the float64 range before they "
             "decay (a strongly non-normal A). Scale the state (a better-conditioned realization) or check A.")
-    continuous = bool(flat.shape[-1]) and bool(np.all(flat[min(k, len(flat) - 1)].real < 0))
-    hint = (" Its eigenvalues all have negative real parts: if this is a continuous-time model, pass "
-            "time=\"continuous\" or discretize it first (lti_reduce.discretize)." if continuous else "")
+    worst_eigenvalues = lam.reshape(-1, lam.shape[-1])[k]  # of the batch element with the largest radius
+    continuous = worst_eigenvalues.size > 0 and bool(np.all(worst_eigenvalues.real < 0))
+    hint = (f" Its eigenvalues all have negative real parts: if this is a continuous-time model, {CONTINUOUS_FIX}."
+            if continuous else "")
     raise UnstableSystemError(
         f"A is not Schur stable: spectral radius {worst:.15g}{where} >= 1 - 1e-12; discrete-time Gramians and H-infinity norms exist "
         f"only for spectral radius < 1.{hint} Check the time step / discretization. To reduce a model with unstable "

@@ -38,6 +38,7 @@ __all__ = ["LRU"]
 # Parameters whose leading (row) axis is the state axis, and those whose trailing axis is.
 _STATE_ROWS = ("nu_log", "theta", "gamma_log", "B_re", "B_im")
 _STATE_COLS = ("C_re", "C_im")
+_STATE_AXES = {**{name: 0 for name in _STATE_ROWS}, **{name: -1 for name in _STATE_COLS}}
 
 
 class LRU(nn.Module):
@@ -347,8 +348,7 @@ class LRU(nn.Module):
                 mark_rebased_(old)  # an optimizer still holding state of the old shapes is caught at step()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        explain_checkpoint_mismatch(self, state_dict, prefix, {**{k: 0 for k in _STATE_ROWS},
-                                                               **{k: -1 for k in _STATE_COLS}}, error_msgs)
+        explain_checkpoint_mismatch(self, state_dict, prefix, _STATE_AXES, error_msgs)
 
     def _check_checkpoint_stable(self, state_dict, prefix):
         """Refuse a checkpoint whose eigenvalues, as this layer computes them, break the stability rule.

@@ -26,6 +26,7 @@ Layers that still replace parameter objects are handled by :func:`rebind_paramet
 from __future__ import annotations
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ["StaleOptimizerStateError"]
@@ -65,8 +66,6 @@ def mark_rebased_(params_and_old_shapes, replaced=()) -> None:
         _REPLACED[p] = name
         _IDS.add(id(p))
     if _HOOK is None:
-        from torch.optim.optimizer import register_optimizer_step_pre_hook
-
         _HOOK = register_optimizer_step_pre_hook(_check_stale_state)
 
 
@@ -159,7 +158,6 @@ _RAMP = "lti_reduce_rewarm"
 # list, not the optimizer: a wrapper that shares its inner optimizer's groups and fires the hooks too
 # (wrapper pre, inner pre, inner post, wrapper post) then ramps the step once.
 _BEFORE: dict[int, list] = {}
-_RAMP_HOOKS = None
 
 
 def _ramp_before(optimizer, args, kwargs) -> None:
@@ -188,14 +186,6 @@ def _ramp_after(optimizer, args, kwargs) -> None:
             del group[_RAMP]
 
 
-def _install_ramp_hooks() -> None:
-    global _RAMP_HOOKS
-    if _RAMP_HOOKS is None:
-        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
-
-        _RAMP_HOOKS = (register_optimizer_step_pre_hook(_ramp_before), register_optimizer_step_post_hook(_ramp_after))
-
-
 def rewarm_(optimizer: torch.optim.Optimizer, params, steps: int) -> None:
     """Ramp the updates of ``params`` up over the next ``steps`` steps of ``optimizer`` (see above).
 
@@ -222,11 +212,10 @@ def rewarm_remaining(optimizer) -> int:
     return max((g[_RAMP]["steps"] - g[_RAMP]["done"] for g in optimizer.param_groups if g.get(_RAMP)), default=0)
 
 
-_install_ramp_hooks()
+_RAMP_HOOKS = (register_optimizer_step_pre_hook(_ramp_before), register_optimizer_step_post_hook(_ramp_after))
 
 
-def check_rewarm_steps(steps) -> int:
+def check_rewarm_steps(steps) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"rewarm_steps must be an integer >= 0 (the optimizer steps over which the updates of the "
                          f"parameters a cut re-based ramp up again; 0 or 1: no ramp), got {steps!r}.")
-    return steps

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from .compress import (_REQUIRED, CompressionReport, _check_hinf_method, _check_optimizer_argument, _check_options,
                        compress_)
-from .optim import cancel_rewarm_, check_rewarm_steps
+from .optim import check_rewarm_steps
 
 __all__ = ["CompressionSchedule", "RollbackGuard"]
 
@@ -269,7 +269,6 @@ class RollbackGuard:
             raise RuntimeError("call checkpoint(metric) before restore().")
         self.model.load_state_dict(self._saved["model"])
         if self.optimizer is not None:
-            cancel_rewarm_(self.optimizer)  # the ramp of the rolled-back cut's parameters
             params = dict(self.model.named_parameters())
             saved_groups = self._saved["groups"]
             groups = self.optimizer.param_groups
