@@ -9,6 +9,7 @@ started by ``python -m torch.distributed.run --nproc_per_node 2`` (this file run
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -77,9 +78,27 @@ def _args(out, **kwargs) -> TrainingArguments:
     options = dict(output_dir=str(out), per_device_train_batch_size=N_EXAMPLES, learning_rate=LR, weight_decay=0.0,
                    lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=0.0, optim="adamw_torch",
                    logging_steps=1000, save_strategy="no", report_to=[], use_cpu=True, seed=0,
-                   dataloader_num_workers=0, disable_tqdm=True, train_sampling_strategy="sequential")
+                   dataloader_num_workers=0, disable_tqdm=True)
+    if _HAS_SAMPLING_STRATEGY:
+        options["train_sampling_strategy"] = "sequential"
     options.update(kwargs)
     return TrainingArguments(**options)
+
+
+# transformers >= 5 orders the examples by an argument; before, a Trainer subclass does (see _in_order_trainer).
+_HAS_SAMPLING_STRATEGY = "train_sampling_strategy" in {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+def _in_order_trainer(**kwargs) -> Trainer:
+    """A Trainer that feeds the examples in their order, as the hand-written reference loops do."""
+    if _HAS_SAMPLING_STRATEGY:
+        return Trainer(**kwargs)
+
+    class InOrder(Trainer):
+        def _get_train_sampler(self, *args, **kw):
+            return torch.utils.data.SequentialSampler(self.train_dataset)
+
+    return InOrder(**kwargs)
 
 
 def _state_sizes(model) -> list[int]:
@@ -124,7 +143,7 @@ class Spy(TrainerCallback):
 def test_training_with_the_callback_equals_a_hand_written_loop_that_cuts_at_the_same_steps(tmp_path):
     schedule = CompressionSchedule(total_steps=6, steps=[2, 4], tol=0.05)
     model = _model()
-    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=6), train_dataset=_dataset())
+    trainer = _in_order_trainer(model=model, args=_args(tmp_path, max_steps=6), train_dataset=_dataset())
     callback = CompressionCallback(schedule, trainer=trainer)
     trainer.add_callback(callback)
     trainer.train()

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..mamba import _Scan, _SelectiveKind
+from . import _compat
 
 __all__ = ["HF_KINDS"]
 
@@ -68,10 +69,16 @@ def _configs(model, name, layer) -> list:
 class _MambaMixerKind(_SelectiveKind):
     label = "MambaMixer"
     module_name, class_name = "transformers.models.mamba.modeling_mamba", "MambaMixer"
+    #: the attributes the scan and the cut read (checked when a mixer is matched: see ``_compat``)
+    required = ("A_log", "D", "time_step_rank", "ssm_state_size", "in_proj", "conv1d", "act", "x_proj", "dt_proj",
+                "out_proj")
 
     def matches(self, module):
         cls = _class(self.module_name, self.class_name)
-        return cls is not None and isinstance(module, cls)
+        if cls is None or not isinstance(module, cls):
+            return False
+        _compat.require(module, self.required, self.label)
+        return True
 
     def state_shape(self, layer):
         return 1, layer.A_log.shape[-1]
@@ -125,35 +132,46 @@ class _FalconMambaMixerKind(_MambaMixerKind):
     module_name, class_name = "transformers.models.falcon_mamba.modeling_falcon_mamba", "FalconMambaMixer"
     mask_changes_scan = True
 
+    def matches(self, module):
+        if not super().matches(module):
+            return False
+        _compat.falcon_norm_variant(module)  # an unknown release of the norms is refused here
+        return True
+
     def _dt(self, layer, ts):
-        return layer.dt_layernorm(ts)
+        return _compat.falcon_dt_norm(layer, ts)
 
     def _bc(self, layer, B, C, keep_mask):
-        if keep_mask is None:
-            return layer.b_layernorm(B), layer.c_layernorm(C)
-        kept = keep_mask[0].to(B.device)
+        eps_b, eps_c = _compat.falcon_state_norm_eps(layer)
+        kept = slice(None) if keep_mask is None else keep_mask[0].to(B.device)
 
         def norm(v, eps):  # the mixer's RMS norm, over the kept states only (what the cut mixer computes)
             vf = v.float()
             return (vf * torch.rsqrt(vf[..., kept].pow(2).mean(-1, keepdim=True) + eps)).type_as(v)
 
-        return norm(B, layer.b_layernorm.eps), norm(C, layer.c_layernorm.eps)
+        return norm(B, eps_b), norm(C, eps_c)
 
     def cut_spec(self, layer, keep):
         specs, attrs = super().cut_spec(layer, keep)
         r = keep.shape[1]
-        for norm in (layer.b_layernorm, layer.c_layernorm):
-            attrs.append((norm, "weight", norm.weight.new_ones(r)))
+        for owner, name, buf in _compat.falcon_state_buffers(layer):
+            attrs.append((owner, name, buf.new_ones(r)))
         return specs, attrs
 
 
 class _Mamba2MixerKind(_SelectiveKind):
     label = "Mamba2Mixer"
     module_name, class_name = "transformers.models.mamba2.modeling_mamba2", "Mamba2Mixer"
+    required = ("A_log", "D", "dt_bias", "time_step_limit", "ssm_state_size", "n_groups", "num_heads", "head_dim",
+                "intermediate_size", "conv_dim", "in_proj", "conv1d", "act", "norm", "out_proj")
 
     def matches(self, module):
         cls = _class(self.module_name, self.class_name)
-        return cls is not None and isinstance(module, cls)
+        if cls is None or not isinstance(module, cls):
+            return False
+        _compat.require(module, self.required, self.label)
+        _compat.rms_eps(module.norm)
+        return True
 
     def state_shape(self, layer):
         return layer.n_groups, layer.ssm_state_size
@@ -176,13 +194,13 @@ class _Mamba2MixerKind(_SelectiveKind):
         A = -torch.exp(layer.A_log.to(dd))
         return _Scan(x.to(dd), dt.repeat_interleave(p, dim=-1), A.repeat_interleave(p)[:, None].expand(-1, n),
                      B.to(dd).view(b, length, g, n), C.to(dd).view(b, length, g, n), layer.D.to(dd).repeat_interleave(p),
-                     {"gate": F.silu(gate.to(dd)), "groups": g})
+                     {"gate": F.silu(gate.to(dd)), "groups": _compat.mamba2_norm_groups(layer)})
 
     def _normed(self, layer, y, scan):
-        g = scan.ctx["groups"]
+        g = scan.ctx["groups"]  # the gated norm's groups (one in older releases: see _compat)
         v = y * scan.ctx["gate"]
         vg = v.view(*v.shape[:-1], g, -1)
-        r = torch.sqrt(vg.pow(2).mean(-1, keepdim=True) + layer.norm.variance_epsilon)
+        r = torch.sqrt(vg.pow(2).mean(-1, keepdim=True) + _compat.rms_eps(layer.norm))
         return vg, r
 
     def output(self, layer, y, scan):
