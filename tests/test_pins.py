@@ -64,3 +64,11 @@ def test_ci_runs_the_readme_test_command_with_the_known_good_pins():
     readme = (ROOT / "README.md").read_text()
     assert f"```bash\n{command}\n```" in readme
     assert 'pip install torch==2.13.0 -e ".[dev]" -c constraints.txt && lti-reduce train' in readme
+
+
+@pytest.mark.parametrize("name", ["transformers", "accelerate", "lightning"])
+def test_every_integration_package_of_the_dev_extra_imports(name):
+    """The integration tests skip where their package is missing; under the ``dev`` extra (CI, the README's
+    test command) none may be missing or broken, or those skips would hide it (Lightning < 2.4 fails to
+    import without ``pkg_resources``, a ModuleNotFoundError that ``importorskip`` turns into a skip)."""
+    __import__(name)
