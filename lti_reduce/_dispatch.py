@@ -76,7 +76,7 @@ def balance(A, B, C, D, *, time, unstable, margin):
     if unstable == "split":
         return stable_split.balance_split(A, B, C, D, time=time, margin=margin, wrap=wrap)
     dec = _decompose(A, B, C, D, time, wrap)
-    return balancing.BalancedTruncationResult(dec, dec.sysw.n, "truncate")
+    return balancing.BalancedTruncationResult(dec, dec.sysw.n, "truncate", warn=False)
 
 
 def hankel_singular_values(A, B, C, D=None, *, time, unstable, margin):

@@ -37,6 +37,7 @@ which matches the DC gain ``G(1)`` exactly. Both methods satisfy
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,7 @@ import numpy as np
 from . import _backend as be
 from . import _dispatch
 from .energy import rank_for_tol
-from .errors import LTIInputError
+from .errors import LTIInputError, OrderCappedWarning
 from .gramians import _factor_pair, _no_matrices
 from .validate import _Dense, check_choice, check_rank_tol, dense_system
 
@@ -220,6 +221,9 @@ class BalancedTruncationResult:
         Hankel singular values of the full model, descending.
     rank : int
         The reduced order ``r``.
+    requested_rank : int
+        The order asked for; larger than ``rank`` only for a continuous-time model whose numerical
+        order is below it (see :class:`~lti_reduce.OrderCappedWarning`).
     method : str
         ``"truncate"`` or ``"spa"``.
     projection : str
@@ -247,11 +251,15 @@ class BalancedTruncationResult:
     Index a batched result (``res[i]``) to select systems of the batch.
     """
 
-    def __init__(self, dec: _Decomposition, rank: int, method: str, states=None, projection: str = "sr"):
+    def __init__(self, dec: _Decomposition, rank: int, method: str, states=None, projection: str = "sr", *,
+                 warn: bool = True, requested_rank=None):
         self._dec = dec
         self._sysw = sysw = dec.sysw
         self._s = s = dec.s
         self.rank = int(rank)
+        self.requested_rank = self.rank if requested_rank is None else int(requested_rank)
+        if dec.time == "continuous":
+            self._cap_continuous(states, warn)
         self.method = method
         self.projection = projection
         self.states = None if states is None else tuple(int(i) for i in states)
@@ -275,6 +283,35 @@ class BalancedTruncationResult:
                     "fewer states, or use projection='sr', which decouples them.")
         self._reduced = None
         self._reduced_w = None
+
+    def _cap_continuous(self, states, warn: bool) -> None:
+        """Lower ``rank`` to the numerical order (continuous time); refuse ``states`` at round-off level.
+
+        States with ``sigma_i <= n eps sigma_1`` get zero projection columns, which in discrete time
+        decouples them as stable modes at ``z = 0`` but in continuous time puts eigenvalues at ``s = 0``
+        (on the stability boundary) into ``A_r``. SLICOT ``AB09AD`` and MATLAB likewise cap the order.
+        """
+        dec = self._dec
+        xp = dec.sysw.xp
+        numerical = int(np.min(be.to_numpy(xp.sum(xp.astype(dec.s > dec.floor, xp.int64), axis=-1))))
+        if states is not None:
+            kept = _kept(xp, dec, sorted(int(i) for i in states))[0]
+            if not bool(xp.all(kept > dec.floor)):
+                raise LTIInputError(
+                    f"states={list(states)!r} includes balanced states whose Hankel singular value is at round-off "
+                    f"level (the model's numerical order is {numerical}); in continuous time they would become "
+                    f"eigenvalues at s = 0 of the reduced model. Keep states among 0..{numerical - 1}.")
+            return
+        if self.rank > numerical:
+            if warn:
+                where = " (the smallest over the batch)" if dec.sysw.batch_shape else ""
+                warnings.warn(
+                    f"rank={self.rank} exceeds the numerical order {numerical}{where} of this continuous-time model "
+                    f"(Hankel singular values beyond it are at round-off level, <= n * eps * sigma_1): the reduced "
+                    f"model has order {numerical} (SLICOT AB09AD returns the same NR). Keeping those states would "
+                    "give the reduced A eigenvalues at s = 0, i.e. not stable; .requested_rank holds the order "
+                    "asked for.", OrderCappedWarning, stacklevel=_user_stacklevel())
+            self.rank = numerical
 
     def _working_model(self):
         """The reduced ``(A_r, B_r, C_r, D_r)`` in working precision (float64/complex128), cached."""
@@ -386,7 +423,8 @@ class BalancedTruncationResult:
         if not self._sysw.batch_shape:
             raise IndexError("this result holds a single system; there is no batch dimension to index.")
         idx = index if isinstance(index, tuple) else (index,)
-        return BalancedTruncationResult(self._dec[idx], self.rank, self.method, self.states, self.projection)
+        return BalancedTruncationResult(self._dec[idx], self.rank, self.method, self.states, self.projection,
+                                        warn=False, requested_rank=self.requested_rank)
 
     def __repr__(self) -> str:
         batch = f", batch={self._sysw.batch_shape}" if self._sysw.batch_shape else ""
@@ -396,6 +434,18 @@ class BalancedTruncationResult:
         proj += "" if self.time == "discrete" else f", time={self.time!r}"
         return (f"BalancedTruncationResult(n={self.n} -> rank={self.rank}, method={self.method!r}{proj}{batch}, "
                 f"error_bound={b})")
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` for :func:`warnings.warn` that points at the first frame outside this package."""
+    import os
+    import sys
+
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _check_projection(projection, method: str) -> str:
@@ -622,7 +672,9 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
     margin : float
         With ``unstable="split"``: poles within this distance of the stability boundary
         (``| |lambda| - 1 | <= margin``; continuous: ``|Re lambda| <= margin * max(1, |lambda|)``)
-        cannot be classified and raise :class:`~lti_reduce.LTIInputError`.
+        cannot be classified and raise :class:`~lti_reduce.LTIInputError`. Poles within rounding
+        of the boundary (``64 n eps ||A||_1``, e.g. an integrator computed as ``-4e-17``) are never
+        counted stable: with ``margin=0`` they are kept exactly, like poles on the boundary.
 
     Returns
     -------
@@ -648,8 +700,12 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
 
     .. math:: \\sigma_{r+1} \\le \\|G - G_r\\|_{\\mathcal{H}_\\infty} \\le 2 \\sum_{i > r} \\sigma_i .
 
-    If ``rank`` exceeds the numerical order of a non-minimal system, the extra
-    states are exactly decoupled (zero rows/columns), so batch shapes stay fixed.
+    If ``rank`` exceeds the numerical order of a non-minimal system (the number of HSVs above
+    ``n eps sigma_1``), in discrete time the extra states are exactly decoupled (zero rows/columns:
+    stable modes at ``z = 0``), so batch shapes stay fixed. In continuous time such states would be
+    eigenvalues at ``s = 0``, so the order is lowered to the numerical order (for a batch, the smallest
+    over the batch) with an :class:`~lti_reduce.OrderCappedWarning`; ``.rank`` is the order returned,
+    ``.requested_rank`` the one asked for (SLICOT ``AB09AD`` returns the same ``NR``).
     Compares with SLICOT ``AB09AD`` (truncation) and ``AB09ND`` (SPA), ``DICO='D'`` (``'C'`` with
     ``time="continuous"``); ``unstable="split"`` with ``AB09MD``.
 
