@@ -357,7 +357,8 @@ class BalancedTruncationResult:
         zero = xp.zeros(tuple(s.shape[:-1]) + (1,), dtype=s.dtype, device=s.device if be.is_torch(s) else None)
         return xp.astype(2.0 * xp.concat([tail, zero], axis=-1), be.real_dtype(xp, self._sysw.out_dtype))
 
-    def reduce(self, rank=None, tol=None, method=None, *, states=None, projection=None) -> "BalancedTruncationResult":
+    def reduce(self, rank=None, tol=None, method=None, *, states=None, projection=None,
+               max_error=None) -> "BalancedTruncationResult":
         """Another reduced model from the same Gramian factors.
 
         Parameters
@@ -376,6 +377,9 @@ class BalancedTruncationResult:
             share no value.
         projection : {"sr", "bfsr"}, optional
             Defaults to this result's projection (see :func:`balanced_truncation`).
+        max_error : float, optional
+            The smallest order whose a-priori bound ``2 * sum(hsv[r:])`` does not exceed
+            ``max_error`` (MATLAB's ``getrom(R, MaxError=e)``); order 0 (the static gain) allowed.
 
         Raises
         ------
@@ -388,8 +392,8 @@ class BalancedTruncationResult:
         projection = self.projection if projection is None else projection
         _check_projection(projection, method)
         if states is not None:
-            if rank is not None or tol is not None:
-                raise LTIInputError("give only one of rank=, tol= and states=.")
+            if rank is not None or tol is not None or max_error is not None:
+                raise LTIInputError("give only one of rank=, tol=, max_error= and states=.")
             states = list(states)
             if any(isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) for i in states):
                 raise LTIInputError(f"states must be integer indices in 0..{self.n - 1} (balanced states, as in "
@@ -398,7 +402,7 @@ class BalancedTruncationResult:
             if not keep or keep[0] < 0 or keep[-1] >= self.n or len(keep) != len(states):
                 raise LTIInputError(f"states must be distinct indices in 0..{self.n - 1}, got {states!r}.")
             return BalancedTruncationResult(self._dec, len(keep), method, keep, projection)
-        rank = _resolve_rank(self._s, rank, tol, self.n)
+        rank = _resolve_rank(self._s, rank, tol, self.n, max_error)
         return BalancedTruncationResult(self._dec, rank, method, projection=projection)
 
     def to_diagonal(self, *, cond_warn: float = 1e8):
@@ -456,12 +460,45 @@ def _check_projection(projection, method: str) -> str:
     return projection
 
 
-def _resolve_rank(s, rank, tol, n: int) -> int:
+def _resolve_rank(s, rank, tol, n: int, max_error=None) -> int:
+    if max_error is not None:
+        if rank is not None or tol is not None:
+            raise LTIInputError(f"give only one of rank=, tol= and max_error= (the largest allowed a-priori error "
+                                f"bound); got rank={rank!r}, tol={tol!r}, max_error={max_error!r}.")
+        return rank_for_max_error(s, max_error)
     rank, tol = check_rank_tol(rank, tol, n)
     if rank is not None:
         return rank
     r = rank_for_tol(s, tol)
     return int(np.max(r))
+
+
+def check_max_error(max_error) -> float:
+    if isinstance(max_error, bool) or not isinstance(max_error, (int, float, np.floating, np.integer)):
+        raise LTIInputError(f"max_error must be a positive float (the largest allowed bound 2 * sum(hsv[r:]) on "
+                            f"||G - G_r||_inf), got {max_error!r} of type {type(max_error).__name__}.")
+    e = float(max_error)
+    if not (e > 0.0 and math.isfinite(e)):
+        raise LTIInputError(f"max_error must be positive and finite (the largest allowed bound 2 * sum(hsv[r:]) "
+                            f"on ||G - G_r||_inf, in the units of G), got {max_error!r}.")
+    return e
+
+
+def rank_for_max_error(hsv, max_error) -> int:
+    """Smallest order ``r`` in ``0..n`` with ``2 * sum(hsv[r:]) <= max_error`` (MATLAB's ``MaxError``).
+
+    For a batch, the largest such ``r`` over the batch (every system meets the bound). ``r = 0``
+    is the static gain ``D`` (truncation) or the DC gain (SPA).
+    """
+    e = check_max_error(max_error)
+    h = np.asarray(be.to_numpy(hsv), dtype=np.float64).reshape(-1, int(hsv.shape[-1]))
+    n = h.shape[-1]
+    tails = 2.0 * np.cumsum(h[:, ::-1], axis=-1)[:, ::-1]  # tails[:, r] = 2 sum(hsv[r:])
+    r = np.array([int(np.argmax(np.append(t <= e, True))) for t in tails])
+    for i in range(len(r)):  # the bound is reported as 2 * sum(hsv[r:]): meet it in that summation order too
+        while r[i] < n and 2.0 * float(np.sum(h[i, r[i]:])) > e:
+            r[i] += 1
+    return int(r.max()) if r.size else 0
 
 
 def _decompose(A, B, C, D) -> _Decomposition:
@@ -514,6 +551,8 @@ def balance(A, B=None, C=None, D=None, *, time=None, unstable="error", margin=1e
     >>> [bal.reduce(rank=r).rank for r in (1, 2)]
     [1, 2]
     """
+    if _dispatch.is_large(A):
+        return _dispatch.large_balance(A, B, C, D, time=time, unstable=unstable)
     if _dispatch.routed(A, time, unstable):
         return _dispatch.balance(A, B, C, D, time=time, unstable=unstable, margin=margin)
     dec = _decompose(A, B, C, D)
@@ -529,9 +568,11 @@ def hankel_singular_values(A, B=None, C=None, D=None, *, time=None, unstable="er
 
     Parameters
     ----------
-    A : array, shape (..., n, n), DiagonalSystem, or system object
+    A : array, shape (..., n, n), DiagonalSystem, system object, or sparse matrix / LinearOperator
         Stable state matrix (or a :class:`~lti_reduce.DiagonalSystem`, or a python-control /
-        scipy system object, alone).
+        scipy system object, alone). A ``scipy.sparse`` matrix or ``LinearOperator`` gives the
+        estimates of the leading HSVs from low-rank factors
+        (:func:`lti_reduce.lowrank.hankel_singular_values`, shape ``(k,)``, ``k <= n``).
     B : array, shape (..., n, m)
         Input matrix (``m`` inputs).
     C : array, shape (..., p, n)
@@ -574,6 +615,8 @@ def hankel_singular_values(A, B=None, C=None, D=None, *, time=None, unstable="er
     >>> round(float(hsv[0]), 12)        # 1 / (1 - 0.5**2)
     1.333333333333
     """
+    if _dispatch.is_large(A):
+        return _dispatch.large_hankel_singular_values(A, B, C, time=time, unstable=unstable)
     if _dispatch.routed(A, time, unstable):
         return _dispatch.hankel_singular_values(A, B, C, D, time=time, unstable=unstable, margin=margin)
     scaled = _scaled_for_hsv(A, B, C)
@@ -624,7 +667,7 @@ def _unscale_hsv(hsv, e: int):
 
 
 def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, method: str = "truncate",
-                        projection: str = "sr", time=None, unstable="error", margin=1e-8):
+                        projection: str = "sr", time=None, unstable="error", margin=1e-8, max_error=None):
     """Reduce a system by square-root balanced truncation (or SPA).
 
     Parameters
@@ -635,6 +678,10 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
         given alone, or a python-control ``StateSpace``/``TransferFunction`` or scipy
         ``signal.StateSpace``/``lti``/``dlti`` given alone (see :mod:`lti_reduce.interop`):
         its time base is used, and ``.system`` is the reduced model as the same kind of object.
+        A ``scipy.sparse`` matrix or ``scipy.sparse.linalg.LinearOperator`` (one large model, dense
+        ``B`` and ``C``) is reduced from low-rank Gramian factors by
+        :func:`lti_reduce.lowrank.balanced_truncation` (truncation, ``projection="sr"``; the result
+        is a ``LowRankBalancedTruncationResult``), as MATLAB's ``reducespec`` picks its sparse method.
     B : array, shape (..., n, m)
         Input matrix (``m`` inputs); omitted when ``A`` is a system given alone.
     C : array, shape (..., p, n)
@@ -648,7 +695,7 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
         Fraction of the HSV sum that may be discarded (CompreSSM's tau): ``r`` is the
         smallest order with ``sum(hsv[:r]) >= (1 - tol) * sum(hsv)``; for a batch, the
         largest such ``r`` over the batch (every system meets ``tol``). Give exactly
-        one of ``rank`` and ``tol``.
+        one of ``rank``, ``tol`` and ``max_error``.
     method : {"truncate", "spa"}
         Balanced truncation (exact at high frequency: ``z -> inf``, continuous ``s -> inf``) or
         singular perturbation approximation (exact DC gain: ``G(1)``, continuous ``G(0)``).
@@ -669,6 +716,12 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
         ``"split"``: keep the unstable part exactly and reduce the stable part
         (:mod:`lti_reduce.stable_split`); ``rank`` then counts the whole reduced order,
         ``tol`` and the bound refer to the stable part. One system at a time.
+    max_error : float, optional
+        The largest allowed a-priori error bound: ``r`` is the smallest order in ``0..n`` with
+        ``2 * sum(hsv[r:]) <= max_error``, so ``||G - G_r||_inf <= max_error`` (MATLAB's
+        ``getrom(R, MaxError=e)``); for a batch, the largest such ``r``. Order 0 is the static
+        gain ``D`` (``method="spa"``: the DC gain). With ``unstable="split"`` the bound is the
+        stable part's.
     margin : float
         With ``unstable="split"``: poles within this distance of the stability boundary
         (``| |lambda| - 1 | <= margin``; continuous: ``|Re lambda| <= margin * max(1, |lambda|)``)
@@ -720,11 +773,15 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
     >>> bool(res.error_bound == 2 * res.hsv[2:].sum())
     True
     """
+    if _dispatch.is_large(A):
+        return _dispatch.large_balanced_truncation(A, B, C, D, rank=rank, tol=tol, method=method,
+                                                   projection=projection, time=time, unstable=unstable,
+                                                   max_error=max_error)
     if _dispatch.routed(A, time, unstable):
         return _dispatch.balanced_truncation(A, B, C, D, rank=rank, tol=tol, method=method, projection=projection,
-                                             time=time, unstable=unstable, margin=margin)
+                                             time=time, unstable=unstable, margin=margin, max_error=max_error)
     check_choice(method, "method", _METHODS)
     _check_projection(projection, method)
     dec = _decompose(A, B, C, D)
-    r = _resolve_rank(dec.s, rank, tol, dec.sysw.n)
+    r = _resolve_rank(dec.s, rank, tol, dec.sysw.n, max_error)
     return BalancedTruncationResult(dec, r, method, projection=projection)

@@ -115,6 +115,7 @@ class _Operator:
         self.user_solve = solve
         self.gmres_rtol = gmres_rtol
         self.factorizations = 0
+        self.time = None  # set by the caller: the time base, for the message of an exactly singular shift
         self._lu = {}
         self._perm = None
         if self.sparse:
@@ -144,6 +145,14 @@ class _Operator:
                 del self._lu[k]
 
     def _factor(self, s):
+        try:
+            return self._factor_unchecked(s)
+        except RuntimeError as exc:
+            if "singular" not in str(exc).lower():
+                raise
+            raise _singular_shift_error(s, self.time) from None
+
+    def _factor_unchecked(self, s):
         if s not in self._lu:
             M = self.csc - s * self._eye if np.imag(s) == 0 or self.complex else \
                 self.csc.astype(np.complex128) - s * self._eye.astype(np.complex128)
@@ -242,6 +251,27 @@ class LowRankFactor:
     iterations: int
     residual_history: list = field(default_factory=list)
     shifts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def _singular_shift_error(s, time) -> LTIInputError:
+    """The error for ``A - s I`` exactly singular: ``s`` is an eigenvalue of ``A``; say what that means."""
+    z = complex(s)
+    shown = f"{z.real:.6g}" if z.imag == 0 else f"{z:.6g}"
+    if time == "discrete" and abs(z) >= 1.0:
+        return UnstableSystemError(
+            f"A has the eigenvalue {shown} (A - ({shown}) I is exactly singular), on or outside the unit circle: the "
+            "model is not Schur stable, so its discrete-time Gramians do not exist (an eigenvalue at 1 is a "
+            "discrete integrator, at -1 an undamped oscillation at the Nyquist frequency). Check the model (its time "
+            "step, or whether it is continuous time: pass time='continuous'), or reduce it densely with "
+            "lti_reduce.balanced_truncation(..., unstable='split') if it fits in memory.")
+    if time == "continuous" and z.real >= 0.0:
+        return UnstableSystemError(
+            f"A has the eigenvalue {shown} (A - ({shown}) I is exactly singular) with a non-negative real part: the "
+            "model is not Hurwitz stable, so its continuous-time Gramians do not exist. Check the model (or its "
+            "sign convention).")
+    return LTIInputError(
+        f"A - ({shown}) I is exactly singular: the ADI shift {shown} is an eigenvalue of A. Pass shifts= that avoid "
+        "the eigenvalues of A.")
 
 
 class _ADIRun:
@@ -627,6 +657,7 @@ def gramian_factors(A, B, C, *, time: str = "discrete", adi_tol: float = 1e-10, 
     B, C, _ = _check_system(A, B, C, None)
     _check_options(adi_tol, maxiter)
     op = _Operator(A, solve, gmres_rtol)
+    op.time = time
     return tuple(_run_adi(op, B, C, time, float(adi_tol), int(maxiter), shifts))
 
 
@@ -685,9 +716,9 @@ class LowRankBalancedTruncationResult:
     B = property(lambda self: self._reduced()[1], doc="Reduced input matrix, shape (r, m).")
     C = property(lambda self: self._reduced()[2], doc="Reduced output matrix, shape (p, r).")
 
-    def reduce(self, rank=None, tol=None) -> "LowRankBalancedTruncationResult":
-        """Another order from the same factors and SVD (``rank`` in ``1..k`` or an energy ``tol``)."""
-        r = _resolve_rank(self.hsv, rank, tol)
+    def reduce(self, rank=None, tol=None, *, max_error=None) -> "LowRankBalancedTruncationResult":
+        """Another order from the same factors and SVD (``rank`` in ``1..k``, an energy ``tol``, or ``max_error``)."""
+        r = _resolve_rank(self.hsv, rank, tol, max_error)
         return LowRankBalancedTruncationResult(self._op, self._B, self._C, self.D,
                                                (self.controllability_factor, self.observability_factor), r,
                                                self.time, (self._U, self.hsv, self._Vh))
@@ -697,8 +728,15 @@ class LowRankBalancedTruncationResult:
                 f"hsv computed={self.hsv.size}, error_bound={self.error_bound:.3e})")
 
 
-def _resolve_rank(hsv, rank, tol) -> int:
+def _resolve_rank(hsv, rank, tol, max_error=None) -> int:
     k = int(np.sum(hsv > 0))
+    if max_error is not None:
+        from .balancing import rank_for_max_error
+
+        if rank is not None or tol is not None:
+            raise LTIInputError(f"give only one of rank=, tol= and max_error= (the largest allowed a-priori error "
+                                f"bound); got rank={rank!r}, tol={tol!r}, max_error={max_error!r}.")
+        return rank_for_max_error(hsv[:k], max_error) if k else 0
     if k == 0:
         raise LTIInputError("every computed Hankel singular value is zero (B = 0 or C = 0): the transfer function "
                             "is D; there is nothing to reduce.")
@@ -729,7 +767,7 @@ def hankel_singular_values(A, B, C, **options):
 
 
 def balanced_truncation(A, B, C, D=None, *, rank=None, tol=None, time: str = "discrete", adi_tol: float = 1e-10,
-                        maxiter: int = 200, shifts=None, solve=None, gmres_rtol: float = 1e-13):
+                        maxiter: int = 200, shifts=None, solve=None, gmres_rtol: float = 1e-13, max_error=None):
     """Square-root balanced truncation of a large sparse model from low-rank Gramian factors.
 
     Parameters
@@ -745,11 +783,14 @@ def balanced_truncation(A, B, C, D=None, *, rank=None, tol=None, time: str = "di
         Reduced order ``r`` in ``1..k`` (``k`` computed HSVs).
     tol : float in (0, 1), optional
         Fraction of the computed HSV sum that may be discarded (see :func:`lti_reduce.rank_for_tol`).
-        Give exactly one of ``rank`` and ``tol``.
+        Give exactly one of ``rank``, ``tol`` and ``max_error``.
     time : {"discrete", "continuous"}
         Time base of the model and of the reduced one.
     adi_tol, maxiter, shifts, solve, gmres_rtol
         Options of the low-rank ADI iteration, see :func:`gramian_factors`.
+    max_error : float, optional
+        The smallest order ``r`` in ``0..k`` with ``2 * sum(hsv[r:]) <= max_error`` over the computed
+        HSVs (MATLAB's ``MaxError``); order 0 is the static gain ``D``.
 
     Returns
     -------
@@ -785,7 +826,8 @@ def balanced_truncation(A, B, C, D=None, *, rank=None, tol=None, time: str = "di
     B, C, D = _check_system(A, B, C, D)
     _check_options(adi_tol, maxiter)
     op = _Operator(A, solve, gmres_rtol)
+    op.time = time
     factors = _run_adi(op, B, C, time, float(adi_tol), int(maxiter), shifts)
     svd = _svd(*factors)
-    r = _resolve_rank(svd[1], rank, tol)
+    r = _resolve_rank(svd[1], rank, tol, max_error)
     return LowRankBalancedTruncationResult(op, B, C, D, factors, r, time, svd)

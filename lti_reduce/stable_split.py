@@ -276,7 +276,7 @@ class SplitReductionResult:
         stable = (np.zeros(1) if self._full is None else be.to_numpy(self._full.error_bounds()))
         return np.concatenate([np.full(self.n_unstable, np.inf), stable])
 
-    def reduce(self, rank=None, tol=None, method=None, *, projection=None) -> SplitReductionResult:
+    def reduce(self, rank=None, tol=None, method=None, *, projection=None, max_error=None) -> SplitReductionResult:
         """Another reduced model from the same split and Gramian factors.
 
         Parameters
@@ -287,6 +287,9 @@ class SplitReductionResult:
             Discarded fraction of the stable part's HSV sum (see :func:`~lti_reduce.rank_for_tol`).
         method, projection : optional
             As in :func:`~lti_reduce.balanced_truncation`; default to this result's.
+        max_error : float, optional
+            The smallest whole order whose bound (the stable part's ``2 * sum(stable_hsv[r_s:])``)
+            does not exceed ``max_error``; the unstable states are always kept.
         """
         from .balancing import _METHODS, _check_projection
         from .energy import rank_for_tol
@@ -296,6 +299,19 @@ class SplitReductionResult:
         projection = self.projection if projection is None else projection
         _check_projection(projection, method)
         nu, n = self.n_unstable, self.n
+        if max_error is not None:
+            from .balancing import rank_for_max_error
+
+            if rank is not None or tol is not None:
+                raise LTIInputError(f"give only one of rank=, tol= and max_error=; got rank={rank!r}, tol={tol!r}, "
+                                    f"max_error={max_error!r}.")
+            rs = rank_for_max_error(self.stable_hsv, max_error) if self._ns else 0
+            if self._ns == 0:
+                from .balancing import check_max_error
+
+                check_max_error(max_error)
+            return SplitReductionResult(self._full, self._stable_parts, self.unstable_part, nu + rs, method,
+                                        projection, self.time, self._wrap, self._like, self.separation_condition)
         if (rank is None) == (tol is None):
             raise LTIInputError("give exactly one of rank= (the whole reduced order, unstable states included) and "
                                 f"tol= (the fraction of the stable part's HSV sum that may be discarded); got "
