@@ -144,6 +144,10 @@ def hankel_singular_values(A, B, C, D=None, *, time, unstable, margin):
     if unstable == "split":
         hsv = stable_split.balance_split(A, B, C, D, time=time, margin=margin).hsv
         return hsv if wrap is not None or be.is_numpy(A) else be.from_numpy_like(hsv, A)
+    if D is not None and B is not None and C is not None:
+        from .validate import dense_system
+
+        dense_system(A, B, C, D)  # D checked though the HSVs ignore it
     dec = _decompose(A, B, C, None, time, None)
     xp = dec.sysw.xp
     s = xp.astype(dec.s, be.real_dtype(xp, dec.sysw.out_dtype))
@@ -179,6 +183,9 @@ def hinf_norm(A, B, C, D, *, time, rtol, method="level-set"):
         out = bounds.hinf_norm(A, B, C, D, rtol=rtol, method=method)
         return float(out) if wrap is not None else out
     continuous.check_no_diagonal(A, "hinf_norm")
+    static = bounds._static_gain_norm(A, B, C, D)
+    if static is not None:
+        return float(static) if wrap is not None else static
     if B is None or C is None:
         raise TypeError("hinf_norm(A, B, C[, D], time='continuous') needs B and C (or a system object alone).")
     from .validate import dense_system

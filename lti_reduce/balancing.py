@@ -578,8 +578,8 @@ def hankel_singular_values(A, B=None, C=None, D=None, *, time=None, unstable="er
     C : array, shape (..., p, n)
         Output matrix (``p`` outputs).
     D : array, shape (..., p, m), optional
-        Ignored: the HSVs do not depend on the feedthrough. Accepted so that the arguments of a
-        :func:`balanced_truncation` call can be passed unchanged.
+        Checked (shape, NaN/Inf) and otherwise ignored: the HSVs do not depend on the feedthrough.
+        Accepted so that the arguments of a :func:`balanced_truncation` call can be passed unchanged.
     time, unstable, margin
         As in :func:`balanced_truncation`. With ``unstable="split"``, unstable states get
         ``inf`` (MATLAB's ``hsvd`` convention), followed by the stable part's HSVs.
@@ -619,6 +619,8 @@ def hankel_singular_values(A, B=None, C=None, D=None, *, time=None, unstable="er
         return _dispatch.large_hankel_singular_values(A, B, C, time=time, unstable=unstable)
     if _dispatch.routed(A, time, unstable):
         return _dispatch.hankel_singular_values(A, B, C, D, time=time, unstable=unstable, margin=margin)
+    if D is not None and B is not None and C is not None:
+        dense_system(A, B, C, D)  # D checked against B and C (shape, NaN/Inf) though the HSVs ignore it
     scaled = _scaled_for_hsv(A, B, C)
     if scaled is not None:  # extreme scales: HSVs of (A, B 2^-eb, C 2^-ec), times 2^(eb + ec)
         hsv = hankel_singular_values(*scaled[:-1])

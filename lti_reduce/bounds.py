@@ -224,7 +224,7 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None, meth
     array, shape (...), or float
         The norm per system, real, in the input's backend and device (a float for a
         python-control / scipy system object); 0 for a system with no inputs (``m = 0``) or no
-        outputs (``p = 0``).
+        outputs (``p = 0``); ``||D||_2`` for a static gain (``n = 0``, ``A`` of shape ``(..., 0, 0)``).
 
     Raises
     ------
@@ -276,6 +276,9 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None, meth
     if method not in ("level-set", "search"):
         raise LTIInputError(f"method must be 'level-set' (the norm, guaranteed) or 'search' (a fast lower "
                             f"bound by frequency search), got {method!r}.")
+    static = _static_gain_norm(A, B, C, D)
+    if static is not None:
+        return static
     if _dispatch.routed(A, time):
         return _dispatch.hinf_norm(A, B, C, D, time=time, rtol=rtol, method=method)
     if isinstance(A, DiagonalSystem):
@@ -337,17 +340,49 @@ def _hinf_dense_search(A, B, C, D, rtol):
     return _hinf_scaled(lam, Bm, Cm, D, rtol, solver=solver)
 
 
-def hankel_norm(A, B=None, C=None):
+def _static_gain_norm(A, B, C, D):
+    """``||D||_2`` per system for a model without states (``A`` of shape ``(..., 0, 0)``), else None."""
+    shape = getattr(A, "shape", None)
+    if shape is None or len(shape) < 2 or int(shape[-1]) != 0 or int(shape[-2]) != 0 or B is None or C is None:
+        return None
+    from .validate import check_finite, check_matrix
+
+    Bm, Cm = check_matrix(B, "B"), check_matrix(C, "C")
+    m, p = int(Bm.shape[-1]), int(Cm.shape[-2])
+    if D is None:
+        Dn = np.zeros(tuple(int(d) for d in shape[:-2]) + (p, m))
+        like = Bm
+    else:
+        Dm = check_matrix(D, "D")
+        if (int(Dm.shape[-2]), int(Dm.shape[-1])) != (p, m):
+            raise LTIInputError(f"D must have shape (..., p, m) = (..., {p}, {m}) to match B and C, got "
+                                f"{tuple(int(d) for d in Dm.shape)}.")
+        check_finite(be.namespace(Dm), Dm, "D")
+        Dn, like = be.to_numpy(Dm), Dm
+    out = np.linalg.norm(Dn, 2, axis=(-2, -1)) if p and m else np.zeros(Dn.shape[:-2])
+    if be.is_numpy(like):
+        return out
+    xp = be.namespace(like)
+    return xp.astype(be.from_numpy_like(np.asarray(out, dtype=np.float64), like), be.real_dtype(xp, like.dtype))
+
+
+def hankel_norm(A, B=None, C=None, D=None, *, time=None):
     """Hankel norm ``||G||_H = sigma_1``, the largest Hankel singular value.
 
     Parameters
     ----------
-    A : array, shape (..., n, n), or DiagonalSystem
-        Schur-stable state matrix, or a :class:`~lti_reduce.DiagonalSystem` given alone.
+    A : array, shape (..., n, n), DiagonalSystem, or system object
+        Stable state matrix, or a :class:`~lti_reduce.DiagonalSystem` or a python-control /
+        scipy system object given alone.
     B : array, shape (..., n, m)
         Input matrix.
     C : array, shape (..., p, n)
         Output matrix.
+    D : array, shape (..., p, m), optional
+        Checked and ignored: the Hankel norm does not depend on the feedthrough. Accepted so that
+        the arguments of a :func:`balanced_truncation` call can be passed unchanged.
+    time : {None, "discrete", "continuous"}
+        As in :func:`~lti_reduce.balanced_truncation`.
 
     Returns
     -------
@@ -356,7 +391,7 @@ def hankel_norm(A, B=None, C=None):
     """
     from .balancing import hankel_singular_values
 
-    return hankel_singular_values(A, B, C)[..., 0]
+    return hankel_singular_values(A, B, C, D, time=time)[..., 0]
 
 
 class HSVPerturbation:
@@ -453,9 +488,11 @@ def hsv_perturbation_bound(system1, system2, *, rank=None):
 
     Parameters
     ----------
-    system1, system2 : DiagonalSystem or tuple (A, B, C[, D])
+    system1, system2 : DiagonalSystem, tuple (A, B, C[, D]), or system object
         Two systems with the same inputs and outputs (e.g. a layer before and after
         some training steps); orders may differ. ``D`` does not enter Hankel operators.
+        python-control / scipy system objects are taken with their time base (both must
+        have the same); tuples are discrete time.
     rank : int, optional
         The cut to certify (``1 <= rank < N``).
 
@@ -481,12 +518,34 @@ def hsv_perturbation_bound(system1, system2, *, rank=None):
     (True, True)
     """
     from .balancing import hankel_singular_values
+    from .interop import is_system_object, unwrap
 
+    times = []
+    converted = []
+    for s in (system1, system2):
+        if is_system_object(s):
+            w = unwrap(s)
+            s, t = (w.A, w.B, w.C), w.time
+        elif isinstance(s, (tuple, list)):
+            s, t = tuple(s), "discrete"
+        elif type(s).__name__ == "DiagonalSystem":
+            t = "discrete"
+        else:
+            raise LTIInputError(f"system1 and system2 must each be a DiagonalSystem, a tuple (A, B, C[, D]) or a "
+                                f"python-control / scipy system object, got {type(s).__name__}.")
+        converted.append(s)
+        times.append(t)
+    if times[0] != times[1]:
+        raise LTIInputError(f"the two systems have different time bases ({times[0]} and {times[1]}); compare two "
+                            "discrete-time or two continuous-time systems.")
+    system1, system2 = converted
+    time = None if times[0] == "discrete" else "continuous"
     diff = _difference_system(system1, system2)
-    bound = hankel_singular_values(*diff)[..., 0]
+    bound = hankel_singular_values(*diff, time=time)[..., 0]
     hsv = []
     for s in (system1, system2):
-        hsv.append(hankel_singular_values(s) if not isinstance(s, tuple) else hankel_singular_values(*s[:3]))
+        hsv.append(hankel_singular_values(s) if not isinstance(s, tuple) else
+                   hankel_singular_values(*s[:3], time=time))
     xp = be.namespace(hsv[0])
     N = max(int(h.shape[-1]) for h in hsv)
     padded = []
