@@ -293,7 +293,8 @@ class BalancedTruncationResult:
         """
         dec = self._dec
         xp = dec.sysw.xp
-        numerical = int(np.min(be.to_numpy(xp.sum(xp.astype(dec.s > dec.floor, xp.int64), axis=-1))))
+        above = be.to_numpy(dec.s > dec.floor)
+        numerical = int(np.min(np.count_nonzero(above, axis=-1))) if above.size else 0
         if states is not None:
             kept = _kept(xp, dec, sorted(int(i) for i in states))[0]
             if not bool(xp.all(kept > dec.floor)):
