@@ -376,7 +376,11 @@ def compress_columns(Z, rtol: float = None):
     n, k = Z.shape
     if k == 0:
         return Z
-    rtol = max(n, k) * _EPS if rtol is None else rtol
+    if rtol is None:
+        rtol = max(n, k) * _EPS
+    elif isinstance(rtol, bool) or not isinstance(rtol, (int, float, np.floating)) or not 0.0 <= float(rtol) < 1.0:
+        raise LTIInputError(f"rtol must be a float in [0, 1) (columns with singular values at most rtol * s_1 are "
+                            f"dropped, e.g. 1e-12), got {rtol!r}.")
     R = scipy.linalg.qr(Z, mode="r", check_finite=False)[0][: min(n, k)]
     _, s, Vh = scipy.linalg.svd(R, full_matrices=False, check_finite=False)
     keep = int(np.sum(s > rtol * s[0])) if s[0] > 0 else 0
@@ -585,7 +589,11 @@ def _run_adi(op: _Operator, B, C, time: str, tol: float, maxiter: int, shifts):
             for r in runs]
 
 
-def _check_options(tol, maxiter):
+def _check_options(tol, maxiter, gmres_rtol=1e-13):
+    if isinstance(gmres_rtol, bool) or not isinstance(gmres_rtol, (int, float, np.floating)) \
+            or not (0 < float(gmres_rtol) < 1):
+        raise LTIInputError(f"gmres_rtol must be a float in (0, 1) (the relative residual of the GMRES solves of a "
+                            f"LinearOperator, e.g. 1e-13), got {gmres_rtol!r}.")
     if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not (0 < float(tol) < 1):
         raise LTIInputError(f"adi_tol must be a float in (0, 1) (the relative residual at which the ADI iteration "
                             f"stops, e.g. 1e-10), got {tol!r}.")
@@ -655,7 +663,7 @@ def gramian_factors(A, B, C, *, time: str = "discrete", adi_tol: float = 1e-10, 
     """
     time = _check_time(time)
     B, C, _ = _check_system(A, B, C, None)
-    _check_options(adi_tol, maxiter)
+    _check_options(adi_tol, maxiter, gmres_rtol)
     op = _Operator(A, solve, gmres_rtol)
     op.time = time
     return tuple(_run_adi(op, B, C, time, float(adi_tol), int(maxiter), shifts))
@@ -824,7 +832,7 @@ def balanced_truncation(A, B, C, D=None, *, rank=None, tol=None, time: str = "di
     """
     time = _check_time(time)
     B, C, D = _check_system(A, B, C, D)
-    _check_options(adi_tol, maxiter)
+    _check_options(adi_tol, maxiter, gmres_rtol)
     op = _Operator(A, solve, gmres_rtol)
     op.time = time
     factors = _run_adi(op, B, C, time, float(adi_tol), int(maxiter), shifts)

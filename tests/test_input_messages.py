@@ -95,3 +95,23 @@ def test_masked_array_without_masked_entries_is_used():
 def test_longdouble_is_refused_with_the_cast_to_make():
     with pytest.raises(lr.LTIInputError, match="extended precision.*astype"):
         lr.balanced_truncation(A.astype(np.longdouble), B, C, rank=1)
+
+
+@pytest.mark.parametrize("kw,needle", [(dict(gmres_rtol=float("nan")), "gmres_rtol must be"),
+                                       (dict(gmres_rtol=0.0), "gmres_rtol must be")])
+def test_lowrank_checks_its_gmres_tolerance(kw, needle):
+    import scipy.sparse as sp
+
+    from lti_reduce import lowrank
+
+    A = sp.diags([0.5] * 10).tocsc()
+    with pytest.raises(lr.LTIInputError, match=needle):
+        lowrank.balanced_truncation(A, np.ones((10, 1)), np.ones((1, 10)), rank=1, **kw)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, 1.0, "1e-3"])
+def test_compress_columns_checks_its_tolerance(bad):
+    from lti_reduce import lowrank
+
+    with pytest.raises(lr.LTIInputError, match="rtol must be"):
+        lowrank.compress_columns(np.ones((3, 2)), rtol=bad)
