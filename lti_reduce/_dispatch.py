@@ -24,6 +24,8 @@ _UNSTABLE = ("error", "split")
 
 def is_large(A) -> bool:
     """True for a ``scipy.sparse`` matrix or a ``LinearOperator`` (cheap: no import when scipy.sparse is not loaded)."""
+    if type(A) is np.ndarray:
+        return False
     sparse = sys.modules.get("scipy.sparse")
     if sparse is None:
         return False
