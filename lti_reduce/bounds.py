@@ -107,7 +107,6 @@ def _hinf_single(A, B, C, D, rtol, modes=None):
         A, C, lam = rot * A, rot * C, rot * lam
         real = False
     Ac, Bc, Cc, Dc = _bilinear_to_continuous(A, B, C, D)
-    m, p = Bc.shape[1], Cc.shape[0]
     with np.errstate(divide="ignore", invalid="ignore"):
         poles = (lam - 1.0) / (lam + 1.0)  # the eigenvalues of Ac (lam = -1 is excluded by the rotation)
     if V is not None:
