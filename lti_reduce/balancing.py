@@ -541,7 +541,8 @@ def balance(A, B=None, C=None, D=None, *, time=None, unstable="error", margin=1e
     Returns
     -------
     BalancedTruncationResult
-        Of full order ``n`` (a :class:`~lti_reduce.SplitReductionResult` with ``unstable="split"``): ``.A, .B, .C, .D`` are the balanced realization
+        Of full order ``n`` (continuous time: of the numerical order, see :class:`~lti_reduce.OrderCappedWarning`,
+        without a warning; a :class:`~lti_reduce.SplitReductionResult` with ``unstable="split"``): ``.A, .B, .C, .D`` are the balanced realization
         (formed only when accessed), ``.hsv`` the HSVs, ``.error_bounds()`` the bound
         for every order, and ``.reduce(rank=|tol=|states=)`` a truncated model.
 
