@@ -524,3 +524,14 @@ def test_reduce_plot_without_matplotlib_fails_before_writing(capsys, tmp_path, s
     code, stdout, err = run_cli(capsys, "reduce", stable_npz, "--rank", "2", "--out", out, "--plot", tmp_path / "p.png")
     assert_one_line_error(code, err, "--plot needs matplotlib")
     assert not out.exists() and stdout == ""
+
+
+@pytest.mark.parametrize("extra,needle", [(["--time", "discrete", "--dt", "0.1"], "drop one of them"),
+                                          (["--time", "continuous"], "discrete-time model (dt = 0.01")])
+def test_reduce_conflicting_time_bases_are_one_line_errors(capsys, tmp_path, stable_npz, extra, needle):
+    src = stable_npz
+    if "--time" in extra and "continuous" in extra:
+        src = tmp_path / "d.npz"
+        np.savez(src, dt=0.01, **dict(np.load(stable_npz)))
+    code, _, err = run_cli(capsys, "reduce", src, "--rank", "2", *extra)
+    assert_one_line_error(code, err, needle)

@@ -95,3 +95,17 @@ def test_discrete_time_keeps_the_requested_order():
     res = lr.balanced_truncation(Ad, B, C, rank=30)
     assert res.rank == 30
     assert np.max(np.abs(np.linalg.eigvals(res.A))) < 1
+
+
+def test_split_continuous_caps_the_stable_part_and_keeps_the_unstable_one():
+    rng = np.random.default_rng(5)
+    As = -np.diag(rng.uniform(0.5, 2.0, 6))
+    A = np.block([[As, np.zeros((6, 4))], [np.zeros((4, 6)), -np.eye(4)]])
+    A = np.block([[A, np.zeros((10, 1))], [np.zeros((1, 10)), np.array([[0.7]])]])  # one unstable pole
+    B = np.vstack([rng.standard_normal((6, 1)), np.zeros((4, 1)), np.ones((1, 1))])  # 4 uncontrollable states
+    C = rng.standard_normal((1, 11))
+    with pytest.warns(lr.OrderCappedWarning):
+        res = lr.balanced_truncation(A, B, C, rank=11, time="continuous", unstable="split")
+    assert res.n_unstable == 1 and res.rank == 7 and res.requested_rank == 11
+    lam = np.linalg.eigvals(res.A)
+    assert np.sum(lam.real > 0) == 1 and np.all(np.abs(lam.real) > 1e-3)  # no eigenvalue at s = 0
