@@ -19,7 +19,10 @@ beyond, plus the poles' own frequencies); for SPA the same response difference; 
 difference. Inputs are padded with zero columns to ``2 n`` for ``ab09ad``/``ab09nd`` (slycot 0.7.1's integer
 workspace, see ``tests/reference.py``); zero inputs change neither the HSVs nor the other inputs' responses.
 
-Run:  ``python benchmarks/bench_continuous.py``  (about a minute),  ``--quick`` (CD player, one repeat).
+A second table: random continuous systems of order 20 .. 400, balanced truncation and the norm, as ratios.
+The models are read from ``../shared/data/slicot`` when present, else from :mod:`lti_reduce.datasets`.
+
+Run:  ``python benchmarks/bench_continuous.py``  (a few minutes),  ``--quick`` (CD player, one repeat).
 """
 
 from __future__ import annotations
@@ -53,8 +56,10 @@ MODELS = {"CDplayer": 20, "iss": 10}  # orders with a clear HSV gap
 
 def load(name):
     path = SLICOT_DATA / f"{name}.mat"
-    if not path.exists():
-        return None
+    if not path.exists():  # the copies shipped with the package
+        from lti_reduce import datasets
+
+        return {"CDplayer": datasets.cd_player, "iss": datasets.iss}[name]()
     data = scipy.io.loadmat(path)
     dense = lambda X: np.asarray(X.toarray() if scipy.sparse.issparse(X) else X, dtype=float)
     return tuple(dense(data[k]) for k in "ABCD")
@@ -128,6 +133,14 @@ def timed_pairs(f_ours, f_ref, repeats):
     return float(np.median(t_o)), float(np.median(t_r)), float(np.median(ratios))
 
 
+def random_continuous(n, seed=0, m=4, p=4):
+    """Gaussian ``A / sqrt(n)`` shifted so that its rightmost eigenvalue is at ``-0.1``; Gaussian ``B, C, D``."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, n)) / np.sqrt(n)
+    A -= (np.max(np.linalg.eigvals(A).real) + 0.1) * np.eye(n)
+    return A, rng.standard_normal((n, m)), rng.standard_normal((p, n)), rng.standard_normal((p, m))
+
+
 def main():
     repeats = ARGS.repeats or (1 if ARGS.quick else 7)
     names = ["CDplayer"] if ARGS.quick else list(MODELS)
@@ -139,6 +152,19 @@ def main():
             print(f"{name}: {SLICOT_DATA / (name + '.mat')} not found, skipped")
             continue
         run_model(name, *mats, MODELS[name], repeats)
+    sizes = (20, 64) if ARGS.quick else (20, 50, 100, 200, 400)
+    print()
+    print("random continuous systems (m = p = 4), BT to order 16 vs ab09ad(dico='C'), hinf_norm vs "
+          "ab13dd(dico='C', tol=1e-10); median ratio of interleaved pairs (8x the pairs up to n = 50)")
+    print(f"{'n':>5s} {'BT ours/slicot':>15s} {'Hinf ours/slicot':>17s} {'Hinf |diff|/norm':>17s}")
+    for n in sizes:
+        A, B, C, D = random_continuous(n)
+        r = min(16, n - 1)
+        reps = repeats * (8 if n <= 50 else 1)
+        bt = timed_pairs(lambda: ours_bt(A, B, C, D, r), lambda: slicot_bt(A, B, C, D, r), reps)[2]
+        h = timed_pairs(lambda: lr.hinf_norm(A, B, C, D, time="continuous"), lambda: slicot_hinf(A, B, C, D), reps)[2]
+        diff = abs(float(lr.hinf_norm(A, B, C, D, time="continuous")) - slicot_hinf(A, B, C, D)) / slicot_hinf(A, B, C, D)
+        print(f"{n:5d} {bt:15.2f} {h:17.2f} {diff:17.1e}")
 
 
 def run_model(name, A, B, C, D, r, repeats):

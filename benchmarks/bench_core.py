@@ -7,8 +7,9 @@ fixed order by
 * SLICOT:  ``slycot.ab09ad(dico='D', job='B', equil='N', ordsel='F', nr=r)`` in-process (the square-root
   method, no scaling),
 
-on dense random systems (``n`` = 64 .. 512, ``m = p = 4``, spectral radius 0.95 and 0.999) and on the two SLICOT
-benchmark models (CD player, ISS) discretized by the HSV-preserving bilinear map. Columns: time of each (median of
+on dense random systems (``n`` = 20 .. 400, ``m = p = 4``, spectral radius 0.95 and 0.999) and on the two SLICOT
+benchmark models (CD player, ISS) discretized by the HSV-preserving bilinear map. A second table times
+``lr.hinf_norm`` (level set, ``rtol=1e-10``) against ``slycot.ab13dd(dico='D', tol=1e-10)`` on the same systems. Columns: time of each (median of
 ``--repeats`` interleaved runs, 8x as many for cases under 20 ms), the median over the interleaved pairs of
 the ratio ours/SLICOT (target <= 1.0) and the largest HSV difference relative to
 ``sigma_1`` (target <= 1e-10).
@@ -19,7 +20,7 @@ cleanly in-process, ``B`` is padded with zero columns to ``2 n`` inputs, as ``te
 inputs change neither the HSVs nor the cost in any measurable way (checked: within run-to-run noise at n = 512);
 padding ``C`` is not needed since the workspace length is ``max(m, p)``.
 
-Run:  ``python benchmarks/bench_core.py``  (about 2 minutes),  ``--quick`` (n = 64, 128; seconds).
+Run:  ``python benchmarks/bench_core.py``  (a few minutes),  ``--quick`` (n = 20, 64; seconds).
 """
 
 from __future__ import annotations
@@ -72,12 +73,15 @@ def slicot_model(name: str):
     ``z = 0``: the smallest spectral radius the bilinear map can give.
     """
     path = SLICOT_DATA / f"{name}.mat"
-    if not path.exists():
-        return None
-    data = scipy.io.loadmat(path)
-    dense = lambda X: np.asarray(X.todense() if scipy.sparse.issparse(X) else X, dtype=float)  # noqa: E731
-    A, B, C = dense(data["A"]), dense(data["B"]), dense(data["C"])
-    D = dense(data["D"]) if "D" in data else np.zeros((C.shape[0], B.shape[1]))
+    if path.exists():
+        data = scipy.io.loadmat(path)
+        dense = lambda X: np.asarray(X.todense() if scipy.sparse.issparse(X) else X, dtype=float)  # noqa: E731
+        A, B, C = dense(data["A"]), dense(data["B"]), dense(data["C"])
+        D = dense(data["D"]) if "D" in data else np.zeros((C.shape[0], B.shape[1]))
+    else:  # the copies shipped with the package
+        from lti_reduce import datasets
+
+        A, B, C, D = {"CDplayer": datasets.cd_player, "iss": datasets.iss}[name]()
     s = np.abs(np.linalg.eigvals(A))
     return lr.discretize(A, B, C, D, dt=2.0 / np.sqrt(s.min() * s.max()))
 
@@ -97,6 +101,34 @@ def slicot_ab09ad(A, B, C, rank: int):
         warnings.simplefilter("ignore")  # iwarn: order above the minimal one (not the case here)
         out = ab09ad("D", "B", "N", n, Bp.shape[1], C.shape[0], A.copy(), Bp, C.copy(), nr=rank, tol=0.0)
     return np.asarray(out[-1])
+
+
+def slicot_ab13dd(A, B, C, D):
+    from slycot import ab13dd
+
+    n = A.shape[0]
+    return float(ab13dd("D", "I", "N", "D", n, B.shape[1], C.shape[0], A.copy(), np.eye(n), B.copy(), C.copy(),
+                        D.copy(), 1e-10)[0])
+
+
+def measure_hinf(A, B, C, D, repeats: int):
+    """``lr.hinf_norm`` (level set, rtol 1e-10) against ``ab13dd(dico='D', tol=1e-10)``, interleaved like `measure`."""
+    t0 = time.perf_counter()
+    ours_val = float(lr.hinf_norm(A, B, C, D))
+    if time.perf_counter() - t0 < 0.02:
+        repeats *= 8
+    ref_val = slicot_ab13dd(A, B, C, D)
+    t_ours, t_ref = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        lr.hinf_norm(A, B, C, D)
+        t1 = time.perf_counter()
+        slicot_ab13dd(A, B, C, D)
+        t2 = time.perf_counter()
+        t_ours.append(t1 - t0)
+        t_ref.append(t2 - t1)
+    ratio = float(np.median(np.array(t_ours) / np.array(t_ref)))
+    return float(np.median(t_ours)), float(np.median(t_ref)), ratio, abs(ours_val - ref_val) / ref_val
 
 
 def measure(A, B, C, D, rank: int, repeats: int):
@@ -133,15 +165,12 @@ def main() -> int:
         print("slycot is not installed (pip install slycot): nothing to compare against.")
         return 1
     repeats = ARGS.repeats or (1 if ARGS.quick else 5)
-    sizes = (64, 128) if ARGS.quick else (64, 128, 256, 512)
+    sizes = (20, 64) if ARGS.quick else (20, 50, 100, 200, 400)
     cases = [(f"random rho={rho}", lambda n=n, rho=rho: random_system(n, n, 4, 4, rho))
              for rho in (0.95, 0.999) for n in sizes]
     skipped = []
-    for name in ("CDplayer", "iss"):
-        if (SLICOT_DATA / f"{name}.mat").exists():
-            cases.append((f"SLICOT {name}", lambda name=name: slicot_model(name)))
-        else:
-            skipped.append(name)
+    for name in ("CDplayer", "iss"):  # from ../shared/data/slicot, else from lti_reduce.datasets
+        cases.append((f"SLICOT {name}", lambda name=name: slicot_model(name)))
 
     threads = os.environ.get("OPENBLAS_NUM_THREADS", "library default")
     print(f"balanced_truncation vs slycot ab09ad(dico='D', job='B', equil='N'), rank {ARGS.rank}, "
@@ -169,6 +198,24 @@ def main() -> int:
           "* marks a missed target.")
     if skipped:
         print(f"skipped (not found under {SLICOT_DATA}): {', '.join(skipped)}")
+
+    print()
+    print(f"hinf_norm (level set, rtol 1e-10) vs slycot ab13dd(dico='D', tol=1e-10), median of {repeats}, "
+          f"BLAS threads: {threads}")
+    header = f"{'case':<22}{'n':>5}{'t_ours [s]':>12}{'t_slycot [s]':>14}{'ours/slycot':>13}{'|diff|/norm':>13}"
+    print(header)
+    print("-" * len(header))
+    hrows = []
+    for label, build in cases:
+        A, B, C, D = build()
+        t_ours, t_ref, ratio, diff = measure_hinf(A, B, C, D, repeats)
+        hrows.append(ratio)
+        flag = "" if ratio <= RATIO_TARGET else "  *"
+        print(f"{label:<22}{A.shape[0]:>5}{t_ours:>12.4f}{t_ref:>14.4f}{ratio:>13.2f}{diff:>13.1e}{flag}")
+    hr = np.array(hrows)
+    print("-" * len(header))
+    print(f"time ratio ours/slycot <= {RATIO_TARGET}: {int(np.sum(hr <= RATIO_TARGET))}/{len(hr)} cases "
+          f"(geometric mean {np.exp(np.mean(np.log(hr))):.2f}, worst {hr.max():.2f}). * marks a missed target.")
     return 0
 
 

@@ -20,6 +20,8 @@ discretize
     Continuous to discrete time (bilinear / zero-order hold).
 UnstableSystemError, LTIInputError
     Input errors (``ValueError`` subclasses).
+OrderCappedWarning
+    A continuous-time order above the model's numerical order was lowered to it.
 SplitReductionResult, SplitConditioningWarning
     Unstable models (``unstable="split"``): the unstable part kept, the stable part reduced.
 
@@ -36,7 +38,7 @@ from .balancing import BalancedTruncationResult, balance, balanced_truncation, h
 from .bounds import HSVPerturbation, hankel_norm, hinf_norm, hsv_perturbation_bound
 from .discretize import discretize
 from .energy import rank_for_tol
-from .errors import LTIInputError, UnstableSystemError
+from .errors import LTIInputError, OrderCappedWarning, UnstableSystemError
 from .gramians import gramian_factors, gramians
 from .modal import ModalConditioningWarning, modal_form
 from .stable_split import SplitConditioningWarning, SplitReductionResult
@@ -48,6 +50,7 @@ __all__ = [
     "HSVPerturbation",
     "LTIInputError",
     "ModalConditioningWarning",
+    "OrderCappedWarning",
     "SplitConditioningWarning",
     "SplitReductionResult",
     "UnstableSystemError",

@@ -1,9 +1,9 @@
 """The ``lti-reduce`` command: a thin shell over the library.
 
-``lti-reduce reduce FILE (--rank R | --tol T) [--dt DT [--discretize bilinear|zoh]] [--method truncate|spa]
-[--out OUT.npz] [--plot PNG]``
-    Reads a state-space model ``(A, B, C[, D])`` from ``.npz`` or MATLAB ``.mat``, optionally
-    discretizes it (:func:`lti_reduce.discretize`), reduces it with
+``lti-reduce reduce FILE (--rank R | --tol T | --max-error E) [--time discrete|continuous]
+[--dt DT [--discretize bilinear|zoh]] [--method truncate|spa] [--out OUT.npz] [--plot PNG]``
+    Reads a state-space model ``(A, B, C[, D][, dt])`` from ``.npz`` or MATLAB ``.mat``, optionally
+    discretizes it (:func:`lti_reduce.discretize`) or takes it in continuous time, reduces it with
     :func:`lti_reduce.balanced_truncation`, prints the Hankel singular values and the error
     bound, and writes the reduced model. Needs only numpy and scipy (matplotlib for
     ``--plot``).
@@ -63,23 +63,31 @@ class _Parser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------------------------------- parser
 def build_parser(commands: dict | None = None, stubs: dict | None = None) -> argparse.ArgumentParser:
     """The parser: ``reduce``, then ``commands`` (name -> ``register(subparsers)``), then one-line ``stubs``."""
-    parser = _Parser(prog=PROG, description="Balanced truncation of LTI systems (discrete time; continuous-time "
-                     "models are discretized with 'reduce --dt'), and in-training compression of state-space models.")
+    parser = _Parser(prog=PROG, description="Balanced truncation of LTI systems (discrete or continuous time: "
+                     "'reduce --time continuous'), and in-training compression of state-space models.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     names = ["reduce", *(commands or {}), *(stubs or {})]
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(names) + "}", parser_class=_Parser)
 
     red = sub.add_parser("reduce", help="reduce a state-space model read from .npz or .mat",
-                         description="Balanced truncation of a discrete-time model (A, B, C, D) read from a .npz file "
-                         "or a MATLAB .mat file. Give --dt to discretize a continuous-time model first.")
+                         description="Balanced truncation of a model (A, B, C, D) read from a .npz file or a MATLAB "
+                         ".mat file: discrete time by default (or the file's dt/Ts); --time continuous reduces a "
+                         "continuous-time model as such, --dt discretizes it first.")
     red.add_argument("file", metavar="FILE", help=".npz with arrays A, B, C (and optional D), or .mat with the same "
                      "variables (sparse matrices are converted to dense)")
     size = red.add_mutually_exclusive_group(required=True)
     size.add_argument("--rank", type=int, metavar="R", help="reduced order")
     size.add_argument("--tol", type=_open_unit_float, metavar="T",
                       help="fraction of the Hankel-singular-value sum that may be discarded, in (0, 1)")
+    size.add_argument("--max-error", type=_positive_float, metavar="E", dest="max_error",
+                      help="the smallest order whose a-priori error bound 2*sum(sigma_i, i > r) is at most E "
+                           "(MATLAB's MaxError; order 0, the static gain D, allowed)")
+    red.add_argument("--time", choices=("discrete", "continuous"), default=None,
+                     help="the model's time base (default: discrete, or the file's dt/Ts when it has one: 0 means "
+                          "continuous); continuous models are reduced in continuous time")
     red.add_argument("--dt", type=_positive_float, metavar="DT",
-                     help="the model is continuous-time: discretize it with step DT first")
+                     help="the model is continuous-time: discretize it with step DT first (instead of --time "
+                          "continuous)")
     red.add_argument("--discretize", choices=("bilinear", "zoh"), default="bilinear",
                      help="discretization for --dt (default: bilinear, which keeps the HSVs and the H-inf norm)")
     red.add_argument("--method", choices=("truncate", "spa"), default="truncate",
@@ -163,7 +171,16 @@ def _load_system(path: Path) -> dict:
         raise UserError(f"'{path}' has an unknown extension '{path.suffix}'; give a .npz (A, B, C[, D]) or a MATLAB "
                         ".mat file.")
     found = sorted(k for k in raw if not k.startswith("__"))
-    system = {}
+    system = {"dt": None}
+    for key in ("dt", "Ts"):
+        if key in raw:
+            value = np.asarray(raw[key])
+            if value.size != 1 or not np.issubdtype(value.dtype, np.number) or not np.isfinite(value).all() \
+                    or float(value.real.ravel()[0]) < 0:
+                raise UserError(f"'{path}' holds {key} = {value!r}, which is not a sampling time; store a single "
+                                "number >= 0 (0 for a continuous-time model) or leave it out.")
+            system["dt"] = float(value.real.ravel()[0])
+            break
     for name in ("A", "B", "C", "D"):
         value = raw.get(name, raw.get(name.lower()))
         if value is None:
@@ -215,30 +232,58 @@ def _cmd_reduce(args) -> int:
         _check_parent(Path(args.out), "--out")
     if args.plot:
         _check_parent(Path(args.plot), "--plot")
+        _matplotlib_figure()  # checked before any work, so a missing matplotlib does not leave half the output
     system = _load_system(path)
     A, B, C, D = system["A"], system["B"], system["C"], system["D"]
     n, m, p = A.shape[-1], B.shape[-1], C.shape[0]
     if n == 0:
         raise UserError(f"'{path}' holds a model with no states (A is 0 x 0): there is nothing to reduce; check that "
                         "the file holds the model you meant.")
+    file_dt = system["dt"]
+    time = args.time or ("continuous" if file_dt == 0.0 else "discrete")
+    if args.dt is not None and args.time == "discrete":
+        raise UserError("--dt DT discretizes a continuous-time model, but --time discrete says the model is already "
+                        "discrete; drop one of them.")
+    if args.dt is not None and file_dt:
+        raise UserError(f"'{path}' is a discrete-time model (dt = {file_dt:g} in the file); --dt discretizes "
+                        "continuous-time models only, so drop --dt.")
+    if args.time == "continuous" and file_dt:
+        raise UserError(f"'{path}' is a discrete-time model (dt = {file_dt:g} in the file), but --time continuous "
+                        "was given; drop --time or fix the file.")
+    out_dt = file_dt
     if args.dt is not None:
         A, B, C, D = lr.discretize(A, B, C, D, dt=args.dt, method=args.discretize)
         time_base = f"discretized from continuous time ({args.discretize}, dt={args.dt:g})"
+        time, out_dt = "discrete", args.dt
+    elif time == "continuous":
+        time_base = "continuous time" + (" (dt = 0 in the file)" if file_dt == 0.0 else " (--time continuous)")
+        out_dt = 0.0
+    elif file_dt:
+        time_base = f"discrete time, dt = {file_dt:g} (from the file)"
     else:
-        time_base = "read as discrete time (give --dt DT for a continuous-time model)"
+        time_base = "read as discrete time (give --time continuous or --dt DT for a continuous-time model)"
     if args.rank is not None and args.rank > n:
         raise UserError(f"--rank {args.rank} exceeds the model's order n = {n}; give --rank between 1 and {n}.")
     try:
-        result = lr.balanced_truncation(A, B, C, D, rank=args.rank, tol=args.tol, method=args.method,
-                                        unstable=args.unstable)
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", lr.OrderCappedWarning)
+            result = lr.balanced_truncation(A, B, C, D, rank=args.rank, tol=args.tol, max_error=args.max_error,
+                                            method=args.method, unstable=args.unstable,
+                                            time=None if time == "discrete" else time)
     except lr.UnstableSystemError as exc:
         from .validate import CONTINUOUS_FIX, SPLIT_FIX
 
-        text = str(exc).replace(SPLIT_FIX, "give --unstable split").replace(CONTINUOUS_FIX,
-                                                                           "give --dt DT to discretize it")
-        hint = ("" if args.dt is not None or "--dt DT" in text
-                else " If this is a continuous-time model, give --dt DT to discretize it.")
+        text = str(exc).replace(SPLIT_FIX, "give --unstable split").replace(
+            CONTINUOUS_FIX, "give --time continuous (or --dt DT to discretize it)")
+        hint = ("" if args.dt is not None or time == "continuous" or "--time continuous" in text
+                else " If this is a continuous-time model, give --time continuous (or --dt DT to discretize it).")
         raise UserError(f"{text}{hint}") from None
+    for w in caught:
+        if issubclass(w.category, lr.OrderCappedWarning):
+            print(f"note: --rank {args.rank} is above the model's numerical order; reduced to {result.rank} "
+                  "(the remaining states are uncontrollable or unobservable to working precision)")
     hsv = np.asarray(result.hsv, dtype=float)
     r = result.rank
     bound = float(result.error_bound)
@@ -249,7 +294,12 @@ def _cmd_reduce(args) -> int:
     for line in _format_values(hsv):
         print(line)
     lower = hsv[r] if r < len(hsv) else 0.0
-    how = f"rank {args.rank}" if args.rank is not None else f"tol {args.tol:g} (keep {1 - args.tol:.4g} of the HSV sum)"
+    if args.rank is not None:
+        how = f"rank {args.rank}"
+    elif args.tol is not None:
+        how = f"tol {args.tol:g} (keep {1 - args.tol:.4g} of the HSV sum)"
+    else:
+        how = f"max error {args.max_error:g}: the smallest order with bound <= {args.max_error:g}"
     print(f"reduced order r = {r} of {n} ({how}, method {args.method})")
     print(f"error bound: {lower:.6e} = sigma_(r+1) <= ||G - G_r||_inf <= 2 * sum(sigma_i, i > r) = {bound:.6e}")
     unstable = int(np.sum(np.isinf(hsv)))
@@ -265,15 +315,17 @@ def _cmd_reduce(args) -> int:
         out = out.with_name(out.name + ".npz")
     arrays = {"A": np.asarray(result.A), "B": np.asarray(result.B), "C": np.asarray(result.C),
               "D": np.asarray(result.D), "hsv": hsv, "error_bound": np.asarray(bound), "rank": np.asarray(r),
-              "method": np.asarray(args.method)}
+              "method": np.asarray(args.method), "time": np.asarray(time)}
+    if out_dt is not None:
+        arrays["dt"] = np.asarray(out_dt)
     if args.dt is not None:
-        arrays["dt"] = np.asarray(args.dt)
         arrays["discretization"] = np.asarray(args.discretize)
     try:
         np.savez(out, **arrays)
     except OSError as exc:
         raise UserError(f"cannot write '{out}' ({exc.strerror or exc}); choose another --out.") from None
-    print(f"wrote the reduced model (A, B, C, D, hsv, error_bound) to {out}")
+    dt_text = "" if out_dt is None else f", dt = {out_dt:g}"
+    print(f"wrote the reduced model (A, B, C, D, hsv, error_bound; time = {time}{dt_text}) to {out}")
 
     if args.plot:
         _plot_reduce(Path(args.plot), hsv, bounds, r, path.name)
@@ -288,14 +340,20 @@ def _check_parent(path: Path, option: str) -> None:
                         f"choose another {option}.")
 
 
-def _plot_reduce(path: Path, hsv, bounds, r: int, title: str) -> None:
-    import numpy as np
-
+def _matplotlib_figure():
+    """``(Figure, FigureCanvasAgg)`` from matplotlib, or a UserError saying how to get it."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise UserError("--plot needs matplotlib: pip install matplotlib (or drop --plot).") from None
+    return Figure, FigureCanvasAgg
+
+
+def _plot_reduce(path: Path, hsv, bounds, r: int, title: str) -> None:
+    import numpy as np
+
+    Figure, FigureCanvasAgg = _matplotlib_figure()
     fig = Figure(figsize=(9, 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     ax_h, ax_b = fig.subplots(1, 2)

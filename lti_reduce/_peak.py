@@ -104,7 +104,7 @@ class _Response:
         return out
 
 
-def search_peak(lam, B, C, D, real_output, rtol, symmetric=False):
+def search_peak(lam, B, C, D, real_output, rtol, symmetric=False, return_angle=False):
     """Largest ``sigma_max(G(e^{i theta}))`` found; a lower bound on ``||G||_inf`` (see the module docstring).
 
     Parameters
@@ -119,6 +119,8 @@ def search_peak(lam, B, C, D, real_output, rtol, symmetric=False):
         Relative accuracy the polished maxima are refined to.
     symmetric : bool
         The map is known to be real (a diagonalized real dense system): search ``[0, pi]`` only.
+    return_angle : bool
+        Return ``(value, theta)``, the angle where the value was found, instead of the value alone.
     """
     lam, B, C, D, real = complex_modes(lam, B, C, D, real_output)
     real = real or symmetric
@@ -141,7 +143,7 @@ def search_peak(lam, B, C, D, real_output, rtol, symmetric=False):
     sigma = _Response(lam, B, C, D)
     vals = sigma(theta, exact=False)
     if float(np.max(vals)) == 0.0:
-        return 0.0
+        return (0.0, 0.0) if return_angle else 0.0
     # Local maxima of the sampled curve (ends reflect on [0, pi]; the full circle wraps).
     if real:
         left = np.concatenate([[-np.inf], vals[:-1]])
@@ -151,7 +153,8 @@ def search_peak(lam, B, C, D, real_output, rtol, symmetric=False):
     peaks = np.flatnonzero((vals >= left) & (vals >= right))
     peaks = peaks[np.argsort(vals[peaks])[::-1][:_SCREENED]]
     vals[peaks] = sigma(theta[peaks])  # exact values of the screened maxima
-    best = float(np.max(vals))
+    best = float(np.max(vals[peaks]))
+    best_theta = float(theta[peaks[int(np.argmax(vals[peaks]))]])
     peaks = peaks[np.argsort(vals[peaks])[::-1][:_POLISH]]
     peaks = peaks[vals[peaks] >= 0.5 * best]  # a sampled maximum below half the best: not worth refining
     # Bracket: the neighbouring samples, or the resonance width of a pole sample where that is narrower.
@@ -163,7 +166,10 @@ def search_peak(lam, B, C, D, real_output, rtol, symmetric=False):
         b = theta[(peaks + 1) % theta.size] + np.where(peaks == theta.size - 1, 2 * np.pi, 0.0)
     a = np.maximum(a, theta[peaks] - scale[peaks])
     b = np.minimum(b, theta[peaks] + scale[peaks])
-    return max(best, _refine(sigma, a, b, theta[peaks], vals[peaks], rtol, lo))
+    refined, refined_theta = _refine(sigma, a, b, theta[peaks], vals[peaks], rtol, lo)
+    if refined > best:
+        best, best_theta = refined, refined_theta
+    return (best, best_theta) if return_angle else best
 
 
 def _refine(sigma, a, b, t, v, rtol, lo):
@@ -177,12 +183,13 @@ def _refine(sigma, a, b, t, v, rtol, lo):
     smooth peak (a kink, where two singular values cross, is approached by the rounds alone).
     """
     if t.size == 0:
-        return 0.0
+        return 0.0, 0.0
     shrink = (_FINE - 1) / 2.0
     rounds = int(np.ceil(np.log(1.0 / min(1e-2, 0.3 * np.sqrt(rtol))) / np.log(shrink)))
     rounds = max(2, rounds - 2)  # the parabolic step makes up the last rounds (tested against AB13DD)
     u = np.linspace(0.0, 1.0, _FINE)
     best = float(np.max(v))
+    best_theta = float(t[int(np.argmax(v))])
     rows = np.arange(t.size)
     mid = (_FINE - 1) // 2
     fresh = [j for j in range(1, _FINE - 1) if j != mid]  # the columns a known bracket still needs
@@ -204,7 +211,9 @@ def _refine(sigma, a, b, t, v, rtol, lo):
             vals[r[:, None], fresh] = sigma(pts[r][:, fresh].ravel()).reshape(r.size, len(fresh))
         i = np.argmax(vals, axis=1)
         prev = (vals, i)
-        best = max(best, float(vals.max()))
+        if float(vals.max()) > best:
+            k = int(np.argmax(vals.max(axis=1)))
+            best, best_theta = float(vals[k, i[k]]), float(pts[k, i[k]])
         h = (b - a) / (_FINE - 1)
         c = pts[rows, i]
         a, b = c - h, c + h
@@ -218,8 +227,10 @@ def _refine(sigma, a, b, t, v, rtol, lo):
         vertex = pts[rows, j] + np.clip(step, -1.0, 1.0) * h
         if lo == 0.0:
             vertex = np.clip(vertex, 0.0, np.pi)
-        best = max(best, float(np.max(sigma(vertex[ok]))))
-    return best
+        vv = sigma(vertex[ok])
+        if float(np.max(vv)) > best:
+            best, best_theta = float(np.max(vv)), float(vertex[ok][int(np.argmax(vv))])
+    return best, best_theta
 
 
 def dense_modes(A, B, C):

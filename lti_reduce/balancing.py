@@ -37,6 +37,7 @@ which matches the DC gain ``G(1)`` exactly. Both methods satisfy
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,7 @@ import numpy as np
 from . import _backend as be
 from . import _dispatch
 from .energy import rank_for_tol
-from .errors import LTIInputError
+from .errors import LTIInputError, OrderCappedWarning
 from .gramians import _factor_pair, _no_matrices
 from .validate import _Dense, check_choice, check_rank_tol, dense_system
 
@@ -220,6 +221,9 @@ class BalancedTruncationResult:
         Hankel singular values of the full model, descending.
     rank : int
         The reduced order ``r``.
+    requested_rank : int
+        The order asked for; larger than ``rank`` only for a continuous-time model whose numerical
+        order is below it (see :class:`~lti_reduce.OrderCappedWarning`).
     method : str
         ``"truncate"`` or ``"spa"``.
     projection : str
@@ -247,11 +251,15 @@ class BalancedTruncationResult:
     Index a batched result (``res[i]``) to select systems of the batch.
     """
 
-    def __init__(self, dec: _Decomposition, rank: int, method: str, states=None, projection: str = "sr"):
+    def __init__(self, dec: _Decomposition, rank: int, method: str, states=None, projection: str = "sr", *,
+                 warn: bool = True, requested_rank=None):
         self._dec = dec
         self._sysw = sysw = dec.sysw
         self._s = s = dec.s
         self.rank = int(rank)
+        self.requested_rank = self.rank if requested_rank is None else int(requested_rank)
+        if dec.time == "continuous":
+            self._cap_continuous(states, warn)
         self.method = method
         self.projection = projection
         self.states = None if states is None else tuple(int(i) for i in states)
@@ -275,6 +283,36 @@ class BalancedTruncationResult:
                     "fewer states, or use projection='sr', which decouples them.")
         self._reduced = None
         self._reduced_w = None
+
+    def _cap_continuous(self, states, warn: bool) -> None:
+        """Lower ``rank`` to the numerical order (continuous time); refuse ``states`` at round-off level.
+
+        States with ``sigma_i <= n eps sigma_1`` get zero projection columns, which in discrete time
+        decouples them as stable modes at ``z = 0`` but in continuous time puts eigenvalues at ``s = 0``
+        (on the stability boundary) into ``A_r``. SLICOT ``AB09AD`` and MATLAB likewise cap the order.
+        """
+        dec = self._dec
+        xp = dec.sysw.xp
+        above = be.to_numpy(dec.s > dec.floor)
+        numerical = int(np.min(np.count_nonzero(above, axis=-1))) if above.size else 0
+        if states is not None:
+            kept = _kept(xp, dec, sorted(int(i) for i in states))[0]
+            if not bool(xp.all(kept > dec.floor)):
+                raise LTIInputError(
+                    f"states={list(states)!r} includes balanced states whose Hankel singular value is at round-off "
+                    f"level (the model's numerical order is {numerical}); in continuous time they would become "
+                    f"eigenvalues at s = 0 of the reduced model. Keep states among 0..{numerical - 1}.")
+            return
+        if self.rank > numerical:
+            if warn:
+                where = " (the smallest over the batch)" if dec.sysw.batch_shape else ""
+                warnings.warn(
+                    f"rank={self.rank} exceeds the numerical order {numerical}{where} of this continuous-time model "
+                    f"(Hankel singular values beyond it are at round-off level, <= n * eps * sigma_1): the reduced "
+                    f"model has order {numerical} (SLICOT AB09AD returns the same NR). Keeping those states would "
+                    "give the reduced A eigenvalues at s = 0, i.e. not stable; .requested_rank holds the order "
+                    "asked for.", OrderCappedWarning, stacklevel=_user_stacklevel())
+            self.rank = numerical
 
     def _working_model(self):
         """The reduced ``(A_r, B_r, C_r, D_r)`` in working precision (float64/complex128), cached."""
@@ -320,7 +358,8 @@ class BalancedTruncationResult:
         zero = xp.zeros(tuple(s.shape[:-1]) + (1,), dtype=s.dtype, device=s.device if be.is_torch(s) else None)
         return xp.astype(2.0 * xp.concat([tail, zero], axis=-1), be.real_dtype(xp, self._sysw.out_dtype))
 
-    def reduce(self, rank=None, tol=None, method=None, *, states=None, projection=None) -> "BalancedTruncationResult":
+    def reduce(self, rank=None, tol=None, method=None, *, states=None, projection=None,
+               max_error=None) -> "BalancedTruncationResult":
         """Another reduced model from the same Gramian factors.
 
         Parameters
@@ -339,6 +378,9 @@ class BalancedTruncationResult:
             share no value.
         projection : {"sr", "bfsr"}, optional
             Defaults to this result's projection (see :func:`balanced_truncation`).
+        max_error : float, optional
+            The smallest order whose a-priori bound ``2 * sum(hsv[r:])`` does not exceed
+            ``max_error`` (MATLAB's ``getrom(R, MaxError=e)``); order 0 (the static gain) allowed.
 
         Raises
         ------
@@ -351,8 +393,8 @@ class BalancedTruncationResult:
         projection = self.projection if projection is None else projection
         _check_projection(projection, method)
         if states is not None:
-            if rank is not None or tol is not None:
-                raise LTIInputError("give only one of rank=, tol= and states=.")
+            if rank is not None or tol is not None or max_error is not None:
+                raise LTIInputError("give only one of rank=, tol=, max_error= and states=.")
             states = list(states)
             if any(isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) for i in states):
                 raise LTIInputError(f"states must be integer indices in 0..{self.n - 1} (balanced states, as in "
@@ -361,7 +403,7 @@ class BalancedTruncationResult:
             if not keep or keep[0] < 0 or keep[-1] >= self.n or len(keep) != len(states):
                 raise LTIInputError(f"states must be distinct indices in 0..{self.n - 1}, got {states!r}.")
             return BalancedTruncationResult(self._dec, len(keep), method, keep, projection)
-        rank = _resolve_rank(self._s, rank, tol, self.n)
+        rank = _resolve_rank(self._s, rank, tol, self.n, max_error)
         return BalancedTruncationResult(self._dec, rank, method, projection=projection)
 
     def to_diagonal(self, *, cond_warn: float = 1e8):
@@ -386,7 +428,8 @@ class BalancedTruncationResult:
         if not self._sysw.batch_shape:
             raise IndexError("this result holds a single system; there is no batch dimension to index.")
         idx = index if isinstance(index, tuple) else (index,)
-        return BalancedTruncationResult(self._dec[idx], self.rank, self.method, self.states, self.projection)
+        return BalancedTruncationResult(self._dec[idx], self.rank, self.method, self.states, self.projection,
+                                        warn=False, requested_rank=self.requested_rank)
 
     def __repr__(self) -> str:
         batch = f", batch={self._sysw.batch_shape}" if self._sysw.batch_shape else ""
@@ -398,6 +441,18 @@ class BalancedTruncationResult:
                 f"error_bound={b})")
 
 
+def _user_stacklevel() -> int:
+    """``stacklevel`` for :func:`warnings.warn` that points at the first frame outside this package."""
+    import os
+    import sys
+
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _check_projection(projection, method: str) -> str:
     check_choice(projection, "projection", _PROJECTIONS)
     if projection == "bfsr" and method != "truncate":
@@ -406,12 +461,45 @@ def _check_projection(projection, method: str) -> str:
     return projection
 
 
-def _resolve_rank(s, rank, tol, n: int) -> int:
+def _resolve_rank(s, rank, tol, n: int, max_error=None) -> int:
+    if max_error is not None:
+        if rank is not None or tol is not None:
+            raise LTIInputError(f"give only one of rank=, tol= and max_error= (the largest allowed a-priori error "
+                                f"bound); got rank={rank!r}, tol={tol!r}, max_error={max_error!r}.")
+        return rank_for_max_error(s, max_error)
     rank, tol = check_rank_tol(rank, tol, n)
     if rank is not None:
         return rank
     r = rank_for_tol(s, tol)
     return int(np.max(r))
+
+
+def check_max_error(max_error) -> float:
+    if isinstance(max_error, bool) or not isinstance(max_error, (int, float, np.floating, np.integer)):
+        raise LTIInputError(f"max_error must be a positive float (the largest allowed bound 2 * sum(hsv[r:]) on "
+                            f"||G - G_r||_inf), got {max_error!r} of type {type(max_error).__name__}.")
+    e = float(max_error)
+    if not (e > 0.0 and math.isfinite(e)):
+        raise LTIInputError(f"max_error must be positive and finite (the largest allowed bound 2 * sum(hsv[r:]) "
+                            f"on ||G - G_r||_inf, in the units of G), got {max_error!r}.")
+    return e
+
+
+def rank_for_max_error(hsv, max_error) -> int:
+    """Smallest order ``r`` in ``0..n`` with ``2 * sum(hsv[r:]) <= max_error`` (MATLAB's ``MaxError``).
+
+    For a batch, the largest such ``r`` over the batch (every system meets the bound). ``r = 0``
+    is the static gain ``D`` (truncation) or the DC gain (SPA).
+    """
+    e = check_max_error(max_error)
+    h = np.asarray(be.to_numpy(hsv), dtype=np.float64).reshape(-1, int(hsv.shape[-1]))
+    n = h.shape[-1]
+    tails = 2.0 * np.cumsum(h[:, ::-1], axis=-1)[:, ::-1]  # tails[:, r] = 2 sum(hsv[r:])
+    r = np.array([int(np.argmax(np.append(t <= e, True))) for t in tails])
+    for i in range(len(r)):  # the bound is reported as 2 * sum(hsv[r:]): meet it in that summation order too
+        while r[i] < n and 2.0 * float(np.sum(h[i, r[i]:])) > e:
+            r[i] += 1
+    return int(r.max()) if r.size else 0
 
 
 def _decompose(A, B, C, D) -> _Decomposition:
@@ -453,7 +541,8 @@ def balance(A, B=None, C=None, D=None, *, time=None, unstable="error", margin=1e
     Returns
     -------
     BalancedTruncationResult
-        Of full order ``n`` (a :class:`~lti_reduce.SplitReductionResult` with ``unstable="split"``): ``.A, .B, .C, .D`` are the balanced realization
+        Of full order ``n`` (continuous time: of the numerical order, see :class:`~lti_reduce.OrderCappedWarning`,
+        without a warning; a :class:`~lti_reduce.SplitReductionResult` with ``unstable="split"``): ``.A, .B, .C, .D`` are the balanced realization
         (formed only when accessed), ``.hsv`` the HSVs, ``.error_bounds()`` the bound
         for every order, and ``.reduce(rank=|tol=|states=)`` a truncated model.
 
@@ -464,6 +553,8 @@ def balance(A, B=None, C=None, D=None, *, time=None, unstable="error", margin=1e
     >>> [bal.reduce(rank=r).rank for r in (1, 2)]
     [1, 2]
     """
+    if _dispatch.is_large(A):
+        return _dispatch.large_balance(A, B, C, D, time=time, unstable=unstable)
     if _dispatch.routed(A, time, unstable):
         return _dispatch.balance(A, B, C, D, time=time, unstable=unstable, margin=margin)
     dec = _decompose(A, B, C, D)
@@ -479,16 +570,18 @@ def hankel_singular_values(A, B=None, C=None, D=None, *, time=None, unstable="er
 
     Parameters
     ----------
-    A : array, shape (..., n, n), DiagonalSystem, or system object
+    A : array, shape (..., n, n), DiagonalSystem, system object, or sparse matrix / LinearOperator
         Stable state matrix (or a :class:`~lti_reduce.DiagonalSystem`, or a python-control /
-        scipy system object, alone).
+        scipy system object, alone). A ``scipy.sparse`` matrix or ``LinearOperator`` gives the
+        estimates of the leading HSVs from low-rank factors
+        (:func:`lti_reduce.lowrank.hankel_singular_values`, shape ``(k,)``, ``k <= n``).
     B : array, shape (..., n, m)
         Input matrix (``m`` inputs).
     C : array, shape (..., p, n)
         Output matrix (``p`` outputs).
     D : array, shape (..., p, m), optional
-        Ignored: the HSVs do not depend on the feedthrough. Accepted so that the arguments of a
-        :func:`balanced_truncation` call can be passed unchanged.
+        Checked (shape, NaN/Inf) and otherwise ignored: the HSVs do not depend on the feedthrough.
+        Accepted so that the arguments of a :func:`balanced_truncation` call can be passed unchanged.
     time, unstable, margin
         As in :func:`balanced_truncation`. With ``unstable="split"``, unstable states get
         ``inf`` (MATLAB's ``hsvd`` convention), followed by the stable part's HSVs.
@@ -524,8 +617,12 @@ def hankel_singular_values(A, B=None, C=None, D=None, *, time=None, unstable="er
     >>> round(float(hsv[0]), 12)        # 1 / (1 - 0.5**2)
     1.333333333333
     """
+    if _dispatch.is_large(A):
+        return _dispatch.large_hankel_singular_values(A, B, C, time=time, unstable=unstable)
     if _dispatch.routed(A, time, unstable):
         return _dispatch.hankel_singular_values(A, B, C, D, time=time, unstable=unstable, margin=margin)
+    if D is not None and B is not None and C is not None:
+        dense_system(A, B, C, D)  # D checked against B and C (shape, NaN/Inf) though the HSVs ignore it
     scaled = _scaled_for_hsv(A, B, C)
     if scaled is not None:  # extreme scales: HSVs of (A, B 2^-eb, C 2^-ec), times 2^(eb + ec)
         hsv = hankel_singular_values(*scaled[:-1])
@@ -574,7 +671,7 @@ def _unscale_hsv(hsv, e: int):
 
 
 def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, method: str = "truncate",
-                        projection: str = "sr", time=None, unstable="error", margin=1e-8):
+                        projection: str = "sr", time=None, unstable="error", margin=1e-8, max_error=None):
     """Reduce a system by square-root balanced truncation (or SPA).
 
     Parameters
@@ -585,6 +682,10 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
         given alone, or a python-control ``StateSpace``/``TransferFunction`` or scipy
         ``signal.StateSpace``/``lti``/``dlti`` given alone (see :mod:`lti_reduce.interop`):
         its time base is used, and ``.system`` is the reduced model as the same kind of object.
+        A ``scipy.sparse`` matrix or ``scipy.sparse.linalg.LinearOperator`` (one large model, dense
+        ``B`` and ``C``) is reduced from low-rank Gramian factors by
+        :func:`lti_reduce.lowrank.balanced_truncation` (truncation, ``projection="sr"``; the result
+        is a ``LowRankBalancedTruncationResult``), as MATLAB's ``reducespec`` picks its sparse method.
     B : array, shape (..., n, m)
         Input matrix (``m`` inputs); omitted when ``A`` is a system given alone.
     C : array, shape (..., p, n)
@@ -598,7 +699,7 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
         Fraction of the HSV sum that may be discarded (CompreSSM's tau): ``r`` is the
         smallest order with ``sum(hsv[:r]) >= (1 - tol) * sum(hsv)``; for a batch, the
         largest such ``r`` over the batch (every system meets ``tol``). Give exactly
-        one of ``rank`` and ``tol``.
+        one of ``rank``, ``tol`` and ``max_error``.
     method : {"truncate", "spa"}
         Balanced truncation (exact at high frequency: ``z -> inf``, continuous ``s -> inf``) or
         singular perturbation approximation (exact DC gain: ``G(1)``, continuous ``G(0)``).
@@ -619,10 +720,18 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
         ``"split"``: keep the unstable part exactly and reduce the stable part
         (:mod:`lti_reduce.stable_split`); ``rank`` then counts the whole reduced order,
         ``tol`` and the bound refer to the stable part. One system at a time.
+    max_error : float, optional
+        The largest allowed a-priori error bound: ``r`` is the smallest order in ``0..n`` with
+        ``2 * sum(hsv[r:]) <= max_error``, so ``||G - G_r||_inf <= max_error`` (MATLAB's
+        ``getrom(R, MaxError=e)``); for a batch, the largest such ``r``. Order 0 is the static
+        gain ``D`` (``method="spa"``: the DC gain). With ``unstable="split"`` the bound is the
+        stable part's.
     margin : float
         With ``unstable="split"``: poles within this distance of the stability boundary
         (``| |lambda| - 1 | <= margin``; continuous: ``|Re lambda| <= margin * max(1, |lambda|)``)
-        cannot be classified and raise :class:`~lti_reduce.LTIInputError`.
+        cannot be classified and raise :class:`~lti_reduce.LTIInputError`. Poles within rounding
+        of the boundary (``64 n eps ||A||_1``, e.g. an integrator computed as ``-4e-17``) are never
+        counted stable: with ``margin=0`` they are kept exactly, like poles on the boundary.
 
     Returns
     -------
@@ -648,8 +757,12 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
 
     .. math:: \\sigma_{r+1} \\le \\|G - G_r\\|_{\\mathcal{H}_\\infty} \\le 2 \\sum_{i > r} \\sigma_i .
 
-    If ``rank`` exceeds the numerical order of a non-minimal system, the extra
-    states are exactly decoupled (zero rows/columns), so batch shapes stay fixed.
+    If ``rank`` exceeds the numerical order of a non-minimal system (the number of HSVs above
+    ``n eps sigma_1``), in discrete time the extra states are exactly decoupled (zero rows/columns:
+    stable modes at ``z = 0``), so batch shapes stay fixed. In continuous time such states would be
+    eigenvalues at ``s = 0``, so the order is lowered to the numerical order (for a batch, the smallest
+    over the batch) with an :class:`~lti_reduce.OrderCappedWarning`; ``.rank`` is the order returned,
+    ``.requested_rank`` the one asked for (SLICOT ``AB09AD`` returns the same ``NR``).
     Compares with SLICOT ``AB09AD`` (truncation) and ``AB09ND`` (SPA), ``DICO='D'`` (``'C'`` with
     ``time="continuous"``); ``unstable="split"`` with ``AB09MD``.
 
@@ -664,11 +777,15 @@ def balanced_truncation(A, B=None, C=None, D=None, *, rank=None, tol=None, metho
     >>> bool(res.error_bound == 2 * res.hsv[2:].sum())
     True
     """
+    if _dispatch.is_large(A):
+        return _dispatch.large_balanced_truncation(A, B, C, D, rank=rank, tol=tol, method=method,
+                                                   projection=projection, time=time, unstable=unstable,
+                                                   max_error=max_error)
     if _dispatch.routed(A, time, unstable):
         return _dispatch.balanced_truncation(A, B, C, D, rank=rank, tol=tol, method=method, projection=projection,
-                                             time=time, unstable=unstable, margin=margin)
+                                             time=time, unstable=unstable, margin=margin, max_error=max_error)
     check_choice(method, "method", _METHODS)
     _check_projection(projection, method)
     dec = _decompose(A, B, C, D)
-    r = _resolve_rank(dec.s, rank, tol, dec.sysw.n)
+    r = _resolve_rank(dec.s, rank, tol, dec.sysw.n, max_error)
     return BalancedTruncationResult(dec, r, method, projection=projection)

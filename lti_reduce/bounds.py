@@ -65,15 +65,95 @@ def _far_rotation(lam) -> float:
     return float(psi[best] - np.pi)
 
 
-def _hinf_single(A, B, C, D, rtol):
-    """Bruinsma-Steinbuch two-step algorithm on the bilinear-transformed system."""
-    phi = _far_rotation(np.linalg.eigvals(A))
+_MODES_COND = 1e8  # eigenvector condition number up to which the modal screening picks the start
+_SEARCH_FULL = 64  # from this order on the modal search refines to rtol itself (see _hinf_single)
+
+
+def _eig_modes(A):
+    """``(lam, V)`` with ``A V = V diag(lam)``, ``V`` None where it is ill-conditioned (``cond(V) > 1e8``)."""
+    lam, V = np.linalg.eig(A)
+    if V.shape[0] and np.linalg.cond(V) > _MODES_COND:
+        return lam, None
+    return lam, V
+
+
+def _modal_start(lam, V, B, C, D, rtol, real: bool):
+    """``(value, theta)``: the peak of ``sigma_max(G(e^{i theta}))`` found on the diagonalized system.
+
+    A screening of the circle and the poles' angles (:func:`lti_reduce._peak.search_peak`) at
+    ``O(n m p)`` per angle; the caller evaluates the returned angle exactly again, so the
+    diagonalization's rounding (``cond(V) eps``) never enters the norm.
+    """
+    from ._peak import search_peak
+
+    Bm, Cm = np.linalg.solve(V, B), C @ V
+    return search_peak(lam, Bm, Cm, D, False, rtol, symmetric=real, return_angle=True)
+
+
+def _hinf_single(A, B, C, D, rtol, modes=None):
+    """Bruinsma-Steinbuch two-step algorithm on the bilinear-transformed system.
+
+    ``modes = (lam, V)`` (an eigendecomposition of ``A``, ``V`` None if ill-conditioned) saves the
+    eigenvalue solve when the caller has it. With a well-conditioned ``V`` the starting lower bound
+    is the peak of a modal frequency search, evaluated again exactly (one solve), so the first
+    level set usually certifies it; otherwise a sweep of 62 exact evaluations and a final local
+    polish of the best peaks stand in for it.
+    """
+    lam, V = _eig_modes(A) if modes is None else modes
+    phi = _far_rotation(lam)
+    real = not (np.iscomplexobj(A) or np.iscomplexobj(B) or np.iscomplexobj(C) or np.iscomplexobj(D))
     if phi != 0.0:  # G(e^{i phi} z) = C e^{-i phi} (z I - e^{-i phi} A)^{-1} B + D: the same norm
         rot = np.exp(-1j * phi)
-        A, C = rot * A, rot * C
+        A, C, lam = rot * A, rot * C, rot * lam
+        real = False
     Ac, Bc, Cc, Dc = _bilinear_to_continuous(A, B, C, D)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        poles = (lam - 1.0) / (lam + 1.0)  # the eigenvalues of Ac (lam = -1 is excluded by the rotation)
+    if V is not None:
+        # Below ~64 states a Hamiltonian eigenvalue solve costs less than the search's refinement rounds:
+        # a start within 1e-6 then leaves the last digits to the level sets.
+        search_rtol = rtol if A.shape[0] >= _SEARCH_FULL else max(rtol, 1e-6)
+        theta = _modal_start(lam, V, B, C, D, search_rtol, real)[1]
+        return _hinf_level_set(Ac, Bc, Cc, Dc, rtol, poles, start=_theta_to_w(theta, 1.0))
+    return _hinf_level_set(Ac, Bc, Cc, Dc, rtol, poles)
+
+
+def _theta_to_w(theta: float, scale: float) -> float:
+    """The frequency ``w = scale tan(theta / 2)`` of the angle ``theta`` (``inf`` at ``theta = +-pi``)."""
+    return float(scale * np.tan(0.5 * theta)) if abs(theta) < np.pi - 1e-12 else np.inf
+
+
+def _hinf_continuous(A, B, C, D, rtol, lam, V, alpha):
+    """The norm on the imaginary axis of a Hurwitz ``(A, B, C, D)`` with ``A = V diag(lam) V^{-1}``.
+
+    The level sets run on ``(A, B, C, D)`` itself. The starting lower bound comes from the modal search on
+    the unit circle of the Cayley map ``z = (alpha + s) / (alpha - s)`` (``s = i alpha tan(theta / 2)``),
+    formed from the modes without any matrix: ``V^{-1} B_d = sqrt(2 alpha) diag(1/(alpha - lam)) V^{-1} B``,
+    ``C_d V = sqrt(2 alpha) C V diag(1/(alpha - lam))``, ``D_d = D + C V diag(1/(alpha - lam)) V^{-1} B``.
+    ``V`` None (ill-conditioned): the exact sweep and polish over ``w = alpha tan(theta / 2)``.
+    """
+    from ._peak import search_peak
+
+    if V is None:
+        return _hinf_level_set(A, B, C, D, rtol, lam, w_scale=alpha)
+    Bm, Cm = np.linalg.solve(V, B), C @ V
+    k = 1.0 / (alpha - lam)
+    s = np.sqrt(2.0 * alpha)
+    Dd = D + (Cm * k[None, :]) @ Bm
+    real = not (np.iscomplexobj(A) or np.iscomplexobj(B) or np.iscomplexobj(C) or np.iscomplexobj(D))
+    search_rtol = rtol if A.shape[0] >= _SEARCH_FULL else max(rtol, 1e-6)
+    theta = search_peak((alpha + lam) * k, s * k[:, None] * Bm, s * Cm * k[None, :], Dd, False, search_rtol,
+                        symmetric=real, return_angle=True)[1]
+    return _hinf_level_set(A, B, C, D, rtol, lam, start=_theta_to_w(theta, alpha), w_scale=alpha)
+
+
+def _hinf_level_set(Ac, Bc, Cc, Dc, rtol, poles, start=None, w_scale=1.0):
+    """The level-set iteration on ``(Ac, Bc, Cc, Dc)`` from a lower bound.
+
+    ``start`` is the frequency of a peak found by a search (evaluated here exactly), or None: then an
+    exact sweep of ``w = w_scale tan(theta / 2)`` over 62 angles starts it and a local polish ends it.
+    """
     m, p = Bc.shape[1], Cc.shape[0]
-    poles = np.linalg.eigvals(Ac)
     # Initial lower bound: infinity (z = -1), DC (z = 1) and the most resonant pole.
     cands = [0.0]
     if np.any(poles.imag != 0):
@@ -84,13 +164,19 @@ def _hinf_single(A, B, C, D, rtol):
         cands.append(float(np.min(np.abs(poles))))
     gamma_lb = float(np.linalg.norm(Dc, 2)) if min(p, m) else 0.0
     w_peak = np.inf
-    # A coarse sweep of the unit circle guards the initial lower bound (theta = 2 atan(w)).
-    sweep_theta = np.linspace(-np.pi, np.pi, 65)[1:-1]
-    step = float(sweep_theta[1] - sweep_theta[0])
-    sweep_vals = np.array([_sigma_max_c(Ac, Bc, Cc, Dc, np.tan(0.5 * th)) for th in sweep_theta])
-    i = int(np.argmax(sweep_vals))
-    if sweep_vals[i] > gamma_lb:
-        gamma_lb, w_peak = float(sweep_vals[i]), float(np.tan(0.5 * sweep_theta[i]))
+    if start is not None:
+        # the search's peak, evaluated exactly (w = inf: the value is D's, already in gamma_lb)
+        if np.isfinite(start):
+            cands.append(float(start))
+        sweep_theta = sweep_vals = np.zeros(0)
+    else:
+        # A coarse sweep of the unit circle guards the initial lower bound (theta = 2 atan(w / w_scale)).
+        sweep_theta = np.linspace(-np.pi, np.pi, 65)[1:-1]
+        step = float(sweep_theta[1] - sweep_theta[0])
+        sweep_vals = np.array([_sigma_max_c(Ac, Bc, Cc, Dc, w_scale * np.tan(0.5 * th)) for th in sweep_theta])
+        i = int(np.argmax(sweep_vals))
+        if sweep_vals[i] > gamma_lb:
+            gamma_lb, w_peak = float(sweep_vals[i]), float(w_scale * np.tan(0.5 * sweep_theta[i]))
     for w in cands:
         g = _sigma_max_c(Ac, Bc, Cc, Dc, w)
         if g > gamma_lb:
@@ -122,25 +208,32 @@ def _hinf_single(A, B, C, D, rtol):
         mids = np.concatenate([0.5 * (ws[:-1] + ws[1:]), [ws[0] - span, ws[-1] + span]])
         vals = [_sigma_max_c(Ac, Bc, Cc, Dc, w) for w in mids]
         best = int(np.argmax(vals))
-        if vals[best] <= gamma_lb:
+        if vals[best] <= gamma:
+            # nothing above the tested level: the crossings were rounding (the double eigenvalue of a peak
+            # within rtol of gamma_lb, or a generous on-axis test), so the norm is below gamma
+            if vals[best] > gamma_lb:
+                gamma_lb, w_peak = vals[best], mids[best]
             break
         gamma_lb, w_peak = vals[best], mids[best]
+    if start is not None:
+        # the modal search screened the whole circle and the poles' angles: it is the safeguard
+        return gamma_lb
     # Safeguard for what the level sets resolve poorly (gamma barely above sigma_max(D),
     # where R is nearly singular): polish the best peak and the sweep's local maxima.
-    starts = [(2.0 * np.arctan(w_peak) if np.isfinite(w_peak) else np.pi, 1e-3)]
+    starts = [(2.0 * np.arctan(w_peak / w_scale) if np.isfinite(w_peak) else np.pi, 1e-3)]
     order = np.argsort(sweep_vals)[::-1]
     for i in order[:3]:
         if sweep_vals[i] >= sweep_vals[i - 1] and sweep_vals[i] >= sweep_vals[(i + 1) % len(sweep_vals)]:
             starts.append((sweep_theta[i], step))
-    return max([gamma_lb] + [_polish(Ac, Bc, Cc, Dc, th, h) for th, h in starts])
+    return max([gamma_lb] + [_polish(Ac, Bc, Cc, Dc, th, h, w_scale) for th, h in starts])
 
 
-def _polish(Ac, Bc, Cc, Dc, theta0, h):
-    """Local maximization of sigma_max on ``[theta0 - h, theta0 + h]`` (bounded Brent)."""
+def _polish(Ac, Bc, Cc, Dc, theta0, h, w_scale=1.0):
+    """Local maximization of sigma_max on ``[theta0 - h, theta0 + h]`` (bounded Brent), ``w = w_scale tan(theta/2)``."""
     from scipy.optimize import minimize_scalar
 
     d_norm = float(np.linalg.norm(Dc, 2)) if Dc.size else 0.0
-    f = lambda th: -_sigma_max_c(Ac, Bc, Cc, Dc, np.tan(0.5 * th)) if abs(th) < np.pi else -d_norm  # noqa: E731
+    f = lambda th: -_sigma_max_c(Ac, Bc, Cc, Dc, w_scale * np.tan(0.5 * th)) if abs(th) < np.pi else -d_norm  # noqa: E731
     res = minimize_scalar(f, bounds=(theta0 - h, theta0 + h), method="bounded", options={"xatol": 1e-12})
     return float(-res.fun)
 
@@ -153,7 +246,7 @@ def _check_rtol(rtol) -> float:
     return float(rtol)
 
 
-def _hinf_scaled(A, B, C, D, rtol, solver=None) -> float:
+def _hinf_scaled(A, B, C, D, rtol, solver=None, modes=None) -> float:
     """:func:`_hinf_single` on ``(A, B 2^-eb, C 2^-ec', D 2^-e)``, times ``2^e`` (exact power-of-two scaling).
 
     ``||G||_inf`` is homogeneous in ``(B, C, D)``: ``e = max(eb + ec, ed)`` puts every entry of the scaled
@@ -178,7 +271,7 @@ def _hinf_scaled(A, B, C, D, rtol, solver=None) -> float:
             Cs = Cs + 1j * np.ldexp(C.imag, -(e - eb))
         if np.iscomplexobj(D):
             Ds = Ds + 1j * np.ldexp(D.imag, -e)
-    g = (solver or _hinf_single)(A, Bs, Cs, Ds, rtol)
+    g = solver(A, Bs, Cs, Ds, rtol) if solver is not None else _hinf_single(A, Bs, Cs, Ds, rtol, modes=modes)
     if g > 0.0 and math.frexp(g)[1] + e > 1024:
         raise LTIInputError(f"the H-infinity norm exceeds the float64 range ({g!r} * 2^{e}); scale B, C and D "
                             "down (the norm is homogeneous in them).")
@@ -224,7 +317,7 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None, meth
     array, shape (...), or float
         The norm per system, real, in the input's backend and device (a float for a
         python-control / scipy system object); 0 for a system with no inputs (``m = 0``) or no
-        outputs (``p = 0``).
+        outputs (``p = 0``); ``||D||_2`` for a static gain (``n = 0``, ``A`` of shape ``(..., 0, 0)``).
 
     Raises
     ------
@@ -276,6 +369,9 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None, meth
     if method not in ("level-set", "search"):
         raise LTIInputError(f"method must be 'level-set' (the norm, guaranteed) or 'search' (a fast lower "
                             f"bound by frequency search), got {method!r}.")
+    static = _static_gain_norm(A, B, C, D)
+    if static is not None:
+        return static
     if _dispatch.routed(A, time):
         return _dispatch.hinf_norm(A, B, C, D, time=time, rtol=rtol, method=method)
     if isinstance(A, DiagonalSystem):
@@ -288,11 +384,14 @@ def hinf_norm(A, B=None, C=None, D=None, *, rtol: float = 1e-10, time=None, meth
     if B is None or C is None:
         raise TypeError("hinf_norm(A, B, C[, D]) needs B and C (or pass a DiagonalSystem as the only argument).")
     rtol = _check_rtol(rtol)
-    sysw = dense_system(A, B, C, D, check_stability=True)
+    sysw = dense_system(A, B, C, D, check_stability=method != "level-set")
     count = be.batch_size(sysw.batch_shape)
     As, Bs, Cs, Ds = (be.to_numpy(M).reshape((count,) + tuple(M.shape[-2:])) for M in (sysw.A, sysw.B, sysw.C, sysw.D))
-    solve = _hinf_scaled if method == "level-set" else _hinf_dense_search
-    out = np.array([solve(a, b, c, d, rtol) for a, b, c, d in zip(As, Bs, Cs, Ds)]).reshape(sysw.batch_shape)
+    if method == "level-set":
+        out = np.array(_hinf_level_set_batch(sysw, As, Bs, Cs, Ds, rtol)).reshape(sysw.batch_shape)
+    else:
+        out = np.array([_hinf_dense_search(a, b, c, d, rtol)
+                        for a, b, c, d in zip(As, Bs, Cs, Ds)]).reshape(sysw.batch_shape)
     xp = sysw.xp
     res = be.from_numpy_like(out, sysw.like)
     return xp.astype(res, be.real_dtype(xp, sysw.out_dtype))
@@ -322,6 +421,16 @@ def _hinf_diagonal_search(sys, rtol):
     return xp.astype(res, be.real_dtype(xp, be.result_dtype(xp, sys.lam, sys.B, sys.C, sys.D)))
 
 
+def _hinf_level_set_batch(sysw, As, Bs, Cs, Ds, rtol):
+    """The level-set norm of every system; one eigendecomposition each serves the stability check too."""
+    from .validate import MAX_SPECTRAL_RADIUS, raise_unstable
+
+    modes = [_eig_modes(a) for a in As]
+    if any(lam.size and float(np.max(np.abs(lam))) >= MAX_SPECTRAL_RADIUS for lam, _ in modes):
+        raise_unstable(sysw.xp, sysw.A)
+    return [_hinf_scaled(a, b, c, d, rtol, modes=md) for a, b, c, d, md in zip(As, Bs, Cs, Ds, modes)]
+
+
 def _hinf_dense_search(A, B, C, D, rtol):
     """``method="search"`` on one dense system: diagonalized, or the level set where that is ill-conditioned."""
     from ._peak import dense_modes, search_peak
@@ -337,17 +446,49 @@ def _hinf_dense_search(A, B, C, D, rtol):
     return _hinf_scaled(lam, Bm, Cm, D, rtol, solver=solver)
 
 
-def hankel_norm(A, B=None, C=None):
+def _static_gain_norm(A, B, C, D):
+    """``||D||_2`` per system for a model without states (``A`` of shape ``(..., 0, 0)``), else None."""
+    shape = getattr(A, "shape", None)
+    if shape is None or len(shape) < 2 or int(shape[-1]) != 0 or int(shape[-2]) != 0 or B is None or C is None:
+        return None
+    from .validate import check_finite, check_matrix
+
+    Bm, Cm = check_matrix(B, "B"), check_matrix(C, "C")
+    m, p = int(Bm.shape[-1]), int(Cm.shape[-2])
+    if D is None:
+        Dn = np.zeros(tuple(int(d) for d in shape[:-2]) + (p, m))
+        like = Bm
+    else:
+        Dm = check_matrix(D, "D")
+        if (int(Dm.shape[-2]), int(Dm.shape[-1])) != (p, m):
+            raise LTIInputError(f"D must have shape (..., p, m) = (..., {p}, {m}) to match B and C, got "
+                                f"{tuple(int(d) for d in Dm.shape)}.")
+        check_finite(be.namespace(Dm), Dm, "D")
+        Dn, like = be.to_numpy(Dm), Dm
+    out = np.linalg.norm(Dn, 2, axis=(-2, -1)) if p and m else np.zeros(Dn.shape[:-2])
+    if be.is_numpy(like):
+        return out
+    xp = be.namespace(like)
+    return xp.astype(be.from_numpy_like(np.asarray(out, dtype=np.float64), like), be.real_dtype(xp, like.dtype))
+
+
+def hankel_norm(A, B=None, C=None, D=None, *, time=None):
     """Hankel norm ``||G||_H = sigma_1``, the largest Hankel singular value.
 
     Parameters
     ----------
-    A : array, shape (..., n, n), or DiagonalSystem
-        Schur-stable state matrix, or a :class:`~lti_reduce.DiagonalSystem` given alone.
+    A : array, shape (..., n, n), DiagonalSystem, or system object
+        Stable state matrix, or a :class:`~lti_reduce.DiagonalSystem` or a python-control /
+        scipy system object given alone.
     B : array, shape (..., n, m)
         Input matrix.
     C : array, shape (..., p, n)
         Output matrix.
+    D : array, shape (..., p, m), optional
+        Checked and ignored: the Hankel norm does not depend on the feedthrough. Accepted so that
+        the arguments of a :func:`balanced_truncation` call can be passed unchanged.
+    time : {None, "discrete", "continuous"}
+        As in :func:`~lti_reduce.balanced_truncation`.
 
     Returns
     -------
@@ -356,7 +497,7 @@ def hankel_norm(A, B=None, C=None):
     """
     from .balancing import hankel_singular_values
 
-    return hankel_singular_values(A, B, C)[..., 0]
+    return hankel_singular_values(A, B, C, D, time=time)[..., 0]
 
 
 class HSVPerturbation:
@@ -453,9 +594,11 @@ def hsv_perturbation_bound(system1, system2, *, rank=None):
 
     Parameters
     ----------
-    system1, system2 : DiagonalSystem or tuple (A, B, C[, D])
+    system1, system2 : DiagonalSystem, tuple (A, B, C[, D]), or system object
         Two systems with the same inputs and outputs (e.g. a layer before and after
         some training steps); orders may differ. ``D`` does not enter Hankel operators.
+        python-control / scipy system objects are taken with their time base (both must
+        have the same); tuples are discrete time.
     rank : int, optional
         The cut to certify (``1 <= rank < N``).
 
@@ -481,12 +624,34 @@ def hsv_perturbation_bound(system1, system2, *, rank=None):
     (True, True)
     """
     from .balancing import hankel_singular_values
+    from .interop import is_system_object, unwrap
 
+    times = []
+    converted = []
+    for s in (system1, system2):
+        if is_system_object(s):
+            w = unwrap(s)
+            s, t = (w.A, w.B, w.C), w.time
+        elif isinstance(s, (tuple, list)):
+            s, t = tuple(s), "discrete"
+        elif type(s).__name__ == "DiagonalSystem":
+            t = "discrete"
+        else:
+            raise LTIInputError(f"system1 and system2 must each be a DiagonalSystem, a tuple (A, B, C[, D]) or a "
+                                f"python-control / scipy system object, got {type(s).__name__}.")
+        converted.append(s)
+        times.append(t)
+    if times[0] != times[1]:
+        raise LTIInputError(f"the two systems have different time bases ({times[0]} and {times[1]}); compare two "
+                            "discrete-time or two continuous-time systems.")
+    system1, system2 = converted
+    time = None if times[0] == "discrete" else "continuous"
     diff = _difference_system(system1, system2)
-    bound = hankel_singular_values(*diff)[..., 0]
+    bound = hankel_singular_values(*diff, time=time)[..., 0]
     hsv = []
     for s in (system1, system2):
-        hsv.append(hankel_singular_values(s) if not isinstance(s, tuple) else hankel_singular_values(*s[:3]))
+        hsv.append(hankel_singular_values(s) if not isinstance(s, tuple) else
+                   hankel_singular_values(*s[:3], time=time))
     xp = be.namespace(hsv[0])
     N = max(int(h.shape[-1]) for h in hsv)
     padded = []

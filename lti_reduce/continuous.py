@@ -141,6 +141,8 @@ def hinf_norm(sysw: _Dense, rtol: float, method: str = "level-set"):
     """``sup_w sigma_max(C (i w I - A)^{-1} B + D)`` per system, through the Cayley map (same norm)."""
     from .bounds import hinf_norm as discrete_hinf_norm
 
+    if method == "level-set":
+        return _hinf_level_set(sysw, rtol)
     sysd, _ = cayley(sysw)
     mats = [be.to_numpy(M) for M in (sysd.A, sysd.B, sysd.C, sysd.D)]
     try:
@@ -148,6 +150,39 @@ def hinf_norm(sysw: _Dense, rtol: float, method: str = "level-set"):
     except UnstableSystemError:
         lam = be.to_numpy(sysw.xp.linalg.eigvals(sysw.A))
         raise_not_hurwitz(lam.real, np.abs(lam))
+
+
+def _hinf_level_set(sysw: _Dense, rtol: float):
+    """The level-set norm per system from one eigendecomposition of each ``A``.
+
+    The eigenvalues give ``alpha`` and the stability test, and with the eigenvectors the modal search
+    that starts the level sets (on the Cayley map's circle, formed from the modes); the level sets then
+    run on the continuous system itself (:func:`lti_reduce.bounds._hinf_continuous`).
+    """
+    from .bounds import _MODES_COND, _hinf_continuous, _hinf_scaled
+    from .validate import MAX_SPECTRAL_RADIUS
+
+    batch = sysw.batch_shape
+    count = int(np.prod(batch)) if batch else 1
+    A = be.to_numpy(sysw.A).reshape((count,) + (sysw.n, sysw.n))
+    decs = [np.linalg.eig(a) for a in A]
+    lam = np.stack([d[0] for d in decs])
+    if not np.all(lam.real.max(axis=-1) < 0):
+        raise_not_hurwitz(lam.real.reshape(batch + (sysw.n,)), np.abs(lam).reshape(batch + (sysw.n,)))
+    mag = np.abs(lam)
+    alpha = np.sqrt(mag.min(axis=-1) * mag.max(axis=-1))
+    lam_d = (alpha[:, None] + lam) / (alpha[:, None] - lam)
+    if not np.all(np.abs(lam_d) < MAX_SPECTRAL_RADIUS):  # Hurwitz, but within rounding of the axis
+        raise_not_hurwitz(lam.real.reshape(batch + (sysw.n,)), mag.reshape(batch + (sysw.n,)))
+    mats = [be.to_numpy(M).reshape((count,) + tuple(M.shape[-2:])) for M in (sysw.A, sysw.B, sysw.C, sysw.D)]
+    out = []
+    for i, (a, b, c, d) in enumerate(zip(*mats)):
+        V = decs[i][1]
+        V = V if np.linalg.cond(V) <= _MODES_COND else None
+        solver = lambda a_, b_, c_, d_, rt, i=i, V=V: _hinf_continuous(a_, b_, c_, d_, rt, lam[i], V,  # noqa: E731
+                                                                        float(alpha[i]))
+        out.append(_hinf_scaled(a, b, c, d, rtol, solver=solver))
+    return np.array(out).reshape(batch)
 
 
 def check_no_diagonal(A, what: str):

@@ -7,7 +7,7 @@ value, the rule it broke and how to fix it.
 
 from __future__ import annotations
 
-__all__ = ["LTIInputError", "UnstableSystemError"]
+__all__ = ["LTIInputError", "OrderCappedWarning", "UnstableSystemError"]
 
 
 class LTIInputError(ValueError):
@@ -19,4 +19,14 @@ class UnstableSystemError(LTIInputError):
 
     Discrete-time Gramians ``P = A P A^H + B B^H`` exist only for ``rho(A) < 1``;
     the message reports the spectral radius that was found.
+    """
+
+
+class OrderCappedWarning(UserWarning):
+    """The requested order exceeds the numerical order of a continuous-time model and was lowered.
+
+    States whose Hankel singular value is at round-off level (``sigma_i <= n eps sigma_1``) are
+    uncontrollable or unobservable to working precision; in continuous time keeping them would put
+    eigenvalues at ``s = 0`` into the reduced model (not stable). The result's ``rank`` is the
+    numerical order (SLICOT ``AB09AD`` returns it as ``NR``) and ``requested_rank`` what was asked.
     """

@@ -115,6 +115,7 @@ class _Operator:
         self.user_solve = solve
         self.gmres_rtol = gmres_rtol
         self.factorizations = 0
+        self.time = None  # set by the caller: the time base, for the message of an exactly singular shift
         self._lu = {}
         self._perm = None
         if self.sparse:
@@ -144,6 +145,14 @@ class _Operator:
                 del self._lu[k]
 
     def _factor(self, s):
+        try:
+            return self._factor_unchecked(s)
+        except RuntimeError as exc:
+            if "singular" not in str(exc).lower():
+                raise
+            raise _singular_shift_error(s, self.time) from None
+
+    def _factor_unchecked(self, s):
         if s not in self._lu:
             M = self.csc - s * self._eye if np.imag(s) == 0 or self.complex else \
                 self.csc.astype(np.complex128) - s * self._eye.astype(np.complex128)
@@ -242,6 +251,27 @@ class LowRankFactor:
     iterations: int
     residual_history: list = field(default_factory=list)
     shifts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def _singular_shift_error(s, time) -> LTIInputError:
+    """The error for ``A - s I`` exactly singular: ``s`` is an eigenvalue of ``A``; say what that means."""
+    z = complex(s)
+    shown = f"{z.real:.6g}" if z.imag == 0 else f"{z:.6g}"
+    if time == "discrete" and abs(z) >= 1.0:
+        return UnstableSystemError(
+            f"A has the eigenvalue {shown} (A - ({shown}) I is exactly singular), on or outside the unit circle: the "
+            "model is not Schur stable, so its discrete-time Gramians do not exist (an eigenvalue at 1 is a "
+            "discrete integrator, at -1 an undamped oscillation at the Nyquist frequency). Check the model (its time "
+            "step, or whether it is continuous time: pass time='continuous'), or reduce it densely with "
+            "lti_reduce.balanced_truncation(..., unstable='split') if it fits in memory.")
+    if time == "continuous" and z.real >= 0.0:
+        return UnstableSystemError(
+            f"A has the eigenvalue {shown} (A - ({shown}) I is exactly singular) with a non-negative real part: the "
+            "model is not Hurwitz stable, so its continuous-time Gramians do not exist. Check the model (or its "
+            "sign convention).")
+    return LTIInputError(
+        f"A - ({shown}) I is exactly singular: the ADI shift {shown} is an eigenvalue of A. Pass shifts= that avoid "
+        "the eigenvalues of A.")
 
 
 class _ADIRun:
@@ -346,7 +376,11 @@ def compress_columns(Z, rtol: float = None):
     n, k = Z.shape
     if k == 0:
         return Z
-    rtol = max(n, k) * _EPS if rtol is None else rtol
+    if rtol is None:
+        rtol = max(n, k) * _EPS
+    elif isinstance(rtol, bool) or not isinstance(rtol, (int, float, np.floating)) or not 0.0 <= float(rtol) < 1.0:
+        raise LTIInputError(f"rtol must be a float in [0, 1) (columns with singular values at most rtol * s_1 are "
+                            f"dropped, e.g. 1e-12), got {rtol!r}.")
     R = scipy.linalg.qr(Z, mode="r", check_finite=False)[0][: min(n, k)]
     _, s, Vh = scipy.linalg.svd(R, full_matrices=False, check_finite=False)
     keep = int(np.sum(s > rtol * s[0])) if s[0] > 0 else 0
@@ -555,7 +589,11 @@ def _run_adi(op: _Operator, B, C, time: str, tol: float, maxiter: int, shifts):
             for r in runs]
 
 
-def _check_options(tol, maxiter):
+def _check_options(tol, maxiter, gmres_rtol=1e-13):
+    if isinstance(gmres_rtol, bool) or not isinstance(gmres_rtol, (int, float, np.floating)) \
+            or not (0 < float(gmres_rtol) < 1):
+        raise LTIInputError(f"gmres_rtol must be a float in (0, 1) (the relative residual of the GMRES solves of a "
+                            f"LinearOperator, e.g. 1e-13), got {gmres_rtol!r}.")
     if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not (0 < float(tol) < 1):
         raise LTIInputError(f"adi_tol must be a float in (0, 1) (the relative residual at which the ADI iteration "
                             f"stops, e.g. 1e-10), got {tol!r}.")
@@ -625,8 +663,9 @@ def gramian_factors(A, B, C, *, time: str = "discrete", adi_tol: float = 1e-10, 
     """
     time = _check_time(time)
     B, C, _ = _check_system(A, B, C, None)
-    _check_options(adi_tol, maxiter)
+    _check_options(adi_tol, maxiter, gmres_rtol)
     op = _Operator(A, solve, gmres_rtol)
+    op.time = time
     return tuple(_run_adi(op, B, C, time, float(adi_tol), int(maxiter), shifts))
 
 
@@ -685,9 +724,9 @@ class LowRankBalancedTruncationResult:
     B = property(lambda self: self._reduced()[1], doc="Reduced input matrix, shape (r, m).")
     C = property(lambda self: self._reduced()[2], doc="Reduced output matrix, shape (p, r).")
 
-    def reduce(self, rank=None, tol=None) -> "LowRankBalancedTruncationResult":
-        """Another order from the same factors and SVD (``rank`` in ``1..k`` or an energy ``tol``)."""
-        r = _resolve_rank(self.hsv, rank, tol)
+    def reduce(self, rank=None, tol=None, *, max_error=None) -> "LowRankBalancedTruncationResult":
+        """Another order from the same factors and SVD (``rank`` in ``1..k``, an energy ``tol``, or ``max_error``)."""
+        r = _resolve_rank(self.hsv, rank, tol, max_error)
         return LowRankBalancedTruncationResult(self._op, self._B, self._C, self.D,
                                                (self.controllability_factor, self.observability_factor), r,
                                                self.time, (self._U, self.hsv, self._Vh))
@@ -697,8 +736,15 @@ class LowRankBalancedTruncationResult:
                 f"hsv computed={self.hsv.size}, error_bound={self.error_bound:.3e})")
 
 
-def _resolve_rank(hsv, rank, tol) -> int:
+def _resolve_rank(hsv, rank, tol, max_error=None) -> int:
     k = int(np.sum(hsv > 0))
+    if max_error is not None:
+        from .balancing import rank_for_max_error
+
+        if rank is not None or tol is not None:
+            raise LTIInputError(f"give only one of rank=, tol= and max_error= (the largest allowed a-priori error "
+                                f"bound); got rank={rank!r}, tol={tol!r}, max_error={max_error!r}.")
+        return rank_for_max_error(hsv[:k], max_error) if k else 0
     if k == 0:
         raise LTIInputError("every computed Hankel singular value is zero (B = 0 or C = 0): the transfer function "
                             "is D; there is nothing to reduce.")
@@ -729,7 +775,7 @@ def hankel_singular_values(A, B, C, **options):
 
 
 def balanced_truncation(A, B, C, D=None, *, rank=None, tol=None, time: str = "discrete", adi_tol: float = 1e-10,
-                        maxiter: int = 200, shifts=None, solve=None, gmres_rtol: float = 1e-13):
+                        maxiter: int = 200, shifts=None, solve=None, gmres_rtol: float = 1e-13, max_error=None):
     """Square-root balanced truncation of a large sparse model from low-rank Gramian factors.
 
     Parameters
@@ -745,11 +791,14 @@ def balanced_truncation(A, B, C, D=None, *, rank=None, tol=None, time: str = "di
         Reduced order ``r`` in ``1..k`` (``k`` computed HSVs).
     tol : float in (0, 1), optional
         Fraction of the computed HSV sum that may be discarded (see :func:`lti_reduce.rank_for_tol`).
-        Give exactly one of ``rank`` and ``tol``.
+        Give exactly one of ``rank``, ``tol`` and ``max_error``.
     time : {"discrete", "continuous"}
         Time base of the model and of the reduced one.
     adi_tol, maxiter, shifts, solve, gmres_rtol
         Options of the low-rank ADI iteration, see :func:`gramian_factors`.
+    max_error : float, optional
+        The smallest order ``r`` in ``0..k`` with ``2 * sum(hsv[r:]) <= max_error`` over the computed
+        HSVs (MATLAB's ``MaxError``); order 0 is the static gain ``D``.
 
     Returns
     -------
@@ -783,9 +832,10 @@ def balanced_truncation(A, B, C, D=None, *, rank=None, tol=None, time: str = "di
     """
     time = _check_time(time)
     B, C, D = _check_system(A, B, C, D)
-    _check_options(adi_tol, maxiter)
+    _check_options(adi_tol, maxiter, gmres_rtol)
     op = _Operator(A, solve, gmres_rtol)
+    op.time = time
     factors = _run_adi(op, B, C, time, float(adi_tol), int(maxiter), shifts)
     svd = _svd(*factors)
-    r = _resolve_rank(svd[1], rank, tol)
+    r = _resolve_rank(svd[1], rank, tol, max_error)
     return LowRankBalancedTruncationResult(op, B, C, D, factors, r, time, svd)

@@ -32,8 +32,10 @@ to either part safely: the stable part's Gramians would be nearly singular, or a
 would move it across. Such poles raise an :class:`~lti_reduce.LTIInputError` that names the
 margin. The band is ``| |lambda| - 1 | <= margin`` in discrete time and
 ``|Re(lambda)| <= margin * max(1, |lambda|)`` in continuous time (MATLAB's ``Offset``
-convention); ``margin=0`` classifies by the sign alone, so poles exactly on the boundary
-(integrators) go to the exactly kept part. References: A. Varga, "On stochastic balancing
+convention); ``margin=0`` classifies by the sign alone, so poles on the boundary
+(integrators) go to the exactly kept part. A computed eigenvalue carries a rounding error of about
+``eps ||A||`` (an integrator in a dense realization comes out as ``+-1e-16``), so poles within
+``64 n eps ||A||_1`` of the boundary are always counted as not stable and kept exactly. References: A. Varga, "On stochastic balancing
 related model reduction", IEEE CDC 2000, and SLICOT ``AB09MD``/``TB01KD``.
 """
 
@@ -47,7 +49,7 @@ import scipy.linalg
 from scipy.linalg import lapack
 
 from . import _backend as be
-from .errors import LTIInputError
+from .errors import LTIInputError, OrderCappedWarning
 
 __all__ = ["SplitConditioningWarning", "SplitReductionResult"]
 
@@ -66,8 +68,23 @@ def check_margin(margin) -> float:
     return float(margin)
 
 
-def _classify(lam, time: str, margin: float):
-    """Boolean mask of the stable eigenvalues; raises for eigenvalues inside the margin band."""
+def _roundoff(A) -> float:
+    """Distance from the stability boundary within which an eigenvalue of ``A`` is rounding noise.
+
+    A computed eigenvalue carries an error of about ``eps ||A||`` times its condition number; an
+    integrator in a non-diagonal realization comes out as ``+-1e-16``, on either side. Poles within
+    ``64 n eps ||A||_1`` of the boundary are therefore never counted stable (they are kept exactly,
+    which costs order but never accuracy).
+    """
+    n = int(A.shape[0])
+    return 64.0 * max(n, 1) * float(np.finfo(np.float64).eps) * max(float(np.linalg.norm(A, 1)), 1.0)
+
+
+def _classify(lam, time: str, margin: float, roundoff: float = 0.0):
+    """Boolean mask of the stable eigenvalues; raises for eigenvalues inside the margin band.
+
+    Eigenvalues within ``roundoff`` of the boundary (see :func:`_roundoff`) are not stable.
+    """
     if time == "discrete":
         dist = np.abs(lam) - 1.0
         band = np.abs(dist) <= margin
@@ -86,16 +103,17 @@ def _classify(lam, time: str, margin: float):
             f"{int(bad.size)} pole(s) lie too close to the {time}-time stability boundary to be classified as stable "
             f"or unstable ({rule}): {shown}. Pass a smaller margin= (margin=0 classifies by the sign alone and keeps "
             "poles on the boundary, such as integrators, in the exactly kept part), or move these poles.")
-    return dist < 0
+    return dist < -roundoff
 
 
-def _schur_split(A, stable, time: str):
+def _schur_split(A, stable, time: str, roundoff: float = 0.0):
     """Ordered Schur form ``A = Z T Z^H`` with the stable eigenvalues first; ``(T, Z)``."""
     cplx = np.iscomplexobj(A)
+    t = roundoff
     if time == "discrete":
-        is_stable = (lambda z: abs(z) < 1.0) if cplx else (lambda x, y: math.hypot(x, y) < 1.0)
+        is_stable = (lambda z: abs(z) - 1.0 < -t) if cplx else (lambda x, y: math.hypot(x, y) - 1.0 < -t)
     else:
-        is_stable = (lambda z: z.real < 0.0) if cplx else (lambda x, y: x < 0.0)
+        is_stable = (lambda z: z.real < -t) if cplx else (lambda x, y: x < -t)
     T, Z, sdim = scipy.linalg.schur(A, output="complex" if cplx else "real", sort=is_stable)
     ns = int(np.sum(stable))
     if sdim != ns:
@@ -116,10 +134,11 @@ def split(A, B, C, D, time: str, margin: float):
         ``(1 + ||X||_2)^2``, a bound on the condition number of the separating transformation.
     """
     lam = np.linalg.eigvals(A)
-    stable = _classify(lam, time, margin)
+    roundoff = _roundoff(A)
+    stable = _classify(lam, time, margin, roundoff)
     if bool(np.all(stable)):
         return (A, B, C, D), (A[:0, :0], B[:0], C[:, :0]), 1.0
-    T, Z, ns = _schur_split(A, stable, time)
+    T, Z, ns = _schur_split(A, stable, time, roundoff)
     Bt, Ct = Z.conj().T @ B, C @ Z
     T11, T12, T22 = T[:ns, :ns], T[:ns, ns:], T[ns:, ns:]
     if ns:
@@ -173,7 +192,7 @@ class SplitReductionResult:
     """
 
     def __init__(self, full_stable, stable_parts, unstable_parts, rank: int, method: str, projection: str,
-                 time: str, wrap, like, cond: float):
+                 time: str, wrap, like, cond: float, *, warn: bool = True):
         self._full = full_stable  # order-n_s BalancedTruncationResult of the stable part, or None
         self._stable_parts = stable_parts
         Au, Bu, Cu = unstable_parts
@@ -192,8 +211,16 @@ class SplitReductionResult:
         self.stable_hsv = s
         self.hsv = np.concatenate([np.full(nu, np.inf), s])
         rs = self.rank - nu
-        self.stable = None if (full_stable is None or rs == 0) else full_stable.reduce(
-            rank=rs, method=method, projection=projection)
+        self.requested_rank = self.rank
+        if full_stable is None or rs == 0:
+            self.stable = None
+        else:
+            with warnings.catch_warnings():
+                if not warn:
+                    warnings.simplefilter("ignore", OrderCappedWarning)
+                self.stable = full_stable.reduce(rank=rs, method=method, projection=projection)
+            self.rank = nu + self.stable.rank  # continuous time: capped at the numerical order (OrderCappedWarning)
+            rs = self.stable.rank
         self.error_bound = float(2.0 * np.sum(s[rs:])) if ns else 0.0
         self._model_cache = None
 
@@ -249,7 +276,7 @@ class SplitReductionResult:
         stable = (np.zeros(1) if self._full is None else be.to_numpy(self._full.error_bounds()))
         return np.concatenate([np.full(self.n_unstable, np.inf), stable])
 
-    def reduce(self, rank=None, tol=None, method=None, *, projection=None) -> SplitReductionResult:
+    def reduce(self, rank=None, tol=None, method=None, *, projection=None, max_error=None) -> SplitReductionResult:
         """Another reduced model from the same split and Gramian factors.
 
         Parameters
@@ -260,6 +287,9 @@ class SplitReductionResult:
             Discarded fraction of the stable part's HSV sum (see :func:`~lti_reduce.rank_for_tol`).
         method, projection : optional
             As in :func:`~lti_reduce.balanced_truncation`; default to this result's.
+        max_error : float, optional
+            The smallest whole order whose bound (the stable part's ``2 * sum(stable_hsv[r_s:])``)
+            does not exceed ``max_error``; the unstable states are always kept.
         """
         from .balancing import _METHODS, _check_projection
         from .energy import rank_for_tol
@@ -269,6 +299,19 @@ class SplitReductionResult:
         projection = self.projection if projection is None else projection
         _check_projection(projection, method)
         nu, n = self.n_unstable, self.n
+        if max_error is not None:
+            from .balancing import rank_for_max_error
+
+            if rank is not None or tol is not None:
+                raise LTIInputError(f"give only one of rank=, tol= and max_error=; got rank={rank!r}, tol={tol!r}, "
+                                    f"max_error={max_error!r}.")
+            rs = rank_for_max_error(self.stable_hsv, max_error) if self._ns else 0
+            if self._ns == 0:
+                from .balancing import check_max_error
+
+                check_max_error(max_error)
+            return SplitReductionResult(self._full, self._stable_parts, self.unstable_part, nu + rs, method,
+                                        projection, self.time, self._wrap, self._like, self.separation_condition)
         if (rank is None) == (tol is None):
             raise LTIInputError("give exactly one of rank= (the whole reduced order, unstable states included) and "
                                 f"tol= (the fraction of the stable part's HSV sum that may be discarded); got "
@@ -312,12 +355,20 @@ def balance_split(A, B, C, D, *, time: str, margin: float, wrap=None) -> SplitRe
     if stable[0].shape[0]:
         from .balancing import BalancedTruncationResult, _decompose
 
-        if time == "continuous":
-            from .continuous import decompose
+        from .errors import UnstableSystemError
 
-            dec = decompose(dense_system(*stable))
-        else:
-            dec = _decompose(*stable)
-        full = BalancedTruncationResult(dec, dec.sysw.n, "truncate")
+        try:
+            if time == "continuous":
+                from .continuous import decompose
+
+                dec = decompose(dense_system(*stable))
+            else:
+                dec = _decompose(*stable)
+        except UnstableSystemError as err:
+            raise LTIInputError(
+                f"the stable part of this model (unstable='split', margin={margin:g}) has no Gramians: a pole counted "
+                f"stable lies within rounding of the {time}-time stability boundary ({err.args[0].split(';')[0]}). "
+                "Pass a larger margin= (e.g. 1e-8) so that such poles are refused by name, or move them.") from None
+        full = BalancedTruncationResult(dec, dec.sysw.n, "truncate", warn=False)
     return SplitReductionResult(full, stable, unstable, sysw.n, "truncate", "sr", time, wrap,
-                                None if be.is_numpy(like) else like, cond)
+                                None if be.is_numpy(like) else like, cond, warn=False)

@@ -52,12 +52,57 @@ def check_nonempty_batch(batch) -> None:
                             "to work on; pass at least one system, or skip the call for an empty batch.")
 
 
+_VECTOR_FIX = {
+    "A": "A is the n x n state matrix; for one state write [[a]], for a diagonal A use numpy.diag(a) (or a "
+         "DiagonalSystem)",
+    "B": "reshape a vector to a column (one input), e.g. B[:, None]",
+    "C": "reshape a vector to a row (one output), e.g. C[None, :]",
+    "D": "give D the shape (p, m), e.g. D.reshape(p, m) or numpy.atleast_2d(D) for one input and one output",
+}
+
+
+def _as_input_array(x, name: str):
+    """``x`` as a numpy array or torch tensor, refusing what is not a matrix with a message that says so."""
+    if x is None:
+        raise LTIInputError(f"{name} is None; pass the matrix {name} (a numpy array, a torch tensor or a nested list).")
+    if isinstance(x, (str, bytes)):
+        raise LTIInputError(f"{name} is a string ({x[:40]!r}); pass the matrix {name} as a numpy array, a torch tensor "
+                            "or a nested list of numbers.")
+    if isinstance(x, np.ma.MaskedArray):
+        if np.ma.count_masked(x):
+            raise LTIInputError(f"{name} is a masked array with {int(np.ma.count_masked(x))} masked entries; a state-space "
+                                "matrix has no missing values. Fill them (numpy.ma.filled) or pass the model without "
+                                "masked entries.")
+        x = np.asarray(x.data)
+    if not (be.is_numpy(x) or be.is_torch(x)):
+        try:
+            x = np.asarray(x)
+        except ValueError:
+            raise LTIInputError(f"{name} ({type(x).__name__}) is not rectangular: its rows have different lengths; give "
+                                f"every row of {name} the same number of entries.") from None
+        except Exception:
+            raise LTIInputError(f"{name} must be an array (numpy, torch or a nested list of numbers), got "
+                                f"{type(x).__name__}.") from None
+    if be.is_numpy(x):
+        if x.dtype == object:
+            raise LTIInputError(f"{name} ({type(x).__name__}) holds objects, not numbers (rows of different lengths, or "
+                                f"entries that are not numbers); give {name} as a rectangular array of numbers.")
+        if x.dtype.kind in "USV":
+            raise LTIInputError(f"{name} has dtype {x.dtype} (text or raw bytes); pass numbers.")
+        if (x.dtype.kind == "f" and x.dtype.itemsize > 8) or (x.dtype.kind == "c" and x.dtype.itemsize > 16):
+            raise LTIInputError(f"{name} has dtype {x.dtype} (extended precision); the computation runs in float64 / "
+                                f"complex128 (LAPACK has no extended precision), so nothing would be gained and the "
+                                f"result would silently lose digits. Pass {name}.astype(numpy.float64) (or complex128).")
+    return x
+
+
 def check_matrix(x, name: str, xp=None):
-    x = be.as_array(x, name)
+    x = _as_input_array(x, name)
     xp = xp or be.namespace(x)
     if x.ndim < 2:
+        fix = _VECTOR_FIX.get(name, f"reshape it to a matrix, e.g. {name}[:, None]")
         raise LTIInputError(f"{name} must have at least 2 dimensions (..., rows, cols), got shape {_shape_str(x)}; "
-                            f"reshape a vector to a column, e.g. {name}[:, None].")
+                            f"{fix}.")
     if not (xp.isdtype(x.dtype, ("real floating", "complex floating", "integral")) or x.dtype == xp.bool):
         raise LTIInputError(f"{name} has dtype {x.dtype}; pass a real or complex floating array.")
     return x

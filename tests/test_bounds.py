@@ -283,3 +283,21 @@ def test_diagonal_hankel_singular_values_are_differentiable(torch, real_output, 
     C = torch.randn(2, n, generator=g, dtype=torch.complex128, requires_grad=True)
     f = lambda l, b, c: lr.hankel_singular_values(lr.DiagonalSystem(l, b, c, real_output=real_output))[:4]  # noqa: E731
     assert torch.autograd.gradcheck(f, (lam, B, C), atol=1e-6, rtol=1e-5)
+
+
+def test_continuous_hinf_norm_finds_a_peak_barely_above_the_feedthrough():
+    # ||G||_inf exceeds ||D||_2 by 0.1% (B ~ 1e-3), where R = D^H D - gamma^2 I of the level sets is nearly
+    # singular. SLICOT AB13DD returned ||D||_2 for two such draws (peaks 0.05% and 0.4% above it), so the
+    # reference is a dense grid of the imaginary axis (a lower bound on the norm).
+    rng = np.random.default_rng(3)
+    n, m, p = 19, 2, 2
+    A = rng.standard_normal((n, n))
+    A *= 0.9 / np.max(np.abs(np.linalg.eigvals(A)))
+    B, C, D = rng.standard_normal((n, m)) * 1e-3, rng.standard_normal((p, n)), rng.standard_normal((p, m))
+    A = A - 1.05 * np.eye(n) * np.max(np.abs(np.linalg.eigvals(A)))
+    got = float(lr.hinf_norm(A, B, C, D, time="continuous"))
+    w = np.concatenate([[0.0], np.logspace(-4, 4, 4001), -np.logspace(-4, 4, 4001)])
+    eye = np.eye(n)
+    grid = max(np.linalg.norm(C @ np.linalg.solve(1j * x * eye - A, B) + D, 2) for x in w)
+    assert grid > np.linalg.norm(D, 2) * (1 + 1e-3)  # the peak is above the feedthrough
+    assert grid * (1 - 1e-12) <= got <= grid * (1 + 1e-6)

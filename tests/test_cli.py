@@ -466,3 +466,72 @@ def test_train_target_lines_say_holds_does_not_hold_or_not_decided(quick_run, de
     assert verdict.startswith(word)
     assert ("does not hold" in verdict) == (word == "does not hold")
     assert ("inside the noise" in verdict) == (not decided)
+
+
+# --------------------------------------------------------------------------------------- max error, time base
+def test_reduce_max_error_gives_the_smallest_order_meeting_the_bound(capsys, tmp_path, stable_npz):
+    out = tmp_path / "red.npz"
+    code, stdout, _ = run_cli(capsys, "reduce", stable_npz, "--max-error", "0.5", "--out", out)
+    assert code == 0
+    f = np.load(stable_npz)
+    ref = lr.balanced_truncation(f["A"], f["B"], f["C"], f["D"], max_error=0.5)
+    got = np.load(out)
+    assert int(got["rank"]) == ref.rank and float(got["error_bound"]) <= 0.5
+    assert f"reduced order r = {ref.rank} of 8" in stdout
+
+
+def test_reduce_max_error_and_rank_are_exclusive(capsys, stable_npz):
+    code, _, err = run_cli(capsys, "reduce", stable_npz, "--max-error", "0.5", "--rank", "2")
+    assert code == 2 and "not allowed with" in err
+
+
+def test_reduce_time_continuous_matches_the_library_and_writes_dt_zero(capsys, tmp_path):
+    rng = np.random.default_rng(4)
+    A = -np.diag(rng.uniform(0.5, 5.0, 8)) + 0.05 * rng.standard_normal((8, 8))
+    B, C = rng.standard_normal((8, 2)), rng.standard_normal((1, 8))
+    src, out = tmp_path / "c.npz", tmp_path / "r.npz"
+    np.savez(src, A=A, B=B, C=C)
+    code, stdout, _ = run_cli(capsys, "reduce", src, "--time", "continuous", "--rank", "3", "--out", out)
+    assert code == 0 and "continuous time" in stdout
+    ref = lr.balanced_truncation(A, B, C, rank=3, time="continuous")
+    got = np.load(out)
+    assert str(got["time"]) == "continuous" and float(got["dt"]) == 0.0
+    np.testing.assert_allclose(np.linalg.eigvals(got["A"]).real.max(), np.linalg.eigvals(ref.A).real.max(), rtol=1e-8)
+    np.testing.assert_allclose(got["B"].T @ got["B"], ref.B.T @ ref.B, rtol=1e-8)
+
+
+def test_reduce_keeps_the_files_sampling_time(capsys, tmp_path, stable_npz):
+    f = dict(np.load(stable_npz))
+    src, out = tmp_path / "d.npz", tmp_path / "r.npz"
+    np.savez(src, dt=0.01, **f)
+    code, stdout, _ = run_cli(capsys, "reduce", src, "--rank", "3", "--out", out)
+    assert code == 0 and "dt = 0.01" in stdout
+    assert float(np.load(out)["dt"]) == 0.01 and str(np.load(out)["time"]) == "discrete"
+
+
+def test_reduce_plot_without_matplotlib_fails_before_writing(capsys, tmp_path, stable_npz, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    out = tmp_path / "r.npz"
+    code, stdout, err = run_cli(capsys, "reduce", stable_npz, "--rank", "2", "--out", out, "--plot", tmp_path / "p.png")
+    assert_one_line_error(code, err, "--plot needs matplotlib")
+    assert not out.exists() and stdout == ""
+
+
+@pytest.mark.parametrize("extra,needle", [(["--time", "discrete", "--dt", "0.1"], "drop one of them"),
+                                          (["--time", "continuous"], "discrete-time model (dt = 0.01")])
+def test_reduce_conflicting_time_bases_are_one_line_errors(capsys, tmp_path, stable_npz, extra, needle):
+    src = stable_npz
+    if "--time" in extra and "continuous" in extra:
+        src = tmp_path / "d.npz"
+        np.savez(src, dt=0.01, **dict(np.load(stable_npz)))
+    code, _, err = run_cli(capsys, "reduce", src, "--rank", "2", *extra)
+    assert_one_line_error(code, err, needle)

@@ -233,3 +233,51 @@ def test_torch_single_system(torch):
     z = _points("discrete")
     assert rc.sup_relative_difference(rc.freqresp_points(*(M.numpy() for M in (res.A, res.B, res.C, res.D)), z),
                                       rc.freqresp_points(ref_res.A, ref_res.B, ref_res.C, ref_res.D, z)) < 1e-12
+
+
+# ------------------------------------------------------------------------- poles within round-off of the boundary
+
+
+def _similar(diag, seed):
+    T = np.random.default_rng(seed).standard_normal((len(diag), len(diag)))
+    return T @ np.diag(diag) @ np.linalg.inv(T)
+
+
+def test_integrator_in_a_dense_realization_is_kept_exactly_with_margin_zero():
+    # eig computes the integrator as -1.05e-16 for this seed: it must not be counted stable
+    A = _similar([0.0, -0.5, -2.0, -3.0], 0)
+    assert np.max(np.linalg.eigvals(A).real) < 0
+    rng = np.random.default_rng(10)
+    B, C = rng.standard_normal((4, 1)), rng.standard_normal((1, 4))
+    res = lr.balanced_truncation(A, B, C, rank=2, time="continuous", unstable="split", margin=0)
+    assert res.n_unstable == 1
+    assert np.all(np.isfinite(res.stable_hsv)) and res.stable_hsv[0] < 1e6
+    # the bound holds at low frequency, where the integrator dominates
+    s = np.array([1e-3j, 1e-1j, 1j, 10j])
+    err = rc.freqresp_points(A, B, C, np.zeros((1, 1)), s) - rc.freqresp_points(res.A, res.B, res.C, res.D, s)
+    assert np.max(np.abs(err)) <= res.error_bound * (1 + 1e-6) + 1e-9
+
+
+def test_unit_pole_in_a_dense_discrete_realization_is_kept_exactly_with_margin_zero():
+    A = _similar([1.0, 0.5, 0.2, -0.3], 1)  # |lambda| computed as 1 - 7.8e-16
+    assert np.max(np.abs(np.linalg.eigvals(A))) < 1
+    rng = np.random.default_rng(11)
+    B, C = rng.standard_normal((4, 1)), rng.standard_normal((1, 4))
+    res = lr.balanced_truncation(A, B, C, rank=2, unstable="split", margin=0)
+    assert res.n_unstable == 1
+    z = np.exp(1j * np.array([1e-3, 0.1, 1.0, 3.0]))
+    err = rc.freqresp_points(A, B, C, np.zeros((1, 1)), z) - rc.freqresp_points(res.A, res.B, res.C, res.D, z)
+    assert np.max(np.abs(err)) <= res.error_bound * (1 + 1e-6) + 1e-9
+
+
+def test_split_failure_on_the_stable_part_does_not_advise_split(monkeypatch):
+    from lti_reduce import stable_split
+
+    A = _similar([1.0, 0.5, 0.2, -0.3], 1)
+    rng = np.random.default_rng(11)
+    B, C = rng.standard_normal((4, 1)), rng.standard_normal((1, 4))
+    monkeypatch.setattr(stable_split, "_roundoff", lambda A: 0.0)  # the rounding band off: the pole counts stable
+    with pytest.raises(lr.LTIInputError) as info:
+        lr.balanced_truncation(A, B, C, rank=2, unstable="split", margin=0)
+    msg = str(info.value)
+    assert "margin=" in msg and 'unstable="split": the unstable part' not in msg
