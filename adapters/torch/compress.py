@@ -15,6 +15,7 @@ import torch.nn as nn
 
 import lti_reduce as lr
 
+from . import _guards
 from .optim import (check_optimizer_owns, check_rewarm_steps, mark_rebased_, rebind_parameters_, reset_state_,
                     rewarm_)
 from .protocol import compressible_layers
@@ -697,6 +698,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
             "backward, so the cut parameters could not train again. Call compress_ outside inference_mode "
             "(it runs under torch.no_grad() by itself).")
     _check_optimizer_argument(optimizer, "compress_")
+    _guards.check_model(model)
     _check_options(tol, rank, selection, scope, min_shrink, method, seed)
     check_rewarm_steps(rewarm_steps)
     if certify not in (True, False, "lazy"):
@@ -719,6 +721,9 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         raise ValueError(f"{type(model).__name__} has selective layers ({names}) whose Delta, B and C depend on "
                          "the input; they are cut by state selection on averaged systems, which needs "
                          "calibration_inputs= (a few batches of model inputs).")
+    _guards.check_layers(layers + selective)
+    layers, frozen = _guards.split_frozen(layers)
+    layers = [(_guards.user_name(n), m) for n, m in layers]
     if optimizer is not None:
         check_optimizer_owns(optimizer, [(f"{n}.{pn}" if n else pn, p) for n, layer in layers + selective
                                          for pn, p in layer.named_parameters()], "the compressible layers")
@@ -795,6 +800,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     todo = [(layers[i][1], plans[i]) for i in cut]
     selective_report, ramp = None, 0
     if todo or selective:
+        _guards.check_no_pending_gradients(model)
         snapshot = _Snapshot([layer for layer, _ in todo] + [m for _, m in selective], optimizer)
         try:
             rebased, dropped, fresh = [], [], []  # fresh: parameter objects a layer created in place of others
@@ -855,6 +861,9 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
             pending.resolve()
     if selective_report is not None:
         reports.extend(_selective_entry(x) for x in selective_report.layers)
+    for x in reports:
+        x.name = _guards.user_name(x.name)
+    reports.extend(_guards.frozen_entries(frozen))
     return CompressionReport(reports, rewarm_steps=ramp)
 
 

@@ -120,7 +120,15 @@ def _release_reducer(ddp) -> None:
     for attr in ("reducer", "logger"):
         if attr in ddp.__dict__:
             delattr(ddp, attr)
+    ddp.forward = _replaced_wrapper_forward  # an instance attribute: nn.Module.__call__ runs it
     gc.collect()
+
+
+def _replaced_wrapper_forward(*args, **kwargs):
+    raise RuntimeError(
+        "this DistributedDataParallel wrapper was replaced by compress_ddp_, which returned a new one around the "
+        "compressed module (the old one's gradient buckets have the old sizes). Use the wrapper it returned: "
+        "model, report = compress_ddp_(model, optimizer=opt, ...), and call the new model from then on.")
 
 
 def _broadcast_(tensors, src: int, group) -> None:
