@@ -26,7 +26,8 @@ loads into a freshly built, unsharded model: compressible layers resize themselv
 
 Scope
 -----
-FSDP2 with the default ``Shard(0)`` placement of the compressible layers' parameters. FSDP1
+FSDP2 (or HSDP) over a mesh that spans every rank of the default process group, with the default ``Shard(0)``
+placement of the compressible layers' parameters; tensor or pipeline parallelism over them is refused. FSDP1
 (``FullyShardedDataParallel``, one ``FlatParameter`` per unit) is refused: its flat parameter cannot change
 size. Selective (Mamba-style) layers are refused: their cut calibrates by running the model, which under FSDP
 is a collective forward of the whole model; cut them before sharding. Step 4 uses FSDP2's private
@@ -173,6 +174,12 @@ def compress_fsdp_(model: nn.Module, *, optimizer=_REQUIRED, src: int = 0, compr
     if unsharded:
         raise ValueError(f"compress_fsdp_: the parameters {unsharded[:4]} are not sharded by fully_shard; shard the "
                          "whole model (fully_shard on the root at least) or use compress_ on an unsharded model.")
+    world = torch.distributed.get_world_size()
+    other = sorted({p.device_mesh.size() for *_, p, _ in entries} - {world})
+    if other:
+        raise ValueError(f"compress_fsdp_: the compressible layers are sharded over a mesh of {other[0]} rank(s) in a "
+                         f"job of {world}; it supports FSDP/HSDP meshes that span every rank (the ranks then hold one "
+                         "model). Tensor or pipeline parallelism over these layers is not supported.")
     if any(fp.fsdp_placement.dim != 0 for *_, fp in entries):
         raise ValueError("compress_fsdp_ supports fully_shard's default placement Shard(0) for the compressible "
                          "layers' parameters (no shard_placement_fn for them).")
