@@ -86,6 +86,24 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     for k in range(STEPS_BEFORE):
         step(k)
     shards_before = {n: tuple(p.to_local().shape) for n, p in model.named_parameters()}
+    # A failure on one rank: every rank raises, and nothing changed anywhere.
+    local_before = {n: p.to_local().clone() for n, p in model.named_parameters()}
+    moments_before = {id(p): opt.state[p]["exp_avg"].to_local().clone() for p in model.parameters()}
+
+    def fails_on_rank_1(module, optimizer=None, **kwargs):
+        report = at.compress_(module, optimizer=optimizer, **kwargs)
+        if rank == 1:
+            raise ValueError("injected failure")
+        return report
+
+    try:
+        compress_fsdp_(model, optimizer=opt, rank=4, compress_fn=fails_on_rank_1)
+        failure = None
+    except RuntimeError as exc:
+        failure = str(exc)
+    restored = all(torch.equal(p.to_local(), local_before[n]) and p.to_local().shape == local_before[n].shape
+                   for n, p in model.named_parameters())
+    restored &= all(torch.equal(opt.state[p]["exp_avg"].to_local(), moments_before[id(p)]) for p in model.parameters())
     report = compress_fsdp_(model, optimizer=opt, rank=4)
     ref_report = at.compress_(reference, rank=4, optimizer=ref_opt)
     losses = [step(STEPS_BEFORE + k) for k in range(STEPS_AFTER)]
@@ -114,7 +132,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     loss_of(fresh, u).backward()
     fresh_opt.step()
     torch.save({"after": [x.after for x in report], "after2": [x.after for x in report2],
-                "history": schedule.history, "ref_after": [x.after for x in ref_report],
+                "history": schedule.history, "failure": failure, "restored": restored, "ref_after": [x.after for x in ref_report],
                 "names": [x.name for x in report], "losses": losses, "out_sharded": out_sharded,
                 "out_reference": out_reference, "out_fresh": out_fresh, "full": full, "moments": moments,
                 "shapes": {k: tuple(v.shape) for k, v in full.items()}, "shards_before": shards_before,
@@ -163,6 +181,12 @@ def test_the_cut_happened_on_every_rank_and_the_shards_were_resized(fsdp_run):
         assert sum(r["shards_after"]["0.nu_log"][0] for r in fsdp_run) == run["after2"][0]
         assert run["shards_after"]["1.weight"] == run["shards_before"]["1.weight"]  # not a compressible layer
         assert run["owned"]  # the optimizer holds the new sharded parameters
+
+
+def test_a_failure_on_one_rank_raises_on_every_rank_and_changes_nothing(fsdp_run):
+    for run in fsdp_run:
+        assert run["failure"] is not None and "rank 1: ValueError: injected failure" in run["failure"]
+        assert run["restored"]
 
 
 def test_a_scheduled_cut_through_the_callbacks_glue_cuts_the_sharded_model(fsdp_run):
