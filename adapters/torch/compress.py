@@ -584,7 +584,9 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     Parameters
     ----------
     model : nn.Module
-        Any model containing compressible layers.
+        Any model containing compressible layers (also ``torch.compile``-d: the report uses the model's own
+        layer names). A layer whose parameters are all frozen (``requires_grad=False``) is not cut; the
+        report lists it with the note ``"frozen"``.
     tol : float in (0, 1), optional
         Fraction of each layer's HSV sum that may be dropped (the paper's tau), or
         with ``scope="global"`` the mean fraction over LTI layers.
@@ -658,13 +660,18 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     Raises
     ------
     TypeError
-        ``optimizer=`` not given.
+        ``optimizer=`` not given; a ``DistributedDataParallel`` wrapper (use :func:`compress_ddp_`) or layers
+        sharded by FSDP2 (use :func:`compress_fsdp_`).
     ValueError
         Bad options, a model with no compressible layer, selective layers without
-        ``calibration_inputs=``, an optimizer that does not own the model's parameters.
+        ``calibration_inputs=``, an optimizer that does not own the trainable parameters of the compressible
+        layers or keeps state flattened across its parameters (``torch.optim.LBFGS`` is supported: its
+        history restarts), layers on the ``meta`` device.
     RuntimeError
         Called under ``torch.inference_mode()``: tensors made there can never be saved for backward, so
-        the cut parameters could not train.
+        the cut parameters could not train; or while gradients are being accumulated (a parameter holds a
+        gradient computed since the optimizer last stepped it): the cut would drop only the resized
+        parameters' gradients and the next step would mix micro-batches.
     lti_reduce.UnstableSystemError
         A layer whose eigenvalues left the unit disc (its name is in the message).
 
