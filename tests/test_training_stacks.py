@@ -70,6 +70,28 @@ def test_the_old_ddp_wrapper_says_to_use_the_new_one(one_process_group):
     _train(new, opt)  # the new wrapper trains
 
 
+def test_compress_on_an_fsdp2_sharded_model_names_compress_fsdp_and_that_cuts_it(one_process_group):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model = _model()
+    reference = _model()
+    fully_shard(model, mesh=init_device_mesh("cpu", (1,)))
+    opt = torch.optim.Adam(model.parameters())
+    u = torch.randn(2, 6, 4)
+    with pytest.raises(TypeError, match="compress_fsdp_"):
+        at.compress_(model, rank=4, optimizer=opt)
+    model(u)  # the root keeps its parameters unsharded after a forward
+    with pytest.raises(TypeError, match="compress_fsdp_"):
+        at.compress_(model, rank=4, optimizer=opt)
+    report = at.compress_fsdp_(model, optimizer=opt, rank=4)
+    at.compress_(reference, rank=4, optimizer=None)
+    assert [x.after for x in report] == [reference[0].state_dim, reference[2].state_dim]
+    assert {id(p) for p in model.parameters()} == {id(p) for g in opt.param_groups for p in g["params"]}
+    torch.testing.assert_close(model(u), reference(u))
+    _train(model, opt)
+
+
 # -------------------------------------------------------------------------------------------- frozen layers
 def test_frozen_layers_are_skipped_and_reported_with_an_optimizer_over_trainable_parameters():
     model = _model()

@@ -80,11 +80,12 @@ def owning_optimizer(optimizers, module: nn.Module):
 
 
 def is_fsdp2(module: nn.Module) -> bool:
-    """Whether ``module``'s compressible layers are sharded by FSDP2 (``DTensor`` parameters)."""
-    from ._guards import _is_dtensor
-    from .protocol import compressible_layers
+    """Whether ``module`` is sharded by FSDP2 (``fully_shard`` applied to it or to a submodule)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
 
-    return any(_is_dtensor(p) for _, layer in compressible_layers(module) for p in layer.parameters())
+    return any(isinstance(m, FSDPModule) for m in module.modules())
 
 
 def _is_ddp(module) -> bool:

@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -20,6 +23,17 @@ __all__: list[str] = []
 
 _COMPILED = "_orig_mod"
 _STEPPED = "_lti_reduce_stepped"  # attribute set on a gradient tensor: its version when an optimizer stepped it
+_INSIDE_FSDP_CUT = contextvars.ContextVar("lti_reduce_inside_fsdp_cut", default=False)
+
+
+@contextlib.contextmanager
+def inside_fsdp_cut():
+    """``compress_fsdp_`` runs ``compress_`` on the sharded root after swapping in full values: allow it."""
+    token = _INSIDE_FSDP_CUT.set(True)
+    try:
+        yield
+    finally:
+        _INSIDE_FSDP_CUT.reset(token)
 
 
 def check_model(model: nn.Module, where: str = "compress_") -> None:
@@ -34,6 +48,14 @@ def check_model(model: nn.Module, where: str = "compress_") -> None:
                 "sizes, so after a cut through it the next backward fails (or, with one process, the ranks silently "
                 "diverge from DDP's contract). Use adapters.torch.compress_ddp_ on every rank: "
                 "model, report = compress_ddp_(model, optimizer=opt, rank=...) (it returns a new wrapper).")
+        if not _INSIDE_FSDP_CUT.get():
+            from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+            if any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in inner.modules()):
+                raise TypeError(
+                    f"{where} got a model sharded with FSDP: a cut needs the layers' full values and must re-shard the "
+                    "resized parameters. Use adapters.torch.compress_fsdp_(model, optimizer=opt, rank=...) on every "
+                    "rank (FSDP2, fully_shard; FSDP1's FullyShardedDataParallel cannot change parameter sizes).")
 
 
 def user_name(name: str) -> str:

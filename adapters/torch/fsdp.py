@@ -158,13 +158,17 @@ def compress_fsdp_(model: nn.Module, *, optimizer=_REQUIRED, src: int = 0, compr
     if not _distributed():
         return compress_fn(model, optimizer=optimizer, **compress_kwargs)
     _check_fsdp1(model)
-    _guards.check_model(model, "compress_fsdp_")
+    with _guards.inside_fsdp_cut():
+        _guards.check_model(model, "compress_fsdp_")
     rewarm_steps = compress_kwargs.pop("rewarm_steps", 20)
     check_rewarm_steps(rewarm_steps)
     if _selective_layers(model):
         raise ValueError("compress_fsdp_ cuts LTI layers (LRU, S5, S4D, the layer protocol); this model has selective "
                          "(Mamba-style) layers, whose cut calibrates by running the model. Cut them before sharding, "
                          "or train them with DDP and compress_ddp_.")
+    for module in model.modules():  # free unsharded parameters left from a forward (the root keeps them)
+        if hasattr(module, "reshard") and hasattr(module, "_get_fsdp_state"):
+            module.reshard()
     layers = compressible_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no compressible layer (see adapters.torch.protocol).")
@@ -186,9 +190,6 @@ def compress_fsdp_(model: nn.Module, *, optimizer=_REQUIRED, src: int = 0, compr
     if optimizer is not None:
         check_optimizer_owns(optimizer, [(name, p) for name, _, _, p, _ in entries], "the compressible layers")
     _guards.check_no_pending_gradients(model, "compress_fsdp_")
-    for module in model.modules():  # free any unsharded parameters left from a forward (reshard_after_forward=False)
-        if hasattr(module, "reshard") and hasattr(module, "_get_fsdp_state"):
-            module.reshard()
 
     # 1. Full values in place of the shards (a collective per parameter, in the same order on every rank).
     originals = [(owner, leaf, p) for _, owner, leaf, p, _ in entries]
@@ -203,7 +204,8 @@ def compress_fsdp_(model: nn.Module, *, optimizer=_REQUIRED, src: int = 0, compr
     # 2-3. Cut everywhere, agree, adopt src's values.
     report, error = None, None
     try:
-        report = compress_fn(model, optimizer=None, **compress_kwargs)
+        with _guards.inside_fsdp_cut():
+            report = compress_fn(model, optimizer=None, **compress_kwargs)
     except Exception as exc:  # agreed on below, so no rank is left waiting in a collective
         error = exc
     failures = _all_agree(None if error is None else f"{type(error).__name__}: {error}", None)
