@@ -399,3 +399,23 @@ def test_hf_mamba_is_cut_by_the_callback_with_calibration_inputs_like_a_hand_wri
     assert callback.cuts[0]["compression/state_size"] == sum(_mamba_sizes(model))
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+# ------------------------------------------------------------------------------------------------- FSDP
+def _fsdp_trainer(version):
+    from types import SimpleNamespace
+
+    plugin = SimpleNamespace(fsdp_version=version)
+    return SimpleNamespace(is_deepspeed_enabled=False, is_fsdp_enabled=True,
+                           accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)))
+
+
+def test_fsdp1_is_refused_with_the_fsdp2_setting_and_fsdp2_is_accepted(tmp_path):
+    from transformers import TrainerControl, TrainerState
+
+    schedule = CompressionSchedule(total_steps=10, steps=[2], rank=4)
+    with pytest.raises(ValueError, match=r"FSDP2.*fsdp_config=\{'version': 2\}"):
+        CompressionCallback(schedule, trainer=_fsdp_trainer(1)).on_train_begin(
+            _args(tmp_path), TrainerState(), TrainerControl(), model=_model())
+    CompressionCallback(schedule, trainer=_fsdp_trainer(2)).on_train_begin(
+        _args(tmp_path), TrainerState(), TrainerControl(), model=_model())

@@ -330,5 +330,86 @@ def test_ddp_gradients_stay_all_reduced_after_the_cut(ddp_run):
         assert len(run["wrappers"]) == 1 and run["wrappers"][0][0] == "DistributedDataParallel"
 
 
+# ------------------------------------------------------------------ FSDP2 (ModelParallelStrategy, 2 ranks)
+
+FSDP_STEPS, FSDP_CUT = 5, 2
+
+
+def _fsdp_main(out: str) -> None:
+    """Run by Lightning on both ranks: fully_shard in configure_model, cut through compress_fsdp_."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    torch.set_num_threads(1)
+    callback = CompressionCallback(CompressionSchedule(total_steps=FSDP_STEPS, steps=[FSDP_CUT], rank=4))
+
+    class Sharded(Net):
+        def configure_model(self):
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = self.device_mesh["data_parallel"]
+            for layer in (self.net[0], self.net[2]):
+                fully_shard(layer, mesh=mesh)
+            fully_shard(self.net, mesh=mesh)
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.losses.append(float(loss))
+            return loss
+
+    module = Sharded()
+    module.losses = []
+    trainer = pl.Trainer(accelerator="cpu", devices=2, max_steps=FSDP_STEPS, callbacks=[callback],
+                         strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=out)
+    trainer.fit(module, _loader(_data(2 * FSDP_STEPS)))
+    optimizer = trainer.optimizers[0]
+    owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    torch.save({"full": {k: v.full_tensor().detach().clone() for k, v in module.state_dict().items()},
+                "cuts": callback.cuts, "losses": module.losses,
+                "owned": all(id(p) in owned for p in module.parameters())},
+               os.path.join(out, f"rank{trainer.global_rank}.pt"))
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is not available")
+    pytest.importorskip("lightning.pytorch.strategies").ModelParallelStrategy
+    out = tmp_path_factory.mktemp("lightning_fsdp")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1"}
+    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, __file__, "fsdp", str(out)], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, f"the Lightning FSDP job failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.mark.distributed
+def test_fsdp2_every_rank_cuts_the_sharded_model_and_trains_on(fsdp_run):
+    a, b = fsdp_run
+    assert [c["step"] for c in a["cuts"]] == [c["step"] for c in b["cuts"]] == [FSDP_CUT]
+    assert a["full"]["net.0.nu_log"].shape[0] <= 4 and a["full"]["net.2.B_re"].shape[0] <= 4
+    for key in a["full"]:
+        assert torch.equal(a["full"][key], b["full"][key]), key
+    for run in fsdp_run:
+        assert run["owned"] and len(run["losses"]) == FSDP_STEPS
+        assert all(x == x and abs(x) < 1e3 for x in run["losses"])
+
+
+def test_fsdp1_strategy_is_refused_with_the_fsdp2_route():
+    from adapters.torch.lightning import _unsupported
+
+    strategies = pytest.importorskip("lightning.pytorch.strategies")
+    reason = _unsupported(strategies.FSDPStrategy())
+    assert "ModelParallelStrategy" in reason and "fully_shard" in reason
+    assert _unsupported(strategies.ModelParallelStrategy()) is None
+
+
 if __name__ == "__main__":
-    _ddp_main(sys.argv[1])
+    if sys.argv[1] == "fsdp":
+        _fsdp_main(sys.argv[2])
+    else:
+        _ddp_main(sys.argv[1])

@@ -19,6 +19,10 @@ hankel_nuclear_norm
     Differentiable sum of HSVs, a regularizer (the paper's baseline).
 compress_ddp_
     compress_ inside DistributedDataParallel: unwrap, cut, broadcast from one rank, re-wrap.
+compress_fsdp_
+    compress_ on a model sharded with FSDP2 (fully_shard): gather, cut, agree, re-shard, optimizer rebound.
+resize_averaged_model_
+    After a cut, restart a weight average's (EMA, AveragedModel) cut layers from the model's values.
 SelectiveSSM, compress_selective_, measure_selective_cut, selective_scan
     A pure-torch Mamba-style selective SSM block; state selection for it and Hugging Face Mamba/Mamba2 mixers.
 CompressibleLayer, compressible_layers, is_compressible
@@ -27,6 +31,8 @@ CompressibleLayer, compressible_layers, is_compressible
 
 from .compress import CompressionReport, LayerReport, compress_
 from .distributed import compress_ddp_
+from .ema import resize_averaged_model_
+from .fsdp import compress_fsdp_
 from .lru import LRU
 from .optim import StaleOptimizerStateError
 from .mamba import (
@@ -58,6 +64,8 @@ __all__ = [
     "SelectiveCompressionReport",
     "SelectiveLayerReport",
     "compress_ddp_",
+    "compress_fsdp_",
+    "resize_averaged_model_",
     "compress_selective_",
     "measure_selective_cut",
     "selective_scan",

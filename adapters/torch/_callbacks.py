@@ -11,6 +11,8 @@ more optimizers and their LR schedulers. A cut through :class:`~adapters.torch.C
   on the unwrapped module), then re-initializes the trainer's own wrapper object in place, because a
   framework's training loop holds that object (Hugging Face's ``Trainer`` keeps it in a local variable
   of its loop, so a new wrapper could not be handed back);
+* under FSDP2 (``fully_shard``), cuts with :func:`~adapters.torch.compress_fsdp_`, which re-shards the
+  resized parameters in place: the model and optimizer objects the trainer holds stay valid;
 * turns the report into flat ``{name: float}`` metrics for the trainer's logger.
 
 Nothing here imports a training framework.
@@ -77,6 +79,15 @@ def owning_optimizer(optimizers, module: nn.Module):
     return owners[0] if owners else None
 
 
+def is_fsdp2(module: nn.Module) -> bool:
+    """Whether ``module`` is sharded by FSDP2 (``fully_shard`` applied to it or to a submodule)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
 def _is_ddp(module) -> bool:
     if not torch.distributed.is_available():
         return False
@@ -139,6 +150,12 @@ def scheduled_cut(schedule, step: int, wrapper: nn.Module, optimizer, *, calibra
             settings = _ddp_settings(wrapper)
             _, report = compress_ddp_(module, optimizer=optimizer, compress_fn=cut)
             _reinit_ddp_(wrapper, module, settings)
+        elif is_fsdp2(module):
+            from .fsdp import compress_fsdp_
+
+            # the cut runs on gathered plain tensors without the optimizer; compress_fsdp_ ramps the new shards
+            rewarm = schedule.compress_kwargs.get("rewarm_steps", 20)
+            report = compress_fsdp_(module, optimizer=optimizer, compress_fn=cut, rewarm_steps=rewarm)
         else:
             report = cut(module, optimizer=optimizer)
     except BaseException:

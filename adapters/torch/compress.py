@@ -15,6 +15,7 @@ import torch.nn as nn
 
 import lti_reduce as lr
 
+from . import _guards
 from .optim import (check_optimizer_owns, check_rewarm_steps, mark_rebased_, rebind_parameters_, reset_state_,
                     rewarm_)
 from .protocol import compressible_layers
@@ -583,7 +584,9 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     Parameters
     ----------
     model : nn.Module
-        Any model containing compressible layers.
+        Any model containing compressible layers (also ``torch.compile``-d: the report uses the model's own
+        layer names). A layer whose parameters are all frozen (``requires_grad=False``) is not cut; the
+        report lists it with the note ``"frozen"``.
     tol : float in (0, 1), optional
         Fraction of each layer's HSV sum that may be dropped (the paper's tau), or
         with ``scope="global"`` the mean fraction over LTI layers.
@@ -657,13 +660,18 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     Raises
     ------
     TypeError
-        ``optimizer=`` not given.
+        ``optimizer=`` not given; a ``DistributedDataParallel`` wrapper (use :func:`compress_ddp_`) or layers
+        sharded by FSDP2 (use :func:`compress_fsdp_`).
     ValueError
         Bad options, a model with no compressible layer, selective layers without
-        ``calibration_inputs=``, an optimizer that does not own the model's parameters.
+        ``calibration_inputs=``, an optimizer that does not own the trainable parameters of the compressible
+        layers or keeps state flattened across its parameters (``torch.optim.LBFGS`` is supported: its
+        history restarts), layers on the ``meta`` device.
     RuntimeError
         Called under ``torch.inference_mode()``: tensors made there can never be saved for backward, so
-        the cut parameters could not train.
+        the cut parameters could not train; or while gradients are being accumulated (a parameter holds a
+        gradient computed since the optimizer last stepped it): the cut would drop only the resized
+        parameters' gradients and the next step would mix micro-batches.
     lti_reduce.UnstableSystemError
         A layer whose eigenvalues left the unit disc (its name is in the message).
 
@@ -697,6 +705,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
             "backward, so the cut parameters could not train again. Call compress_ outside inference_mode "
             "(it runs under torch.no_grad() by itself).")
     _check_optimizer_argument(optimizer, "compress_")
+    _guards.check_model(model)
     _check_options(tol, rank, selection, scope, min_shrink, method, seed)
     check_rewarm_steps(rewarm_steps)
     if certify not in (True, False, "lazy"):
@@ -719,6 +728,9 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         raise ValueError(f"{type(model).__name__} has selective layers ({names}) whose Delta, B and C depend on "
                          "the input; they are cut by state selection on averaged systems, which needs "
                          "calibration_inputs= (a few batches of model inputs).")
+    _guards.check_layers(layers + selective)
+    layers, frozen = _guards.split_frozen(layers)
+    layers = [(_guards.user_name(n), m) for n, m in layers]
     if optimizer is not None:
         check_optimizer_owns(optimizer, [(f"{n}.{pn}" if n else pn, p) for n, layer in layers + selective
                                          for pn, p in layer.named_parameters()], "the compressible layers")
@@ -795,6 +807,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     todo = [(layers[i][1], plans[i]) for i in cut]
     selective_report, ramp = None, 0
     if todo or selective:
+        _guards.check_no_pending_gradients(model)
         snapshot = _Snapshot([layer for layer, _ in todo] + [m for _, m in selective], optimizer)
         try:
             rebased, dropped, fresh = [], [], []  # fresh: parameter objects a layer created in place of others
@@ -855,6 +868,9 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
             pending.resolve()
     if selective_report is not None:
         reports.extend(_selective_entry(x) for x in selective_report.layers)
+    for x in reports:
+        x.name = _guards.user_name(x.name)
+    reports.extend(_guards.frozen_entries(frozen))
     return CompressionReport(reports, rewarm_steps=ramp)
 
 

@@ -32,17 +32,11 @@ If ``torch.distributed`` is unavailable or not initialized, there is no DDP mode
 group): ``compress_ddp_`` accepts a plain module, compresses it and returns it unwrapped, so one training
 script runs both single-process and under ``torchrun``.
 
-FSDP status: not supported
---------------------------
-FSDP (v1) flattens each wrapped unit's parameters into one ``FlatParameter`` sharded across ranks, and FSDP2
-(``fully_shard``) turns each parameter into a ``DTensor`` sharded on dim 0. A cut resizes individual
-per-layer parameters (the state axis of ``B``, ``C``, ``lam``), which neither layout allows in place: the
-flat parameter's shard boundaries and the DTensor's sharding would have to be recomputed, and the optimizer
-state is sharded the same way. The path is: gather a full (unsharded) state dict of model and optimizer
-(``torch.distributed.checkpoint.state_dict.get_state_dict`` with ``full_state_dict=True``), compress a plain
-copy of the module on one rank, build a fresh model at the new sizes (compressed checkpoints load into a
-freshly built model: layers resize themselves), shard it again and load the full state. That is a re-build,
-not an in-place cut, and it is not implemented or tested here.
+FSDP
+----
+A model sharded with FSDP2 (``fully_shard``) is cut by :func:`adapters.torch.compress_fsdp_`, which gathers
+the compressible layers' full values, cuts them on every rank, adopts rank ``src``'s result and re-shards the
+resized parameters in place (:mod:`adapters.torch.fsdp`). FSDP1 (``FullyShardedDataParallel``) is refused.
 """
 
 from __future__ import annotations
@@ -120,7 +114,15 @@ def _release_reducer(ddp) -> None:
     for attr in ("reducer", "logger"):
         if attr in ddp.__dict__:
             delattr(ddp, attr)
+    ddp.forward = _replaced_wrapper_forward  # an instance attribute: nn.Module.__call__ runs it
     gc.collect()
+
+
+def _replaced_wrapper_forward(*args, **kwargs):
+    raise RuntimeError(
+        "this DistributedDataParallel wrapper was replaced by compress_ddp_, which returned a new one around the "
+        "compressed module (the old one's gradient buckets have the old sizes). Use the wrapper it returned: "
+        "model, report = compress_ddp_(model, optimizer=opt, ...), and call the new model from then on.")
 
 
 def _broadcast_(tensors, src: int, group) -> None:

@@ -36,11 +36,20 @@ __all__ = ["CompressionCallback"]
 
 
 
-def _supported(strategy) -> bool:
+def _unsupported(strategy) -> str | None:
+    """Why ``strategy`` cannot carry a cut, or ``None`` if it can."""
     from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
-    sharded = any(cls.__name__.startswith(("DeepSpeed", "FSDP")) for cls in type(strategy).__mro__)
-    return isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and not sharded
+    names = [cls.__name__ for cls in type(strategy).__mro__]
+    if any(n.startswith("FSDP") for n in names):
+        return ("FSDPStrategy wraps the model in FSDP1 (FullyShardedDataParallel), whose flat parameters cannot change "
+                "size. Use strategy=ModelParallelStrategy() and apply torch.distributed.fsdp.fully_shard (FSDP2) in "
+                "configure_model: the callback then cuts through adapters.torch.compress_fsdp_")
+    if any(n.startswith("DeepSpeed") for n in names):
+        return "DeepSpeed partitions parameters in flat buffers a cut cannot resize; train with 'ddp' or FSDP2"
+    if isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) or "ModelParallelStrategy" in names:
+        return None
+    return f"{type(strategy).__name__} is not one of the strategies a cut is tested under (single device, DDP, FSDP2)"
 
 
 class CompressionCallback(Callback):
@@ -103,7 +112,12 @@ class CompressionCallback(Callback):
     *Distributed.* Under Lightning's ``"ddp"``/``"ddp_spawn"`` strategies the cut runs on every rank,
     the ranks agree on the result and receive rank 0's (:func:`adapters.torch.compress_ddp_`), and the
     strategy's ``DistributedDataParallel`` wrapper is rebuilt in place around the compressed module.
-    FSDP and DeepSpeed shard parameters in layouts a cut cannot resize; they are refused at ``setup``.
+    Under ``ModelParallelStrategy`` with FSDP2 (``fully_shard`` applied in ``configure_model``) the cut goes
+    through :func:`adapters.torch.compress_fsdp_`: full values gathered, cut, rank 0's result adopted,
+    parameters re-sharded in place and the optimizer rebound. Its checkpoints are sharded (distributed
+    checkpoint) at the cut sizes: resume into a model built at those sizes, or save a full state dict
+    (``get_model_state_dict(..., full_state_dict=True)``), which loads into a fresh full-size model.
+    ``FSDPStrategy`` (FSDP1) and DeepSpeed keep flat parameters a cut cannot resize; they are refused at ``setup``.
 
     Examples
     --------
@@ -131,11 +145,11 @@ class CompressionCallback(Callback):
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
-        if not _supported(trainer.strategy):
+        reason = _unsupported(trainer.strategy)
+        if reason is not None:
             raise ValueError(
-                "CompressionCallback supports Lightning's single-device and DDP strategies, got "
-                f"{type(trainer.strategy).__name__}: sharded strategies (FSDP, DeepSpeed) store parameters in layouts a cut cannot "
-                "resize in place. Train with strategy='ddp' (or one device), or compress outside the Trainer.")
+                "CompressionCallback supports Lightning's single-device, DDP and ModelParallelStrategy (FSDP2, "
+                f"fully_shard) strategies, got {type(trainer.strategy).__name__}: {reason}.")
         check_compressible(pl_module)
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:

@@ -43,9 +43,18 @@ _HOOK = None
 
 
 def reset_state_(optimizer: torch.optim.Optimizer, params) -> None:
-    """Drop ``optimizer``'s per-parameter state of every parameter in ``params`` (re-based by a cut)."""
+    """Drop ``optimizer``'s per-parameter state of every parameter in ``params`` (re-based by a cut).
+
+    ``torch.optim.LBFGS`` keeps one flat history over all its parameters (under the first one): a cut that
+    re-bases any of them drops that whole history (its curvature pairs restart) and its cached total size.
+    """
+    params = list(params)
     for p in params:
         optimizer.state.pop(p, None)
+    if params and isinstance(optimizer, torch.optim.LBFGS):
+        for p in optimizer._params:
+            optimizer.state.pop(p, None)
+        optimizer._numel_cache = None
 
 
 def mark_rebased_(params_and_old_shapes, replaced=()) -> None:
@@ -72,6 +81,13 @@ def mark_rebased_(params_and_old_shapes, replaced=()) -> None:
 def _check_stale_state(optimizer, args, kwargs) -> None:
     if not _IDS:
         return
+    if isinstance(optimizer, torch.optim.LBFGS) and optimizer._numel_cache is not None and any(
+            id(p) in _IDS and p in _REBASED for p in optimizer._params):
+        if optimizer._numel_cache != sum(p.numel() for p in optimizer._params):
+            raise StaleOptimizerStateError(
+                "LBFGS: its parameters were resized by a cut, but its flat history still has the old total length "
+                f"{optimizer._numel_cache}. Pass this optimizer to compress_ (optimizer=opt), which restarts its "
+                "history, or build it again over model.parameters().")
     for gi, group in enumerate(optimizer.param_groups):
         if _IDS.isdisjoint(map(id, group["params"])):  # the common case, at C speed
             continue
@@ -102,13 +118,38 @@ def _check_stale_state(optimizer, args, kwargs) -> None:
 
 
 def check_optimizer_owns(optimizer: torch.optim.Optimizer, params, what: str) -> None:
-    """Raise if some of ``params`` are not in ``optimizer.param_groups``."""
+    """Raise if some trainable ``params`` are not in ``optimizer.param_groups``, or its state cannot follow a cut.
+
+    Parameters that do not require grad (frozen) need no optimizer. An optimizer that keeps state flattened
+    across its parameters (a 1-D state tensor as long as all its parameters together, as L-BFGS does) can only
+    follow a cut if it is ``torch.optim.LBFGS`` (:func:`reset_state_` restarts its history); any other is
+    refused here, before anything changes.
+    """
     owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    missing = [name for name, p in params if id(p) not in owned]
+    missing = [name for name, p in params if p.requires_grad and id(p) not in owned]
     if missing:
         shown = ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
-        raise ValueError(f"the optimizer does not own the parameters of {what} ({shown}); pass the optimizer "
-                         "that trains this model (built over model.parameters()), or optimizer=None.")
+        raise ValueError(
+            f"the optimizer does not own the trainable parameters of {what} ({shown}); pass the optimizer that "
+            "trains them (every parameter of these layers that requires grad must be in its param_groups), or "
+            "optimizer=None. A layer whose parameters are all frozen (requires_grad=False) is not cut and needs no "
+            "optimizer.")
+    _check_flat_state(optimizer)
+
+
+def _check_flat_state(optimizer) -> None:
+    if isinstance(optimizer, torch.optim.LBFGS):
+        return
+    total = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
+    for p, state in optimizer.state.items():
+        flat = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.dim() == 1
+                and v.numel() == total != p.numel()]
+        if flat:
+            raise ValueError(
+                f"{type(optimizer).__name__} keeps state flattened across all its parameters ({flat} of length "
+                f"{total}, L-BFGS style); a cut changes that length and the state's meaning, and this optimizer "
+                "cannot be updated for it (torch.optim.LBFGS can: its history is restarted). Nothing was changed. "
+                "Cut with optimizer=None and build the optimizer again over model.parameters() afterwards.")
 
 
 def rebind_parameters_(optimizer: torch.optim.Optimizer, replaced: dict[int, tuple[torch.nn.Parameter, torch.nn.Parameter | None]],

@@ -95,7 +95,9 @@ class CompressionCallback(TrainerCallback):
     *Distributed.* Under DDP (``torchrun``), with ``trainer=`` given: the cut runs on every rank, the
     ranks agree on the result and receive rank 0's (:func:`adapters.torch.compress_ddp_`), and the
     ``Trainer``'s ``DistributedDataParallel`` wrapper is rebuilt in place around the compressed model.
-    FSDP and DeepSpeed shard parameters in layouts a cut cannot resize; they are refused.
+    Under FSDP2 (``fsdp_config={"version": 2}``) the cut goes through :func:`adapters.torch.compress_fsdp_`
+    (full values gathered, cut, rank 0's result adopted, parameters re-sharded in place, the optimizer
+    rebound). FSDP1 and DeepSpeed keep flat parameters a cut cannot resize; they are refused.
     """
 
     def __init__(self, schedule, *, trainer=None, calibration_inputs=None, prefix: str = "compression"):
@@ -111,10 +113,13 @@ class CompressionCallback(TrainerCallback):
     # --------------------------------------------------------------------------------------------- hooks
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         check_compressible(model)
-        if self.trainer is not None and (getattr(self.trainer, "is_deepspeed_enabled", False)
-                                         or getattr(self.trainer, "is_fsdp_enabled", False)):
-            raise ValueError("CompressionCallback does not support DeepSpeed or FSDP: they shard parameters in "
-                             "layouts a cut cannot resize in place. Train with DDP (torchrun) or one device.")
+        if self.trainer is not None and getattr(self.trainer, "is_deepspeed_enabled", False):
+            raise ValueError("CompressionCallback does not support DeepSpeed: it partitions parameters in flat buffers "
+                             "a cut cannot resize. Train with DDP (torchrun), FSDP2 or one device.")
+        if self.trainer is not None and getattr(self.trainer, "is_fsdp_enabled", False) and _fsdp_version(self.trainer) != 2:
+            raise ValueError("CompressionCallback supports FSDP2 (fully_shard) only: FSDP1 keeps flat parameters a cut "
+                             "cannot resize. Set TrainingArguments(fsdp_config={'version': 2}) (the default of recent "
+                             "transformers), or train with DDP (torchrun).")
         if self.trainer is None and _world_size() > 1:
             raise ValueError(
                 f"CompressionCallback runs in a distributed job ({_world_size()} processes) but has no trainer: it "
@@ -171,6 +176,11 @@ class CompressionCallback(TrainerCallback):
                 "CompressionCallback: resuming at step %d without %s in %s; cuts at steps <= %d are not redone (the "
                 "checkpoint's weights already hold them), but the schedule's history of them is empty.",
                 state.global_step, STATE_FILE, " or ".join(candidates), state.global_step)
+
+
+def _fsdp_version(trainer) -> int | None:
+    plugin = getattr(getattr(getattr(trainer, "accelerator", None), "state", None), "fsdp_plugin", None)
+    return getattr(plugin, "fsdp_version", None)
 
 
 def _checkpoint_folder(args, state) -> str:
