@@ -63,8 +63,13 @@ def adamw(groups: list[dict], config: ExperimentConfig) -> torch.optim.AdamW:
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                config: ExperimentConfig) -> torch.Tensor:
-    """One AdamW update on the batch ``(x, y)`` (cross-entropy, gradient clipping); returns the loss."""
-    loss = F.cross_entropy(model(x), y)
+    """One AdamW update on the batch ``(x, y)`` (gradient clipping); returns the loss.
+
+    The loss is the cross-entropy for class labels (integer ``y``) and the mean squared error
+    for real targets (floating ``y``, the delay task's ``(B, L, K)`` sequences).
+    """
+    out = model(x)
+    loss = F.mse_loss(out, y) if y.is_floating_point() else F.cross_entropy(out, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip:
@@ -167,7 +172,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
 
 
 def _layer_record(x) -> dict:
-    record = {"name": x.name, "before": x.before, "after": x.after, "hsv": [float(v) for v in x.hsv],
+    record = {"name": x.name, "before": x.before, "after": x.after, "hsv": np.asarray(x.hsv, dtype=float).tolist(),
               "energy_kept": float(x.energy_kept), "error_bound": float(x.error_bound),
               "compressed": bool(x.compressed)}
     for extra in ("gain", "error", "method"):  # in reports that carry them
