@@ -190,6 +190,11 @@ class DelaySweepConfig:
     The default: sequences of 64 steps, lags 8, 16, 24, 32, 2000 training / 1000 test
     sequences; two S4D blocks (d_model 16, 32 modes per channel), 600 steps of batch 32, one cut
     at 10% of the steps; tolerances 0.05 and 0.3; seeds 0-4; one CPU thread.
+
+    ``watch`` adds, per tolerance and seed, a run whose one cut is timed by the model
+    (:class:`adapters.torch.monitor.HSVTimedSchedule` with ``certificate=watch``, looking every
+    ``watch_every`` steps, ``watch_patience`` intervals, no cut before the warm-up's end, at the
+    latest at ``watch_deadline`` of the steps); ``None``: no such runs.
     """
 
     task: DelayConfig = field(default_factory=DelayConfig)
@@ -200,15 +205,19 @@ class DelaySweepConfig:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     timing_rounds: int = 4
     timing_steps: int = 5
+    watch: str | None = "observed"
+    watch_every: int = 20
+    watch_patience: int = 3
+    watch_deadline: float = 0.5
 
     @classmethod
     def quick(cls, **overrides) -> "DelaySweepConfig":
-        """Seconds on a CPU: length 16, lags 2..8, 200/100 sequences, 30 steps, one tolerance, one seed."""
+        """Seconds on a CPU: length 16, lags 2..8, 200/100 sequences, 30 steps, one tolerance, one seed, looks every 5 steps."""
         base = ExperimentConfig(model="s4d", d_model=8, d_state=8, n_layers=1, steps=30, batch_size=20, lr=5e-3,
                                 weight_decay=0.0, threads=1, rewarm_steps=2, mnist1d_test=None, dataset="delay",
                                 n_cuts=1, cut_window=0.2)
         settings = dict(task=DelayConfig(seq_len=16, lags=(2, 4, 8), n_train=200, n_test=100), base=base,
-                        tols=(0.1,), seeds=(0,), timing_rounds=1, timing_steps=2)
+                        tols=(0.1,), seeds=(0,), timing_rounds=1, timing_steps=2, watch_every=5, watch_patience=2)
         settings.update(overrides)
         return cls(**settings)
 
@@ -297,8 +306,28 @@ def _run(sweep: DelaySweepConfig, device, log) -> dict:
         config = replace(base, seed=seed, tol=tol if tol is not None else base.tol)
         seed_everything(seed)
         model = build_regressor(config, data, d_state, device=device).to(device)
+        schedule = None
+        if method.startswith("timed"):
+            from ..monitor import HSVTimedSchedule
+
+            schedule = HSVTimedSchedule(model, steps, tol=config.tol, every=sweep.watch_every,
+                                        patience=sweep.watch_patience, deadline=sweep.watch_deadline,
+                                        min_step=max(1, int(round(config.warmup_frac * steps))),
+                                        certificate=sweep.watch, min_shrink=config.min_shrink, rewarm_steps=0)
         record = train_run(model, data, config, steps=steps, cuts=cuts if method == "compressed" else [],
-                           label=key, device=device)
+                           label=key, device=device, schedule=schedule)
+        if schedule is not None:
+            from ..monitor import save_hsv_trajectory_plot
+
+            record.update({"cut_step": schedule.cut_step, "cut_reason": schedule.reason,
+                           "watch_time_s": schedule.watch_time_s,
+                           "watch": [{"step": t["step"], "kept": t["kept"], "settled": t["settled"],
+                                      "bound_max": [None if b is None else float(np.max(b)) for b in t["bound"]],
+                                      "hsv_top": [np.asarray(h).reshape(-1, np.asarray(h).shape[-1]).max(0)[:16]
+                                                  .tolist() for h in t["hsv"]]} for t in schedule.trace]})
+            save_hsv_trajectory_plot(schedule.trace, out / f"hsv_trajectories-{key}.png",
+                                     cut_step=schedule.cut_step, fixed_step=cuts[0] if cuts else None,
+                                     title=f"{key}: cut {schedule.reason} at step {schedule.cut_step}")
         record.update(delay_scores(_predict(model, data.x_test), data.y_test, sweep.task.lags))
         record.update({"method": method, "tol": tol, "seed": seed, "state_dims": model.state_dims,
                        "total_state": sum(model.state_dims), "loss": record["loss"][:: max(1, steps // 200)],
@@ -320,11 +349,16 @@ def _run(sweep: DelaySweepConfig, device, log) -> dict:
             records[_key("compressed", tol, seed)] = comp
             records[_key("scratch", tol, seed)] = run("scratch", tol, seed, d_state=comp["state_dims"])
         timing[str(seed)] = _seed_timing(sweep, data, device, runs_dir, seed, records)
+    if sweep.watch:
+        for seed in sweep.seeds:
+            for tol in sweep.tols:
+                records[_key(f"timed-{sweep.watch}", tol, seed)] = run(f"timed-{sweep.watch}", tol, seed)
 
     results = {"config": base.to_dict(), "task": asdict(sweep.task), "fingerprint": fingerprint,
                "tols": list(sweep.tols), "seeds": list(sweep.seeds), "environment": environment(device),
                "steps": steps, "cut_steps": cuts}
-    results.update(summarize_delay(list(records.values()), timing, sweep.tols))
+    results.update(summarize_delay(list(records.values()), timing, sweep.tols,
+                                   timed=f"timed-{sweep.watch}" if sweep.watch else None))
     results["runs"], results["timing"] = records, timing
     results["files"] = {"results": str(out / "results.json")}
     results["wall_time_s"] = time.perf_counter() - wall_start
@@ -350,12 +384,18 @@ def _seed_timing(sweep, data, device, runs_dir, seed: int, records: dict) -> dic
     return ms
 
 
-def summarize_delay(records: list[dict], timing: dict, tols) -> dict:
-    """``summary`` and ``paired`` rows (see :func:`run_delay_sweep`); std over seeds with ``ddof=1``."""
+def summarize_delay(records: list[dict], timing: dict, tols, *, timed: str | None = None) -> dict:
+    """``summary`` and ``paired`` rows (see :func:`run_delay_sweep`); std over seeds with ``ddof=1``.
+
+    With ``timed`` (the method name of the model-timed runs), their rows carry the cut step
+    (mean, min, max) and the monitor's share of the training time, and the paired rows their
+    difference from the fixed-step cut (``timed_vs_fixed_r2``, ``timed_vs_fixed_mse``).
+    """
     by = {(r["method"], r["tol"], r["seed"]): r for r in records}
     seeds = sorted({r["seed"] for r in records})
     summary = []
-    for method, tol in [("full", None)] + [(m, t) for t in tols for m in ("compressed", "scratch")]:
+    methods = ("compressed", "scratch") + ((timed,) if timed else ())
+    for method, tol in [("full", None)] + [(m, t) for t in tols for m in methods]:
         rows = [(s, by[(method, tol, s)]) for s in seeds if (method, tol, s) in by]
         if not rows:
             continue
@@ -371,15 +411,21 @@ def summarize_delay(records: list[dict], timing: dict, tols) -> dict:
                         "state_max": max(r["total_state"] for _, r in rows),
                         "step_speedup_mean": float(np.mean(step)) if step else None,
                         "step_speedup_per_seed": step})
+        if method == timed:
+            summary[-1].update({"cut_steps": [r["cut_step"] for _, r in rows],
+                                "cut_reasons": [r["cut_reason"] for _, r in rows],
+                                "watch_share": [r["watch_time_s"] / r["train_time_s"] for _, r in rows]})
     paired = []
     for tol in tols:
         row = {"tol": tol}
-        for other, name in (("scratch", "vs_scratch"), ("full", "vs_full")):
-            both = [s for s in seeds if ("compressed", tol, s) in by
-                    and (other, None if other == "full" else tol, s) in by]
+        pairs = [("compressed", "scratch", "vs_scratch"), ("compressed", "full", "vs_full")]
+        if timed:
+            pairs.append((timed, "compressed", "timed_vs_fixed"))
+        for this, other, name in pairs:
+            o_tol = None if other == "full" else tol
+            both = [s for s in seeds if (this, tol, s) in by and (other, o_tol, s) in by]
             for metric in ("r2", "mse"):
-                diffs = [by[("compressed", tol, s)][metric] - by[(other, None if other == "full" else tol, s)][metric]
-                         for s in both]
+                diffs = [by[(this, tol, s)][metric] - by[(other, o_tol, s)][metric] for s in both]
                 if diffs:
                     mean, ci = paired_t_interval(diffs)
                     row[f"{name}_{metric}"] = {"mean": mean, "ci95": ci, "diffs": diffs, "n_seeds": len(diffs)}
@@ -404,7 +450,7 @@ def format_delay_table(results: dict) -> str:
              f"{task['n_train']} train / {task['n_test']} test sequences; {cfg['model'].upper()} "
              f"{cfg['n_layers']} x {cfg['d_state']} modes, d_model {cfg['d_model']}, {results['steps']} steps, cuts at "
              f"{results['cut_steps']}, seeds {', '.join(map(str, results['seeds']))}"]
-    head = (f"{'method':<11} {'tol':>5} {'state (min-max)':>16} {'test R^2 (mean +- std)':>24} "
+    head = (f"{'method':<16} {'tol':>5} {'state (min-max)':>16} {'test R^2 (mean +- std)':>24} "
             f"{'test MSE (mean +- std)':>24} {'step speed-up':>14}")
     lines += [head, "-" * len(head)]
     for r in results["summary"]:
@@ -413,18 +459,25 @@ def format_delay_table(results: dict) -> str:
         r2 = f"{r['r2_mean']:.4f}" + ("" if r["r2_std"] is None else f" +- {r['r2_std']:.4f}")
         mse = f"{r['mse_mean']:.4g}" + ("" if r["mse_std"] is None else f" +- {r['mse_std']:.2g}")
         step = "-" if r["step_speedup_mean"] is None else f"{r['step_speedup_mean']:.2f}x"
-        lines.append(f"{r['method']:<11} {tol:>5} {state:>16} {r2:>24} {mse:>24} {step:>14}")
+        lines.append(f"{r['method']:<16} {tol:>5} {state:>16} {r2:>24} {mse:>24} {step:>14}")
     lines.append("")
     lines.append("paired per-seed differences (mean, 95% t-interval over seeds):")
     for p in results["paired"]:
-        for name, label in (("vs_scratch", "scratch"), ("vs_full", "full")):
+        for name, label in (("vs_scratch", "compressed - scratch"), ("vs_full", "compressed - full"),
+                            ("timed_vs_fixed", "timed - fixed cut")):
             r2, mse = p.get(f"{name}_r2"), p.get(f"{name}_mse")
             if r2 is None:
                 continue
             ci = "" if r2["ci95"] is None else f" [{r2['ci95'][0]:+.4f}, {r2['ci95'][1]:+.4f}]"
             cm = "" if mse["ci95"] is None else f" [{mse['ci95'][0]:+.3g}, {mse['ci95'][1]:+.3g}]"
-            lines.append(f"  tol {p['tol']:<5g} compressed - {label:<8} R^2 {r2['mean']:+.4f}{ci} "
-                         f"({_verdict(r2['ci95'], True)}); MSE {mse['mean']:+.3g}{cm}")
+            verdict = _verdict(r2["ci95"], True).replace("compressed", "first")
+            lines.append(f"  tol {p['tol']:<5g} {label:<20} R^2 {r2['mean']:+.4f}{ci} ({verdict}); "
+                         f"MSE {mse['mean']:+.3g}{cm}")
+    for r in results["summary"]:
+        if "cut_steps" in r:
+            lines.append(f"  {r['method']} tol {r['tol']:g}: cut at steps {r['cut_steps']} "
+                         f"({', '.join(r['cut_reasons'])}); watching took "
+                         f"{100 * min(r['watch_share']):.1f}-{100 * max(r['watch_share']):.1f}% of the training time")
     lines.append("")
     lines.append("R^2: mean over lags of 1 - SSE/SST on the defined targets (t >= lag); step speed-up: full "
                  "model's step time over the run's, the seed's models timed interleaved.")
