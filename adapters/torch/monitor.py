@@ -269,11 +269,11 @@ class HSVTimedSchedule(CompressionSchedule):
 
 
 def save_hsv_trajectory_plot(trace: list[dict], path, *, cut_step: int | None = None,
-                             fixed_step: int | None = None, top: int = 12, title: str = "") -> str | None:
+                             fixed_step: int | None = None, top: int | None = None, title: str = "") -> str | None:
     """Plot the watched HSVs over the steps, one panel per layer, with the cut marked.
 
-    Each layer's ``top`` leading HSVs (for a layer of channels, the channel-wise maximum) are drawn
-    on a log scale; a solid line marks ``cut_step`` and a dashed one ``fixed_step`` (e.g. the
+    Each layer's ``top`` leading HSVs (default all; for a layer of channels, the channel-wise
+    maximum) are drawn on a log scale, the ones the cut keeps in blue and the others in gray; a solid line marks ``cut_step`` and a dashed one ``fixed_step`` (e.g. the
     fixed 10% schedule's cut). Returns the path written, or ``None`` without matplotlib.
     """
     try:
@@ -291,7 +291,7 @@ def save_hsv_trajectory_plot(trace: list[dict], path, *, cut_step: int | None = 
     for i, ax in enumerate(axes):
         h = np.stack([np.asarray(t["hsv"][i]).reshape(-1, np.asarray(t["hsv"][i]).shape[-1]).max(0)
                       for t in trace])
-        for j in range(min(top, h.shape[1])):
+        for j in range(h.shape[1] if top is None else min(top, h.shape[1])):
             ax.plot(steps, np.maximum(h[:, j], 1e-12), lw=1, color="tab:blue" if j < trace[-1]["kept"][i]
                     else "tab:gray")
         if cut_step is not None:
