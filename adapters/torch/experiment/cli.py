@@ -76,6 +76,9 @@ def _test_size(text: str) -> int | None:
 
 
 def _common_options(p, defaults) -> None:
+    p.add_argument("--task", choices=("classify", "delay"), default="classify",
+                   help="classify (default): sequence classification on --dataset; delay: recall the input at "
+                   "lags up to half the sequence length, scored by R^2 (adapters.torch.experiment.delay)")
     p.add_argument("--dataset", choices=("mnist1d", "smnist", "scifar"), default="mnist1d", help=_DATASET_HELP)
     p.add_argument("--data-dir", metavar="DIR", help="for smnist/scifar: the directory with torchvision's files; for "
                    "mnist1d: where the generated data are cached (default ~/.cache/lti_reduce)")
@@ -158,6 +161,9 @@ def _cmd_train(args) -> int:
     from .config import ConfigError, ExperimentConfig
     from .report import format_table
 
+    if args.task == "delay":
+        from .delay import delay_command
+        return delay_command(args, _overrides(args), train=True)
     overrides = _overrides(args)
     config = ExperimentConfig.quick(**overrides) if args.quick else ExperimentConfig(**overrides)
     try:
@@ -215,6 +221,9 @@ def _cmd_sweep(args) -> int:
     from .config import ConfigError
     from .sweep import PAPER_SETTINGS, SweepConfig, format_sweep_table, run_sweep
 
+    if args.task == "delay":
+        from .delay import delay_command
+        return delay_command(args, _overrides(args), train=False)
     sweep = SweepConfig.quick() if args.quick else SweepConfig()
     preset = None if args.quick else PAPER_SETTINGS.get(args.dataset)
     base = replace(sweep.base, **preset["config"]) if preset else sweep.base

@@ -63,8 +63,13 @@ def adamw(groups: list[dict], config: ExperimentConfig) -> torch.optim.AdamW:
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                config: ExperimentConfig) -> torch.Tensor:
-    """One AdamW update on the batch ``(x, y)`` (cross-entropy, gradient clipping); returns the loss."""
-    loss = F.cross_entropy(model(x), y)
+    """One AdamW update on the batch ``(x, y)`` (gradient clipping); returns the loss.
+
+    The loss is the cross-entropy for class labels (integer ``y``) and the mean squared error
+    for real targets (floating ``y``, the delay task's ``(B, L, K)`` sequences).
+    """
+    out = model(x)
+    loss = F.mse_loss(out, y) if y.is_floating_point() else F.cross_entropy(out, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip:
@@ -83,7 +88,6 @@ def lr_lambdas(groups: list[dict], steps: int, config: ExperimentConfig, cuts) -
     rate of the re-based parameters up again over ``rewarm_steps`` avoids that (1.97 -> 1.94).
     """
     warmup = max(1, int(round(config.warmup_frac * steps)))
-    cuts = sorted(cuts)
     rewarm = max(0, int(config.rewarm_steps))
 
     def warmup_cosine(step: int) -> float:
@@ -167,7 +171,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
 
 
 def _layer_record(x) -> dict:
-    record = {"name": x.name, "before": x.before, "after": x.after, "hsv": [float(v) for v in x.hsv],
+    record = {"name": x.name, "before": x.before, "after": x.after, "hsv": np.asarray(x.hsv, dtype=float).tolist(),
               "energy_kept": float(x.energy_kept), "error_bound": float(x.error_bound),
               "compressed": bool(x.compressed)}
     for extra in ("gain", "error", "method"):  # in reports that carry them
@@ -178,7 +182,7 @@ def _layer_record(x) -> dict:
 
 
 def train_run(model: nn.Module, data: SequenceDataset, config: ExperimentConfig, *, steps: int,
-              cuts: list[int] = (), label: str = "", device: torch.device | None = None) -> dict:
+              cuts: list[int] = (), label: str = "", device: torch.device | None = None, schedule=None) -> dict:
     """Train ``model`` for ``steps`` AdamW steps, cutting with ``compress_`` at ``cuts``.
 
     Parameters
@@ -195,6 +199,10 @@ def train_run(model: nn.Module, data: SequenceDataset, config: ExperimentConfig,
         calls ``compress_(model, tol=config.tol, optimizer=..., min_shrink=config.min_shrink)``.
     label : str
         Progress-bar label.
+    schedule : CompressionSchedule, optional
+        Instead of ``cuts``: a schedule that decides during the run (e.g.
+        :class:`adapters.torch.monitor.HSVTimedSchedule`, built with ``rewarm_steps=0``); the
+        re-warm-up of :func:`lr_lambdas` starts at each cut it makes.
 
     Returns
     -------
@@ -207,14 +215,17 @@ def train_run(model: nn.Module, data: SequenceDataset, config: ExperimentConfig,
     """
     device = device or next(model.parameters()).device
     optimizer = adamw(param_groups(model, config), config)
+    timed = schedule is not None
+    cuts = [] if timed else list(cuts)  # a timed schedule's cuts are appended as they happen (lr_lambdas reads them)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambdas(optimizer.param_groups, steps, config, cuts))
     order = torch.Generator().manual_seed(config.seed + 1)  # batch order: identical for every run
     n = len(data.y_train)
     bs = min(config.batch_size, n)
     per_epoch = n // bs  # drop the last partial batch: every step has the same cost
     # rewarm_steps=0: this loop ramps the SSM groups' learning rate itself (lr_lambdas), as its results were measured
-    schedule = (CompressionSchedule(steps, steps=cuts, tol=config.tol, min_shrink=config.min_shrink, rewarm_steps=0)
-                if cuts else None)
+    if not timed:
+        schedule = (CompressionSchedule(steps, steps=cuts, tol=config.tol, min_shrink=config.min_shrink,
+                                        rewarm_steps=0) if cuts else None)
     losses: list[torch.Tensor] = []
     cut_records, phases = [], []
     dims = lambda: [layer.state_dim for _, layer in compressible_layers(model)]  # noqa: E731
@@ -241,6 +252,10 @@ def train_run(model: nn.Module, data: SequenceDataset, config: ExperimentConfig,
             phases.append({"start_step": phase_step, "end_step": step, "state_dims": dims(),
                            "time_s": now - phase_start})
             report = schedule.step(step, model, optimizer)
+            if timed:  # this step's rate was set before the cut was known: apply the re-warm-up now
+                cuts.append(step)
+                for group, factor, base in zip(optimizer.param_groups, scheduler.lr_lambdas, scheduler.base_lrs):
+                    group["lr"] = base * factor(step)
             if config.equalize_modes:
                 equalize_mode_scales_(model)
             sync(device)
