@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._certificate import remember_input_
 from .resizing import ResizableStateMixin, set_parameter_
 from .s5 import _check_finite_stable, _nearest_branch
 from .scan import linear_recurrence
@@ -342,6 +343,7 @@ class S4D(ResizableStateMixin, nn.Module):
         """``y = K * u + D u`` for ``u`` of shape (..., L, d_model); returns (..., L, d_model)."""
         if u.dim() < 2 or u.shape[-1] != self.d_model:
             raise ValueError(f"S4D expects input of shape (..., L, {self.d_model}), got {tuple(u.shape)}")
+        remember_input_(self, u)  # for compress_'s output certificate
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = u.to(self.log_A_real.dtype)
             length = u.shape[-2]
