@@ -14,6 +14,7 @@ does not is measured on ``calibration_inputs=`` only.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 
@@ -84,7 +85,7 @@ def calibration_layer_inputs(model, layers, calibration_inputs) -> dict:
     try:
         with torch.no_grad():
             model(batch)
-    except Exception as exc:  # a certificate is not worth failing the cut for
+    except Exception as exc:  # noqa: BLE001 - a certificate is not worth failing the cut for
         logger.warning("compress_: the model did not run on calibration_inputs (%s); the output change is not "
                        "measured", exc)
         return {}
@@ -107,7 +108,7 @@ def layer_outputs(layers, inputs) -> list:
             with torch.no_grad():
                 y = layer(u)
             out.append(y.detach() if isinstance(y, torch.Tensor) else None)
-        except Exception:  # e.g. the input no longer fits the layer: no measurement, no failed cut
+        except Exception:  # noqa: BLE001 - e.g. the input no longer fits the layer: no measurement, no failed cut
             out.append(None)
         finally:
             layer.train(training)
@@ -130,7 +131,7 @@ def output_bound(error_bound: float, u, y) -> float | None:
     A causal LTI map started at rest satisfies ``||(G - G_r) u||_2 <= ||G - G_r||_inf ||u||_2`` on any
     finite sequence, per sequence and channel, hence over the batch.
     """
-    if u is None or y is None or error_bound != error_bound:  # NaN: no bound (selective layer)
+    if u is None or y is None or math.isnan(error_bound):  # no bound (selective layer)
         return None
     norm_y = float(torch.linalg.vector_norm(y.to(torch.float64)))
     norm_u = float(torch.linalg.vector_norm(u.to(torch.float64)))

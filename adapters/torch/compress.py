@@ -381,6 +381,23 @@ def _global_orders(hsvs: list[np.ndarray], tol: float) -> list[int]:
     return [h.shape[-1] - d for h, d in zip(hsvs, dropped)]
 
 
+def _layer_order(hsv: np.ndarray, tol: float) -> int:
+    """The order that keeps ``1 - tol`` of a layer's HSV energy; for channels, of their total energy.
+
+    A layer of independent channels (``hsv`` of shape (channels, n)) stores one number of states for all
+    of them, so it is cut to one order ``r``: the smallest whose dropped HSVs, summed over every channel,
+    stay within ``tol`` of the sum of all its channels' HSVs,
+    ``sum_c sum_{i > r} sigma_i^(c) <= tol * sum_c sum_i sigma_i^(c)``, which is
+    :func:`lti_reduce.rank_for_tol` of the summed profile ``sum_c sigma_i^(c)`` (descending, as each is).
+    A few slow channels then no longer hold the whole layer at full size; each channel's own error
+    stays within its own bound ``2 sum_{i > r} sigma_i^(c)``, which the report gives (the largest).
+    """
+    h = np.asarray(hsv, dtype=np.float64)
+    if h.ndim > 1:
+        h = h.reshape(-1, h.shape[-1]).sum(0)
+    return int(lr.rank_for_tol(h, tol))
+
+
 def _kept_states(order_new: int, order: int, selection: str, rng) -> list[int] | None:
     if selection == "largest":
         return None
@@ -390,32 +407,16 @@ def _kept_states(order_new: int, order: int, selection: str, rng) -> list[int] |
 
 
 def _reduce_channels(bal, order: int, keep, method: str):
-    """Reduce every channel of a batched result to ``order`` and return one batched modal system.
+    """Reduce every channel of a batched result to ``order``: one batched core call, one batched modal form.
 
     A real-output channel of order ``k`` with ``q`` real eigenvalues has ``(k + q) / 2`` modes, which may
-    differ between channels; a channel with fewer modes than the most is given the next higher order(s)
-    until the counts agree (more states kept: its error only falls). Returns ``(results, system)`` with one
-    result per channel, or ``(None, None)`` if no common number of modes exists.
+    differ between channels: the shorter channels are filled with zero modes (``lam = 0, B = 0, C = 0``,
+    nothing added to their maps; :func:`lti_reduce.modal_form` with ``pad=True``), so every channel keeps
+    exactly ``order`` states. Returns ``([result], system)``: the batched core result and the modal system.
     """
     res = bal.reduce(rank=order, method=method) if keep is None else bal.reduce(states=keep, method=method)
-    try:
-        return [res[c] for c in range(res.hsv.shape[0])], res.to_diagonal()
-    except (ValueError, lr.LTIInputError):
-        pass
-    channels = [bal[c] for c in range(bal.hsv.shape[0])]
-    results = [(ch.reduce(rank=order, method=method) if keep is None else ch.reduce(states=keep, method=method))
-                for ch in channels]
-    systems = [r.to_diagonal() for r in results]
-    target = max(x.n for x in systems)
-    for c, ch in enumerate(channels):
-        k = results[c].rank
-        while systems[c].n < target and keep is None and k < ch.n:
-            k += 1
-            results[c] = ch.reduce(rank=k, method=method)
-            systems[c] = results[c].to_diagonal()
-        if systems[c].n != target:
-            return None, None
-    return results, _stack(systems)
+    system, _ = lr.modal_form(res.A, res.B, res.C, res.D, pad=True)
+    return [res], system
 
 
 def _reduce_layer(bal, order: int, keep, method: str, max_modes):
@@ -424,21 +425,13 @@ def _reduce_layer(bal, order: int, keep, method: str, max_modes):
     A real-output reduced model of order ``k`` with ``q`` real eigenvalues has
     ``(k + q) / 2`` modes (a real eigenvalue takes a whole mode), so a requested
     ``state_dim`` may need a slightly lower order: it is lowered one state at a time.
-    Returns ``(results, system)``: one core result per channel (one for an unbatched
-    layer) and the reduced modal system to load. Channels that cannot share one number
-    of modes at ``order`` are tried at the next lower (``max_modes`` given) or higher
-    order; ``(None, None)`` if none works.
+    Returns ``(results, system)``: a list holding the core result (batched over the
+    channels of a layer of independent channels) and the reduced modal system to load.
     """
     batched = bal.hsv.ndim > 1
-    full = bal.hsv.shape[-1]
     while True:
         if batched:
             results, system = _reduce_channels(bal, order, keep, method)
-            if system is None:  # no common number of modes at this order: try a neighbouring one
-                order += -1 if max_modes is not None else 1
-                if order < 1 or order >= full or keep is not None:
-                    return None, None
-                continue
         else:
             res = bal.reduce(rank=order, method=method) if keep is None else bal.reduce(states=keep, method=method)
             results, system = [res], res.to_diagonal()
@@ -635,8 +628,10 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
       cut to a new order, returned to modal form with
       :meth:`~lti_reduce.BalancedTruncationResult.to_diagonal` and written back with ``layer.load_system_``.
       A system with leading batch dimensions is a layer of independent channels (S4D: one SISO system per
-      channel, sharing one state size): every channel is cut to one order, the largest any channel's rule
-      needs, so each channel's error stays within its own bound.
+      channel, sharing one state size): every channel is cut to one order, chosen from the channels'
+      total HSV energy with ``tol`` (so a few slow channels do not hold the layer at full size), in one
+      batched reduction and one batched modal form; each channel's error stays within its own bound
+      ``2 sum_{i > r} sigma_i``, the largest of which the report gives.
     * *Selective layers* (:class:`adapters.torch.SelectiveSSM` and the mixers
       :func:`adapters.torch.mamba._selective_layers` finds): their ``Delta, B, C`` depend on the input, so
       they are cut by state selection on calibrated, averaged systems
@@ -808,7 +803,8 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     balanced = [None] * len(layers)
     bar = Progress(2 * len(layers), "compress_", progress)
     for idx in groups.values():
-        bal = lr.balance(_stack([systems[i] for i in idx]))
+        # working precision: the reduced models (and their modal forms) are computed from float64 matrices
+        bal = lr.balance(_working(_stack([systems[i] for i in idx])))
         for j, i in enumerate(idx):
             balanced[i] = bal[j]
         bar.update(len(idx))
@@ -821,8 +817,8 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         new_orders = [min(o, int(math.ceil(rank * u))) for o, u in zip(orders, units)]
     elif scope == "global":
         new_orders = _global_orders(hsvs, float(tol))
-    else:  # each channel's own rule; all channels get the largest
-        new_orders = [int(np.max(lr.rank_for_tol(h, float(tol)))) for h in hsvs]
+    else:  # the layer's rule; a layer of channels: one order from the channels' total energy
+        new_orders = [_layer_order(h, float(tol)) for h in hsvs]
 
     # 3. Reduced layer systems (all computed before anything changes).
     plans, reports = [], []
@@ -844,18 +840,15 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
                 note = "channels' reduced models need different numbers of modes; not cut"
             else:
                 after = new_system.n
-                per = []
-                for c, res in enumerate(results):
-                    k = res.rank
-                    kept_idx = list(range(k)) if res.states is None else list(res.states)
-                    dropped = sorted(set(range(order)) - set(kept_idx))
-                    # sigma_{k+1}: no order-k map is closer (whichever states were kept)
-                    per.append((float(h2[c, kept_idx].sum()) / totals[c] if totals[c] > 0 else 1.0,
-                                float(lr_to_numpy(res.error_bound)), float(h2[c, k]) if dropped else 0.0, k))
-                kept = min(p[0] for p in per)
-                bound = max(p[1] for p in per)
-                lower = max(p[2] for p in per)
-                new_order = max(p[3] for p in per)
+                res = results[0]  # every channel of a layer is cut to the same order k (batched over channels)
+                k = res.rank
+                kept_idx = list(range(k)) if res.states is None else list(res.states)
+                energy = h2[:, kept_idx].sum(-1) / np.where(totals > 0, totals, 1.0)
+                kept = float(np.where(totals > 0, energy, 1.0).min())  # the worst channel's
+                bound = float(np.max(lr_to_numpy(res.error_bound)))
+                # sigma_{k+1}: no order-k map is closer (whichever states were kept)
+                lower = float(h2[:, k].max()) if k < order else 0.0
+                new_order = k
                 if _accepts(layer.load_system_, "real_mode_change"):
                     # The real-mode fix may cost 2^-7 of the cut's own least error (sigma_{r+1}).
                     budget = 2.0**-7 * max(lower, 2.0**-20 * float(h2[:, 0].max()))
