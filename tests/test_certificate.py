@@ -54,8 +54,10 @@ def test_default_output_change_equals_a_direct_measurement_on_the_last_batch():
 
 def test_last_batch_keeps_whole_sequences_within_the_token_budget():
     layer = at.LRU(4, 8)
-    layer(torch.randn(7, 2, 1000, 4))
-    assert tuple(layer._last_input.shape) == (2, 1000, 4)  # 14 sequences flattened, 2048 // 1000 kept
+    u = torch.randn(7, 2, 300, 4)
+    layer(u)
+    assert torch.equal(layer._last_input, u.reshape(14, 300, 4)[:3])  # 14 sequences flattened, 1024 // 300 kept
+    assert layer._last_input.untyped_storage().data_ptr() != u.untyped_storage().data_ptr()  # a copy
     layer(torch.randn(5000, 4))
     assert tuple(layer._last_input.shape) == (1, 5000, 4)  # at least one sequence
 

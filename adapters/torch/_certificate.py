@@ -26,7 +26,7 @@ logger = logging.getLogger("adapters.torch")
 
 #: Largest number of tokens (sequence steps summed over the kept sequences) a layer keeps of its last
 #: input: whole sequences, at least one. Two forward passes on them cost a small fraction of a step.
-_MAX_TOKENS = 2048
+_MAX_TOKENS = 1024
 
 #: Work that has run this long (seconds) starts showing progress.
 _PROGRESS_AFTER_S = 2.0
@@ -53,7 +53,7 @@ def remember_input_(layer, u: torch.Tensor) -> None:
         A compressible layer, called from its ``forward``.
     u : Tensor, shape (..., L, d)
         The layer's input. The leading dimensions are flattened and the first
-        ``max(1, 2048 // L)`` sequences kept (a copy, so the batch itself is not held).
+        ``max(1, 1024 // L)`` sequences kept (a copy, so the batch itself is not held).
     """
     if u.dim() < 2 or (hasattr(torch, "compiler") and torch.compiler.is_compiling()):
         return

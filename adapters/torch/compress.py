@@ -746,7 +746,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     exactly, and the error is re-raised. The reduction runs on each layer's device in float64 and is
     returned in the layer's precision.
 
-    Cost: the default certificate costs two forward passes of the cut layers on at most 2048 tokens
+    Cost: the default certificate costs two forward passes of the cut layers on at most 1024 tokens
     of their input. The H-infinity ``gain`` and ``error`` cost far more than the cut for layers of a
     few hundred modes on the CPU (``benchmarks/bench_compress.py`` measures both against a training
     step); ``hinf_method="level-set"`` costs 50-90 times the cut.
