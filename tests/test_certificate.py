@@ -139,3 +139,15 @@ def test_progress_is_silent_when_off_and_logs_when_not_on_a_terminal(monkeypatch
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("compress_: 4/4") for m in messages)
     assert any(m.startswith("H-infinity certificates: 4/4") for m in messages)
+
+
+def test_trainer_metrics_carry_the_measured_output_change_and_no_uncomputed_norm():
+    from adapters.torch._callbacks import report_metrics
+
+    model = _model(seed=4)
+    model(torch.randn(2, 30, 4, dtype=torch.float64))
+    report = at.compress_(model, rank=6, optimizer=None)
+    metrics = report_metrics(report)
+    assert metrics["compression/output_change"] == max(e.output_change for e in report if e.compressed)
+    assert metrics["compression/0/output_change"] == report["0"].output_change
+    assert "compression/gain" not in metrics and all(e._gain is None for e in report)
