@@ -17,9 +17,11 @@ Models (``--scale 1``, the paper-like sizes; ``--scale 0.5`` halves widths, stat
 * LRU: 6 x ``LRU(512, 384)``, length 1024 (the CompreSSM sCIFAR configuration);
 * S5: 6 x ``S5(512, 384)``, length 1024;
 * S4D: 6 x ``S4D(512, 32)`` (the paper's ``N = 64``: 32 complex modes per channel), length 1024;
-* Mamba: ``MambaForCausalLM`` from a ``MambaConfig`` (d_state 128, hidden 256, 4 layers, vocabulary 256,
-  no download), length 256; its mixers are selective, cut by state selection on ``calibration_inputs=``
-  (4 sequences); its certificate is the measured output change on held-out inputs.
+* Mamba: ``MambaForCausalLM`` from a ``MambaConfig`` (d_state 128, hidden 64, 4 layers, vocabulary 256,
+  no download), length 128 (transformers' pure-torch path materializes a (batch, 2 hidden, length, d_state)
+  tensor per layer, so larger sizes exhaust a CPU machine's memory); its mixers are selective, cut by
+  state selection on ``calibration_inputs=`` (4 sequences), and their certificate is the measured output
+  change.
 
 Each model is trained for 2 steps before the first round, so layers have seen a batch.
 
@@ -89,7 +91,7 @@ def lti_case(kind, scale, layers=6):
 def mamba_case(scale):
     import transformers
 
-    hidden, vocab, length = max(32, int(256 * scale)), 256, max(16, int(256 * scale))
+    hidden, vocab, length = max(32, int(64 * scale)), 256, max(16, int(128 * scale))
     config = transformers.MambaConfig(vocab_size=vocab, hidden_size=hidden, state_size=128, num_hidden_layers=4,
                                       expand=2, conv_kernel=4)
 
