@@ -18,8 +18,6 @@ import lti_reduce as lr
 from .optim import (check_optimizer_owns, check_rewarm_steps, mark_rebased_, rebind_parameters_, reset_state_,
                     rewarm_)
 from .protocol import compressible_layers
-
-# (the certificate and progress helpers of this module live in _certificate)
 from ._certificate import (Progress, calibration_layer_inputs, check_certify, layer_outputs,
                            output_bound, relative_change, report_table)
 
