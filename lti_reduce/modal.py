@@ -170,7 +170,55 @@ def _modal_single(A, B, C, D, cond_warn):
                        np.asarray(C, dtype=np.float64), D, cond_warn)
 
 
-def modal_form(A, B, C, D=None, *, cond_warn: float = 1e8):
+def _modal_batch(A, B, C, D, cond_warn):
+    """Modal forms of a batch ``A`` (count, r, r) in one batched ``eig``; see :func:`modal_form`.
+
+    Returns ``lam`` (count, k), ``B`` (count, k, m), ``C`` (count, p, k), ``D``, the number of modes of
+    each system ``counts`` (count,) with ``k = max(counts)`` (a system's modes first, then zero modes
+    ``lam = 0, B = 0, C = 0``), ``cond`` (count,) and ``real_output``.
+
+    Notes
+    -----
+    ``numpy.linalg.eig`` of a real stack runs LAPACK ``dgeev`` on every matrix in C and returns the
+    complex eigenvectors with a conjugate pair stored consecutively (positive imaginary part first) and
+    a real eigenvalue's imaginary part exactly zero; for a real system the pair's second mode is
+    dropped and its first one's output column doubled, as in :func:`_modal_real`. The modes each
+    system keeps are moved to the front with one stable argsort over the batch (no loop over systems).
+    """
+    real_output = not (np.iscomplexobj(A) or np.iscomplexobj(B) or np.iscomplexobj(C))
+    if real_output:
+        A, B, C = (np.asarray(M, dtype=np.float64) for M in (A, B, C))
+    mu, X = np.linalg.eig(A)
+    mu, X = mu.astype(np.complex128), X.astype(np.complex128)
+    _check_radius(mu.reshape(-1))
+    try:
+        X_inv = np.linalg.inv(X)
+        cond = np.abs(X).sum(-2).max(-1) * np.abs(X_inv).sum(-2).max(-1)
+    except np.linalg.LinAlgError:  # a singular eigenvector matrix in the batch: defective
+        X_inv, cond = np.zeros_like(X), np.full(X.shape[0], np.inf)
+    _check_defective(float(np.max(cond, initial=0.0)) if np.all(np.isfinite(cond)) else np.inf)
+    Bm, Cm = X_inv @ B, C @ X
+    if real_output:
+        pair, real = mu.imag > 0, mu.imag == 0
+        keep = pair | real
+        Cm = np.where(pair[:, None, :], 2.0 * Cm, Cm)
+        # A real eigenvalue has a real eigenvector, so its B row and C column are real up to round-off.
+        Bm = np.where(real[:, :, None], Bm.real, Bm)
+        Cm = np.where(real[:, None, :], Cm.real, Cm)
+    else:
+        keep = np.ones(mu.shape, dtype=bool)
+    counts = keep.sum(-1)
+    k = int(counts.max(initial=0))
+    order = np.argsort(~keep, axis=-1, kind="stable")[:, :k]
+    present = np.arange(k) < counts[:, None]
+    lam = np.where(present, np.take_along_axis(mu, order, -1), 0)
+    Bk = np.where(present[:, :, None], np.take_along_axis(Bm, order[:, :, None], -2), 0)
+    Ck = np.where(present[:, None, :], np.take_along_axis(Cm, order[:, None, :], -1), 0)
+    _warn_conditioning(float(np.max(cond, initial=0.0)), cond_warn)
+    return lam, Bk, Ck, D, counts, cond, real_output
+
+
+def modal_form(A, B, C, D=None, *, cond_warn: float = 1e8, pad: bool = False):
     """Diagonal (modal) realization of a dense system, collapsing conjugate pairs.
 
     Parameters
@@ -186,6 +234,11 @@ def modal_form(A, B, C, D=None, *, cond_warn: float = 1e8):
     cond_warn : float
         Warn (:class:`ModalConditioningWarning`) when ``cond(X)`` exceeds it; a positive
         number (``inf`` never warns).
+    pad : bool
+        For a batch of real systems whose numbers of modes differ (a real eigenvalue takes a
+        whole mode): ``False`` (default) raises; ``True`` returns every system with the largest
+        number of modes, its own modes first, then *zero modes* ``lam = 0, B = 0, C = 0``, which add
+        nothing to its transfer function.
 
     Returns
     -------
@@ -205,7 +258,8 @@ def modal_form(A, B, C, D=None, *, cond_warn: float = 1e8):
     LTIInputError
         If ``A`` is numerically defective, if ``cond_warn`` is not a positive number (NaN,
         a string, a bool), if the batch is empty, or, for a batch, if the systems have
-        different numbers of modes (index the batch and convert one at a time).
+        different numbers of modes and ``pad=False`` (index the batch and convert one at a time,
+        or pass ``pad=True``).
 
     Notes
     -----
@@ -219,7 +273,9 @@ def modal_form(A, B, C, D=None, *, cond_warn: float = 1e8):
     ``x = u + i v`` as the two real columns ``u, v`` of ``V``; ``X^{-1} B`` and ``C X`` follow
     from the real ``V^{-1} B`` and ``C V`` (see ``_modal_real``), a quarter of the cost of
     the complex inverse and products. The dense ``eig`` (about ``25 r^3`` flops) dominates:
-    everything else costs ``O(r^2 (m + p) + r^3)`` with a small constant.
+    everything else costs ``O(r^2 (m + p) + r^3)`` with a small constant. A batch is converted
+    by one batched ``numpy.linalg.eig`` and batched inverses and products (see ``_modal_batch``),
+    with no Python loop over its systems.
 
     Examples
     --------
@@ -230,21 +286,23 @@ def modal_form(A, B, C, D=None, *, cond_warn: float = 1e8):
     (1, True)
     """
     cond_warn = _check_cond_warn(cond_warn)
+    if not isinstance(pad, (bool, np.bool_)):
+        raise LTIInputError(f"pad must be True or False, got {pad!r}.")
     sysw = dense_system(A, B, C, D)
     count = be.batch_size(sysw.batch_shape)
     Ms = [be.to_numpy(M).reshape((count,) + tuple(M.shape[-2:])) for M in (sysw.A, sysw.B, sysw.C, sysw.D)]
-    parts = [_modal_single(a, b, c, d, cond_warn) for a, b, c, d in zip(*Ms)]
-    sizes = {p[0].shape[0] for p in parts}
-    if len(sizes) > 1:
-        raise LTIInputError(f"the batch's systems have different numbers of modes {sorted(sizes)} (real eigenvalues "
-                            "use one mode, pairs one); convert them one at a time: modal_form(A[i], B[i], C[i], D[i]).")
     batch = sysw.batch_shape
-    lam = np.stack([p[0] for p in parts]).reshape(batch + (-1,))
-    Bm = np.stack([p[1] for p in parts]).reshape(batch + parts[0][1].shape)
-    Cm = np.stack([p[2] for p in parts]).reshape(batch + parts[0][2].shape)
-    Dm = np.stack([p[3] for p in parts]).reshape(batch + parts[0][3].shape)
-    cond = np.array([p[4] for p in parts]).reshape(batch)
-    real_output = parts[0][5]
+    if count == 1:  # one system: LAPACK's real eigenvectors, a quarter of the complex work
+        lam, Bm, Cm, Dm, cond, real_output = _modal_single(*(M[0] for M in Ms), cond_warn)
+        lam, Bm, Cm, Dm, cond = (np.reshape(x, batch + np.shape(x)) for x in (lam, Bm, Cm, Dm, cond))
+    else:
+        lam, Bm, Cm, Dm, counts, cond, real_output = _modal_batch(*Ms, cond_warn)
+        if not pad and counts.min() != counts.max():
+            raise LTIInputError(f"the batch's systems have different numbers of modes {sorted(set(counts.tolist()))} "
+                                "(real eigenvalues use one mode, pairs one); pass pad=True to fill the shorter ones "
+                                "with zero modes, or convert them one at a time: modal_form(A[i], B[i], C[i], D[i]).")
+        lam, Bm, Cm, Dm = (x.reshape(batch + x.shape[1:]) for x in (lam, Bm, Cm, Dm))
+        cond = cond.reshape(batch)
     xp, like = sysw.xp, sysw.like
     cdt = {xp.float32: xp.complex64, xp.float64: xp.complex128}.get(sysw.out_dtype, sysw.out_dtype)
     conv = lambda x, dt: xp.astype(be.from_numpy_like(x, like), dt)  # noqa: E731

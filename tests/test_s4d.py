@@ -365,7 +365,7 @@ def test_compress_cuts_s4d_channels_to_one_order_within_the_reported_bound_and_t
     for _ in range(5):
         step()
     before = model[0].to_system()
-    report = at.compress_(model, tol=0.1, optimizer=opt)
+    report = at.compress_(model, tol=0.1, optimizer=opt, certify="hinf")
     (entry,) = report
     assert entry.compressed and entry.channels == 4 and model[0].state_dim < 16
     assert entry.hsv_lower - 1e-9 <= entry.error <= entry.error_bound

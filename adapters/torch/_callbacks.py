@@ -180,13 +180,14 @@ def report_metrics(report, prefix: str = "compression") -> dict[str, float]:
 
     Totals: ``{prefix}/state_size`` (total state after the cut), ``{prefix}/state_before``,
     ``{prefix}/layers_cut``; over the cut layers: ``{prefix}/energy_kept`` (smallest), and, where the
-    report has them, ``{prefix}/error_bound``, ``{prefix}/error`` and ``{prefix}/gain`` (largest).
-    Per layer ``L``: ``{prefix}/L/state_size`` and its ``energy_kept``, ``error_bound``, ``error``,
+    report has them, ``{prefix}/error_bound``, ``{prefix}/output_change`` (the measured relative output
+    change), ``{prefix}/error`` and ``{prefix}/gain`` (largest). Per layer ``L``:
+    ``{prefix}/L/state_size`` and its ``energy_kept``, ``error_bound``, ``output_change``, ``error``,
     ``gain`` where present.
     """
     metrics: dict[str, float] = {f"{prefix}/state_size": float(report.state_after),
                                  f"{prefix}/state_before": float(report.state_before)}
-    fields = ("energy_kept", "error_bound", "error", "gain")
+    fields = ("energy_kept", "error_bound", "output_change", "error", "gain")
     cut = [layer for layer in report.layers if layer.compressed]
     metrics[f"{prefix}/layers_cut"] = float(len(cut))
     for layer in report.layers:
@@ -196,7 +197,8 @@ def report_metrics(report, prefix: str = "compression") -> dict[str, float]:
             value = _number(getattr(layer, key, None))
             if value is not None:
                 metrics[f"{prefix}/{name}/{key}"] = value
-    for key, pick in (("energy_kept", min), ("error_bound", max), ("error", max), ("gain", max)):
+    for key, pick in (("energy_kept", min), ("error_bound", max), ("output_change", max), ("error", max),
+                      ("gain", max)):
         values = [v for v in (_number(getattr(layer, key, None)) for layer in cut) if v is not None]
         if values:
             metrics[f"{prefix}/{key}"] = pick(values)

@@ -19,6 +19,8 @@ from . import _guards
 from .optim import (check_optimizer_owns, check_rewarm_steps, mark_rebased_, rebind_parameters_, reset_state_,
                     rewarm_)
 from .protocol import compressible_layers
+from ._certificate import (Progress, calibration_layer_inputs, check_certify, layer_outputs,
+                           output_bound, relative_change, report_table)
 
 __all__ = ["compress_", "CompressionReport", "LayerReport"]
 
@@ -75,7 +77,20 @@ class LayerReport:
         The :class:`adapters.torch.SelectiveLayerReport` of a selective layer.
     hinf_method : {"search", "level-set"} or None
         How ``gain`` and ``error`` were computed (``compress_``'s ``hinf_method``); ``None`` before
-        they are (``certify="lazy"``) or when they are not (``certify=False``, a selective layer).
+        they are (``certify="output"`` until :meth:`CompressionReport.certify_hinf`, ``certify="lazy"``)
+        or when they are not (``certify=False``, a selective layer).
+    output_change : float or None
+        What the cut did to the layer on real data: ``||y_cut - y||_F / ||y||_F``, the layer's output
+        after against before the cut on the inputs it really sees (its last input batch, or what it
+        receives from ``calibration_inputs=``; a few sequences of it), measured directly (0 if not cut;
+        ``None`` if no input is known or ``certify=False``).
+    output_bound : float or None
+        The a-priori bound on ``output_change`` on the same inputs: ``error_bound * ||u||_F / ||y||_F``
+        (from ``||y_cut - y|| <= ||G - G_r||_inf ||u||`` for a causal map started at rest), so
+        ``output_change <= output_bound``; ``None`` where ``output_change`` is.
+    output_inputs : str
+        Which inputs ``output_change`` was measured on: ``"last batch"``, ``"calibration_inputs"``, or
+        ``""`` (not measured).
     """
 
     name: str
@@ -93,15 +108,21 @@ class LayerReport:
     channels: int = 1
     detail: object = field(default=None, repr=False)
     hinf_method: str | None = None
+    output_change: float | None = None
+    output_bound: float | None = None
+    output_inputs: str = ""
 
     def __post_init__(self):
         self._gain, self._error, self._pending = None, None, None
 
+    def _resolve_lazy(self):
+        if self._pending is not None and self._pending.auto:
+            self._pending.resolve()
+
     @property
     def gain(self) -> float | None:
         """H-infinity norm of the layer's map before the cut (see the class attributes)."""
-        if self._pending is not None:
-            self._pending.resolve()
+        self._resolve_lazy()
         return self._gain
 
     @gain.setter
@@ -111,8 +132,7 @@ class LayerReport:
     @property
     def error(self) -> float | None:
         """H-infinity norm of the change of the layer's map (see the class attributes)."""
-        if self._pending is not None:
-            self._pending.resolve()
+        self._resolve_lazy()
         return self._error
 
     @error.setter
@@ -229,24 +249,37 @@ class CompressionReport:
         return {"layers": layers, "state_before": self.state_before, "state_after": self.state_after,
                 "rewarm_steps": self.rewarm_steps}
 
-    def __str__(self) -> str:
-        def num(v, fmt):
-            return f"{'-':>{fmt[:fmt.index('.')] if '.' in fmt else 0}}" if v is None else format(v, fmt)
+    def certify_hinf(self, *, progress: bool = True) -> "CompressionReport":
+        """Compute every LTI layer's H-infinity ``gain`` and ``error`` now (the worst case over all inputs).
 
-        head = (f"{'layer':<24} {'method':>6} {'state':>9} {'energy kept':>11} {'gain':>10} {'error':>10} "
-                f"{'err/gain':>9} {'bound/gain':>10}  note")
-        rows = [head, "-" * len(head)]
-        for x in self.layers:
-            state = f"{x.before}->{x.after}" if x.compressed else f"{x.before}"
-            method = "BT" if x.method == "balanced_truncation" else "select"
-            rows.append(f"{x.name or '<model>':<24} {method:>6} {state:>9} {x.energy_kept:>11.6f} "
-                        f"{num(x.gain, '10.4g')} {num(x.error, '10.4g')} {num(x.relative_error, '9.3g')} "
-                        f"{num(x.relative_error_bound, '10.3g')}  {x.note}")
-        rows.append(f"{'total':<24} {'':>6} {f'{self.state_before}->{self.state_after}':>9}")
-        if self.rewarm_steps > 1:
-            rows.append(f"optimizer: the cut parameters' state was reset; their updates ramp up over the next "
-                        f"{self.rewarm_steps} steps")
-        return "\n".join(rows)
+        The maps before and right after the cut were stored by :func:`compress_` (detached copies), so
+        the figures are those of the cut whatever the layers did since. One batched
+        :func:`lti_reduce.hinf_norm` call per group of equal-shaped maps, in torch on the layers' device,
+        with ``compress_``'s ``hinf_rtol`` and ``hinf_method``. Costs far more than the cut for layers of a
+        few hundred modes (``benchmarks/bench_compress.py``); shows progress after 2 s unless
+        ``progress=False``.
+
+        Returns
+        -------
+        CompressionReport
+            ``self``, with ``gain``, ``error``, ``relative_error`` and ``relative_error_bound`` set.
+
+        Raises
+        ------
+        ValueError
+            The report was made with ``certify=False``: nothing was stored to certify.
+        """
+        pending = {id(x._pending): x._pending for x in self.layers if x._pending is not None}
+        if not pending and any(x.method == "balanced_truncation" and x._gain is None for x in self.layers):
+            raise ValueError("this report was made with compress_(certify=False), which stores nothing to certify; "
+                             "call compress_ with certify='output' (the default) to certify on request, or "
+                             "certify='hinf' to compute the H-infinity figures during the cut.")
+        for p in pending.values():
+            p.resolve(progress=progress)
+        return self
+
+    def __str__(self) -> str:
+        return report_table(self)
 
 
 class _Required:
@@ -349,6 +382,23 @@ def _global_orders(hsvs: list[np.ndarray], tol: float) -> list[int]:
     return [h.shape[-1] - d for h, d in zip(hsvs, dropped)]
 
 
+def _layer_order(hsv: np.ndarray, tol: float) -> int:
+    """The order that keeps ``1 - tol`` of a layer's HSV energy; for channels, of their total energy.
+
+    A layer of independent channels (``hsv`` of shape (channels, n)) stores one number of states for all
+    of them, so it is cut to one order ``r``: the smallest whose dropped HSVs, summed over every channel,
+    stay within ``tol`` of the sum of all its channels' HSVs,
+    ``sum_c sum_{i > r} sigma_i^(c) <= tol * sum_c sum_i sigma_i^(c)``, which is
+    :func:`lti_reduce.rank_for_tol` of the summed profile ``sum_c sigma_i^(c)`` (descending, as each is).
+    A few slow channels then no longer hold the whole layer at full size; each channel's own error
+    stays within its own bound ``2 sum_{i > r} sigma_i^(c)``, which the report gives (the largest).
+    """
+    h = np.asarray(hsv, dtype=np.float64)
+    if h.ndim > 1:
+        h = h.reshape(-1, h.shape[-1]).sum(0)
+    return int(lr.rank_for_tol(h, tol))
+
+
 def _kept_states(order_new: int, order: int, selection: str, rng) -> list[int] | None:
     if selection == "largest":
         return None
@@ -358,32 +408,16 @@ def _kept_states(order_new: int, order: int, selection: str, rng) -> list[int] |
 
 
 def _reduce_channels(bal, order: int, keep, method: str):
-    """Reduce every channel of a batched result to ``order`` and return one batched modal system.
+    """Reduce every channel of a batched result to ``order``: one batched core call, one batched modal form.
 
     A real-output channel of order ``k`` with ``q`` real eigenvalues has ``(k + q) / 2`` modes, which may
-    differ between channels; a channel with fewer modes than the most is given the next higher order(s)
-    until the counts agree (more states kept: its error only falls). Returns ``(results, system)`` with one
-    result per channel, or ``(None, None)`` if no common number of modes exists.
+    differ between channels: the shorter channels are filled with zero modes (``lam = 0, B = 0, C = 0``,
+    nothing added to their maps; :func:`lti_reduce.modal_form` with ``pad=True``), so every channel keeps
+    exactly ``order`` states. Returns ``([result], system)``: the batched core result and the modal system.
     """
     res = bal.reduce(rank=order, method=method) if keep is None else bal.reduce(states=keep, method=method)
-    try:
-        return [res[c] for c in range(res.hsv.shape[0])], res.to_diagonal()
-    except (ValueError, lr.LTIInputError):
-        pass
-    channels = [bal[c] for c in range(bal.hsv.shape[0])]
-    results = [(ch.reduce(rank=order, method=method) if keep is None else ch.reduce(states=keep, method=method))
-                for ch in channels]
-    systems = [r.to_diagonal() for r in results]
-    target = max(x.n for x in systems)
-    for c, ch in enumerate(channels):
-        k = results[c].rank
-        while systems[c].n < target and keep is None and k < ch.n:
-            k += 1
-            results[c] = ch.reduce(rank=k, method=method)
-            systems[c] = results[c].to_diagonal()
-        if systems[c].n != target:
-            return None, None
-    return results, _stack(systems)
+    system, _ = lr.modal_form(res.A, res.B, res.C, res.D, pad=True)
+    return [res], system
 
 
 def _reduce_layer(bal, order: int, keep, method: str, max_modes):
@@ -392,21 +426,13 @@ def _reduce_layer(bal, order: int, keep, method: str, max_modes):
     A real-output reduced model of order ``k`` with ``q`` real eigenvalues has
     ``(k + q) / 2`` modes (a real eigenvalue takes a whole mode), so a requested
     ``state_dim`` may need a slightly lower order: it is lowered one state at a time.
-    Returns ``(results, system)``: one core result per channel (one for an unbatched
-    layer) and the reduced modal system to load. Channels that cannot share one number
-    of modes at ``order`` are tried at the next lower (``max_modes`` given) or higher
-    order; ``(None, None)`` if none works.
+    Returns ``(results, system)``: a list holding the core result (batched over the
+    channels of a layer of independent channels) and the reduced modal system to load.
     """
     batched = bal.hsv.ndim > 1
-    full = bal.hsv.shape[-1]
     while True:
         if batched:
             results, system = _reduce_channels(bal, order, keep, method)
-            if system is None:  # no common number of modes at this order: try a neighbouring one
-                order += -1 if max_modes is not None else 1
-                if order < 1 or order >= full or keep is not None:
-                    return None, None
-                continue
         else:
             res = bal.reduce(rank=order, method=method) if keep is None else bal.reduce(states=keep, method=method)
             results, system = [res], res.to_diagonal()
@@ -467,8 +493,8 @@ def _check_hinf_method(method):
                          f"(the H-infinity norm guaranteed to hinf_rtol, O(n^3)), got {method!r}.")
 
 
-def _hinf(systems: list, rtol: float, method: str) -> list[np.ndarray]:
-    """``lti_reduce.hinf_norm`` of every system, one batched call per group of equal shapes."""
+def _hinf(systems: list, rtol: float, method: str, bar=None) -> list[np.ndarray]:
+    """``lti_reduce.hinf_norm`` of every system, one batched call per group of equal shapes (``bar``: progress)."""
     out = [None] * len(systems)
     groups: dict = {}
     for i, sys in enumerate(systems):
@@ -477,6 +503,8 @@ def _hinf(systems: list, rtol: float, method: str) -> list[np.ndarray]:
         norms = lr_to_numpy(lr.hinf_norm(_stack([systems[i] for i in idx]), rtol=rtol, method=method)).astype(np.float64)
         for j, i in enumerate(idx):
             out[i] = norms[j]
+        if bar is not None:
+            bar.update(len(idx))
     return out
 
 
@@ -527,18 +555,23 @@ class _PendingCertificates:
     right after loading, so the figures are those of the cut, whatever the layers do afterwards.
     """
 
-    def __init__(self, reports, maps_before, cut, maps_after, rtol, method):
+    def __init__(self, reports, maps_before, cut, maps_after, rtol, method, auto=True, progress=True):
         self.reports, self.maps_before, self.cut, self.maps_after = reports, maps_before, cut, maps_after
-        self.rtol, self.method = rtol, method
+        self.rtol, self.method, self.auto, self.progress = rtol, method, auto, progress
         for rep in reports:
             rep._pending = self
 
-    def resolve(self):
+    def resolve(self, progress=None):
         if self.reports is None:
             return
-        gains = _hinf(self.maps_before, self.rtol, self.method)
-        errors = _hinf([_difference(self.maps_before[i], a) for i, a in zip(self.cut, self.maps_after)],
-                       self.rtol, self.method)
+        bar = Progress(len(self.maps_before) + len(self.cut), "H-infinity certificates",
+                       self.progress if progress is None else progress)
+        try:
+            gains = _hinf(self.maps_before, self.rtol, self.method, bar)
+            errors = _hinf([_difference(self.maps_before[i], a) for i, a in zip(self.cut, self.maps_after)],
+                           self.rtol, self.method, bar)
+        finally:
+            bar.close()
         for rep, g in zip(self.reports, gains):
             rep._gain, rep._error, rep.hinf_method = float(np.max(g)), 0.0, self.method
         for i, e in zip(self.cut, errors):
@@ -548,11 +581,35 @@ class _PendingCertificates:
         self.reports = self.maps_before = self.maps_after = None
 
 
+def _measure_before(model, cut_layers, calibration_inputs):
+    """The cut layers' inputs (``calibration_inputs=`` or their last batch) and outputs before the cut."""
+    if calibration_inputs is not None and cut_layers:
+        captured = calibration_layer_inputs(model, cut_layers, calibration_inputs)
+        inputs, source = [captured.get(id(m)) for m in cut_layers], "calibration_inputs"
+    else:
+        inputs, source = [getattr(m, "_last_input", None) for m in cut_layers], "last batch"
+    return inputs, layer_outputs(cut_layers, inputs), source
+
+
+def _measure_after(reports, cut, cut_layers, measured):
+    """Each cut layer's ``output_change`` from its outputs after the cut; 0 for the layers not cut."""
+    for rep in reports:
+        rep.output_change = 0.0
+    inputs, before, source = measured
+    for i, u, y0, y1 in zip(cut, inputs, before, layer_outputs(cut_layers, inputs)):
+        change = relative_change(y0, y1)
+        reports[i].output_change = change
+        reports[i].output_inputs = source if change is not None else ""
+        if change is not None:
+            reports[i].output_bound = output_bound(reports[i].error_bound, u, y0)
+
+
 def _selective_entry(x) -> LayerReport:
     """A :class:`LayerReport` for a selective layer's :class:`SelectiveLayerReport`."""
     entry = LayerReport(x.name, x.before, x.after, x.before, x.after, np.asarray(x.scores), float(x.energy_kept),
                         math.nan, bool(x.compressed), x.note, method="state_selection", hsv_lower=math.nan, detail=x)
     entry.error = float(x.error)  # measured relative output change (see SelectiveLayerReport); no bound exists
+    entry.output_change, entry.output_inputs = float(x.error), str(getattr(x, "error_data", "") or "")
     return entry
 
 
@@ -560,8 +617,8 @@ def _selective_entry(x) -> LayerReport:
 def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = None,
               optimizer: torch.optim.Optimizer | None = _REQUIRED, calibration_inputs=None,
               selection: str = "largest", scope: str = "layer", min_shrink: float = 0.05, method: str = "truncate",
-              seed: int | None = None, certify: bool | str = True, hinf_rtol: float = 1e-6,
-              hinf_method: str = "search", rewarm_steps: int = 20) -> CompressionReport:
+              seed: int | None = None, certify: bool | str = "output", hinf_rtol: float = 1e-6,
+              hinf_method: str = "search", rewarm_steps: int = 20, progress: bool = True) -> CompressionReport:
     """Cut low-energy states of every compressible layer of ``model``, in place.
 
     The one entry point for every layer kind the library knows:
@@ -572,8 +629,10 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
       cut to a new order, returned to modal form with
       :meth:`~lti_reduce.BalancedTruncationResult.to_diagonal` and written back with ``layer.load_system_``.
       A system with leading batch dimensions is a layer of independent channels (S4D: one SISO system per
-      channel, sharing one state size): every channel is cut to one order, the largest any channel's rule
-      needs, so each channel's error stays within its own bound.
+      channel, sharing one state size): every channel is cut to one order, chosen from the channels'
+      total HSV energy with ``tol`` (so a few slow channels do not hold the layer at full size), in one
+      batched reduction and one batched modal form; each channel's error stays within its own bound
+      ``2 sum_{i > r} sigma_i``, the largest of which the report gives.
     * *Selective layers* (:class:`adapters.torch.SelectiveSSM` and the mixers
       :func:`adapters.torch.mamba._selective_layers` finds): their ``Delta, B, C`` depend on the input, so
       they are cut by state selection on calibrated, averaged systems
@@ -608,7 +667,8 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         next ``step()`` (see :mod:`adapters.torch.optim`).
     calibration_inputs : Tensor or iterable of Tensors, optional
         Model inputs for the selective layers' calibration (``model(batch)`` under ``no_grad``); required
-        when the model has selective layers, ignored otherwise.
+        when the model has selective layers. When given, the LTI layers' ``output_change`` is measured on
+        what they receive from its first batch instead of their last input batch.
     selection : {"largest", "smallest", "random"}
         Which balanced states to keep: the highest-HSV ones (balanced truncation), or
         the paper's ablations (LTI layers).
@@ -623,12 +683,17 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         an elementwise ``D`` such as the LRU reject it).
     seed : int >= 0, optional
         Seed for ``selection="random"``.
-    certify : {True, "lazy", False}
-        Each LTI layer's ``gain`` and a-posteriori ``error``: computed before returning (``True``,
-        default); ``"lazy"``: the maps before and right after the cut are stored (detached copies) and
-        the norms computed when the report's figures are first read (``report.layers[i].error``, the
-        table, ``to_dict``), so a training loop's cut costs what the cut costs; ``False``: not computed
-        (``None``).
+    certify : {"output", "hinf", True, "lazy", False}
+        What the report certifies. ``"output"`` (default): each cut layer's ``output_change``, the
+        relative change of its output on the inputs it really sees (its last input batch, kept by the
+        layer's ``forward``, or ``calibration_inputs=``), measured directly by running the layer before
+        and after the cut on a few sequences (two forward passes of the cut layers), beside the
+        a-priori bound; the maps before and right after the cut are stored (detached copies), so
+        :meth:`CompressionReport.certify_hinf` gives the H-infinity ``gain`` and ``error`` later on
+        request; printing the report computes nothing. ``"hinf"`` or ``True``: that, and the
+        H-infinity ``gain`` and a-posteriori ``error`` computed before returning. ``"lazy"``: they are
+        computed when the report's figures are first read (``report.layers[i].error``, the table,
+        ``to_dict``). ``False``: nothing measured or stored (``None``). Any other value is an error.
     hinf_rtol : float
         Relative accuracy of the reported ``gain`` and ``error`` (:func:`lti_reduce.hinf_norm`).
     hinf_method : {"search", "level-set"}
@@ -648,14 +713,20 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         of magnitude for a few steps after a cut. The ramp is kept in the optimizer's param groups, so
         ``optimizer.state_dict()`` saves it and a resumed run continues it; it ends after its steps, when
         :class:`RollbackGuard` rolls the cut back, or when the next cut starts its own.
+    progress : bool
+        Work that runs longer than about 2 s (the cut of many layers, H-infinity certificates) shows
+        progress: a tqdm bar on a terminal, ``logging`` INFO lines on the ``"adapters.torch"`` logger
+        otherwise; ``False``: silent.
 
     Returns
     -------
     CompressionReport
-        Per layer: the method, state size before/after, HSVs, energy kept, ``gain`` (the map's
-        H-infinity norm before the cut), ``error`` (the H-infinity norm of the map's change, measured on
-        the loaded layer), the a-priori ``error_bound`` and ``sigma_{r+1}`` (``hsv_lower``). The printed
-        table gives ``error`` and ``error_bound`` relative to ``gain`` as well.
+        Per layer: the method, state size before/after, HSVs, energy kept, ``output_change`` (measured),
+        the a-priori ``error_bound`` and ``sigma_{r+1}`` (``hsv_lower``), and on request ``gain`` (the
+        map's H-infinity norm before the cut) and ``error`` (the H-infinity norm of the map's change,
+        measured on the loaded layer). The printed table gives ``error_bound / sigma_1`` (an upper bound
+        on the worst-case relative change) and, when computed, ``error`` and ``error_bound`` relative
+        to ``gain``.
 
     Raises
     ------
@@ -683,9 +754,10 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     exactly, and the error is re-raised. The reduction runs on each layer's device in float64 and is
     returned in the layer's precision.
 
-    Cost: with ``hinf_method="search"`` the a-posteriori ``gain`` and ``error`` cost about as much as
-    the cut for layers of a few hundred modes and a few times the cut (tens of milliseconds) for small
-    ones; ``"level-set"`` costs 50-90 times the cut (``benchmarks/bench_compress.py`` measures all three).
+    Cost: the default certificate costs two forward passes of the cut layers on at most 1024 tokens
+    of their input. The H-infinity ``gain`` and ``error`` cost far more than the cut for layers of a
+    few hundred modes on the CPU (``benchmarks/bench_compress.py`` measures both against a training
+    step); ``hinf_method="level-set"`` costs 50-90 times the cut.
 
     Examples
     --------
@@ -708,8 +780,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     _guards.check_model(model)
     _check_options(tol, rank, selection, scope, min_shrink, method, seed)
     check_rewarm_steps(rewarm_steps)
-    if certify not in (True, False, "lazy"):
-        raise ValueError(f"certify must be True, 'lazy' or False, got {certify!r}.")
+    check_certify(certify)
     _check_hinf_method(hinf_method)
     if isinstance(hinf_rtol, bool) or not isinstance(hinf_rtol, (int, float)) or not 0.0 < float(hinf_rtol) < 1.0:
         raise ValueError(f"hinf_rtol must be a float in (0, 1) (relative accuracy of gain and error), got {hinf_rtol!r}.")
@@ -742,10 +813,13 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     for i, s in enumerate(systems):
         groups.setdefault(_group_key(s), []).append(i)
     balanced = [None] * len(layers)
+    bar = Progress(2 * len(layers), "compress_", progress)
     for idx in groups.values():
-        bal = lr.balance(_stack([systems[i] for i in idx]))
+        # working precision: the reduced models (and their modal forms) are computed from float64 matrices
+        bal = lr.balance(_working(_stack([systems[i] for i in idx])))
         for j, i in enumerate(idx):
             balanced[i] = bal[j]
+        bar.update(len(idx))
     hsvs = [lr_hsv_numpy(b) for b in balanced]
 
     # 2. Orders (in units of the core: the order of each layer's map, per channel).
@@ -755,8 +829,8 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         new_orders = [min(o, int(math.ceil(rank * u))) for o, u in zip(orders, units)]
     elif scope == "global":
         new_orders = _global_orders(hsvs, float(tol))
-    else:  # each channel's own rule; all channels get the largest
-        new_orders = [int(np.max(lr.rank_for_tol(h, float(tol)))) for h in hsvs]
+    else:  # the layer's rule; a layer of channels: one order from the channels' total energy
+        new_orders = [_layer_order(h, float(tol)) for h in hsvs]
 
     # 3. Reduced layer systems (all computed before anything changes).
     plans, reports = [], []
@@ -778,18 +852,15 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
                 note = "channels' reduced models need different numbers of modes; not cut"
             else:
                 after = new_system.n
-                per = []
-                for c, res in enumerate(results):
-                    k = res.rank
-                    kept_idx = list(range(k)) if res.states is None else list(res.states)
-                    dropped = sorted(set(range(order)) - set(kept_idx))
-                    # sigma_{k+1}: no order-k map is closer (whichever states were kept)
-                    per.append((float(h2[c, kept_idx].sum()) / totals[c] if totals[c] > 0 else 1.0,
-                                float(lr_to_numpy(res.error_bound)), float(h2[c, k]) if dropped else 0.0, k))
-                kept = min(p[0] for p in per)
-                bound = max(p[1] for p in per)
-                lower = max(p[2] for p in per)
-                new_order = max(p[3] for p in per)
+                res = results[0]  # every channel of a layer is cut to the same order k (batched over channels)
+                k = res.rank
+                kept_idx = list(range(k)) if res.states is None else list(res.states)
+                energy = h2[:, kept_idx].sum(-1) / np.where(totals > 0, totals, 1.0)
+                kept = float(np.where(totals > 0, energy, 1.0).min())  # the worst channel's
+                bound = float(np.max(lr_to_numpy(res.error_bound)))
+                # sigma_{k+1}: no order-k map is closer (whichever states were kept)
+                lower = float(h2[:, k].max()) if k < order else 0.0
+                new_order = k
                 if _accepts(layer.load_system_, "real_mode_change"):
                     # The real-mode fix may cost 2^-7 of the cut's own least error (sigma_{r+1}).
                     budget = 2.0**-7 * max(lower, 2.0**-20 * float(h2[:, 0].max()))
@@ -797,11 +868,14 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
                     note = f"gate: {before}->{after} shrinks by less than min_shrink={min_shrink:g}"
                     new_system, after, bound, kept, lower, budget = None, before, 0.0, 1.0, 0.0, 0.0
         plans.append((new_system, budget))
+        bar.update()
         reports.append(LayerReport(name, before, after, order, order if new_system is None else new_order, h,
                                    kept, bound + budget, new_system is not None, note, hsv_lower=lower,
                                    channels=int(np.prod(h.shape[:-1])) if h.ndim > 1 else 1))
     maps_before = [_layer_map(layer, s) for (_, layer), s in zip(layers, systems)]
     cut = [i for i, (s, _) in enumerate(plans) if s is not None]
+    bar.close()
+    measured = _measure_before(model, [layers[i][1] for i in cut], calibration_inputs) if certify is not False else None
 
     # 4. Swap, undoing everything on any failure.
     todo = [(layers[i][1], plans[i]) for i in cut]
@@ -848,11 +922,14 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
                     rebind_parameters_(optimizer, replaced, added)
             if optimizer is not None:
                 reset_state_(optimizer, [p for p, _ in rebased])
-            # 5. A-posteriori norms, on the loaded layers (their maps are stored now).
-            if certify:
+            # 5. Certificates, on the loaded layers: the measured output change; the maps are stored for
+            # the H-infinity norms (computed now, on first read or on request).
+            if certify is not False:
+                _measure_after(reports, cut, [layers[i][1] for i in cut], measured)
                 maps_after = [_layer_map(layers[i][1], _layer_system(layers[i][0], layers[i][1])) for i in cut]
-                pending = _PendingCertificates(reports, maps_before, cut, maps_after, hinf_rtol, hinf_method)
-                if certify != "lazy":
+                pending = _PendingCertificates(reports, maps_before, cut, maps_after, hinf_rtol, hinf_method,
+                                               auto=certify == "lazy", progress=progress)
+                if certify is True or certify == "hinf":
                     pending.resolve()
         except BaseException:
             snapshot.restore()
@@ -862,9 +939,11 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         if optimizer is not None and trained and rewarm_steps > 1:
             rewarm_(optimizer, trained, rewarm_steps)
             ramp = rewarm_steps
-    elif certify:
-        pending = _PendingCertificates(reports, maps_before, [], [], hinf_rtol, hinf_method)
-        if certify != "lazy":
+    elif certify is not False:
+        _measure_after(reports, [], [], measured)
+        pending = _PendingCertificates(reports, maps_before, [], [], hinf_rtol, hinf_method,
+                                       auto=certify == "lazy", progress=progress)
+        if certify is True or certify == "hinf":
             pending.resolve()
     if selective_report is not None:
         reports.extend(_selective_entry(x) for x in selective_report.layers)

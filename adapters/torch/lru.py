@@ -28,6 +28,7 @@ import math
 import torch
 from torch import nn
 
+from ._certificate import remember_input_
 from ._params import set_parameter_
 from .optim import mark_rebased_
 from .resizing import explain_checkpoint_mismatch
@@ -303,6 +304,7 @@ class LRU(nn.Module):
         """``y = Re(C x) + D * u`` for ``u`` of shape (..., L, d_model); returns (..., L, d_model)."""
         if u.dim() < 2 or u.shape[-1] != self.d_model:
             raise ValueError(f"LRU expects input of shape (..., L, {self.d_model}), got {tuple(u.shape)}")
+        remember_input_(self, u)  # for compress_'s output certificate
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = u.to(self.B_re.dtype)
             n, m = self.B_re.shape

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._certificate import remember_input_
 from .resizing import ResizableStateMixin, set_parameter_
 from .s5 import _check_finite_stable, _nearest_branch
 from .scan import linear_recurrence
@@ -81,14 +82,17 @@ class S4D(ResizableStateMixin, nn.Module):
     order ``2n``; its Hankel singular values and error bounds are its own.
 
     *One state size for all channels.* The parameters are ``(d_model, n)`` tensors, so every channel
-    keeps the same number of modes. A cut balances each channel, cuts all to one real order
-    ``r = max_h r_h`` (the largest order any channel's rule asks for; no channel is cut further than
-    its rule allows, so each channel's error stays within its own bound ``2 sum_{i > r} sigma_i^(h)``, at
-    most the bound at ``r_h``) and converts each to modal form. A real order ``r`` gives between
-    ``r / 2`` and ``r`` modes (a real eigenvalue takes a whole mode), so channels may come back with
-    different numbers of modes; :meth:`load_system_` accepts a list of per-channel systems and fills the
-    shorter channels with *inert* modes (``C = 0``, ``A = -1/2``) that contribute exactly nothing to the
-    map but are trainable (``dL/dC`` is not zero), so the map is exactly the reduced one.
+    keeps the same number of modes. :func:`adapters.torch.compress_` balances all channels in one
+    batched call and cuts all to one real order ``r``: with ``tol``, the smallest order whose dropped
+    HSVs, summed over all channels, stay within ``tol`` of the layer's total HSV sum (so a few slow
+    channels do not keep the layer at full size); each channel's error stays within its own bound
+    ``2 sum_{i > r} sigma_i^(h)``. The channels go back to modal form in one batched eigendecomposition.
+    A real order ``r`` gives between ``r / 2`` and ``r`` modes (a real eigenvalue takes a whole mode), so
+    channels may have different numbers of modes: the shorter ones come padded with zero modes
+    (``lam = 0, B = 0, C = 0``, :func:`lti_reduce.modal_form` with ``pad=True``), or as a list of
+    per-channel systems, and :meth:`load_system_` stores those places as *inert* modes (``C = 0``,
+    ``A = -1/2``) that contribute exactly nothing to the map but are trainable (``dL/dC`` is not zero),
+    so the map is exactly the reduced one.
 
     *Parameters after a cut.* Each channel keeps its step ``dt_h``. A new discrete mode ``(lam, b, c)``
     is stored as ``A = log(lam) / dt_h`` (ZOH; the branch of ``Im log`` nearest to the channel's nearest
@@ -321,7 +325,20 @@ class S4D(ResizableStateMixin, nn.Module):
                              f"(SISO channels), got {tuple(B.shape)} and {tuple(C.shape)}")
         _check_finite_stable(lam, B, C, "S4D")
         D = _channel_feedthrough(getattr(system, "D", None), (H,), "S4D")
-        return lam, B[..., 0], C[:, 0, :], D
+        b, c = B[..., 0], C[:, 0, :]
+        # Zero modes (modal_form(pad=True) fills shorter channels with them) become inert modes.
+        zero = (lam == 0) & (b == 0) & (c == 0)
+        if bool(zero.any()):
+            lam = torch.where(zero, self._inert_lam().to(device).unsqueeze(-1), lam)
+        return lam, b, c, D
+
+    def _inert_lam(self) -> torch.Tensor:
+        """Discrete eigenvalue (H,) of an inert mode ``A = -1/2`` under each channel's step, complex128."""
+        dt = torch.exp(self.log_dt.detach()).to(torch.float64)
+        if self.discretization == "bilinear":
+            x = -0.25 * dt
+            return ((1 + x) / (1 - x)).to(torch.complex128)
+        return torch.exp(-0.5 * dt).to(torch.complex128)
 
     def _one_channel(self, system, h, device):
         if not getattr(system, "real_output", False):
@@ -342,6 +359,7 @@ class S4D(ResizableStateMixin, nn.Module):
         """``y = K * u + D u`` for ``u`` of shape (..., L, d_model); returns (..., L, d_model)."""
         if u.dim() < 2 or u.shape[-1] != self.d_model:
             raise ValueError(f"S4D expects input of shape (..., L, {self.d_model}), got {tuple(u.shape)}")
+        remember_input_(self, u)  # for compress_'s output certificate
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = u.to(self.log_A_real.dtype)
             length = u.shape[-2]

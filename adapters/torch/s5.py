@@ -23,6 +23,7 @@ import math
 import torch
 from torch import nn
 
+from ._certificate import remember_input_
 from .resizing import ResizableStateMixin, set_parameter_
 from .scan import MODES, linear_recurrence
 
@@ -326,6 +327,7 @@ class S5(ResizableStateMixin, nn.Module):
         """``y = Re(C x) + D * u`` for ``u`` of shape (..., L, d_model); returns (..., L, d_model)."""
         if u.dim() < 2 or u.shape[-1] != self.d_model:
             raise ValueError(f"S5 expects input of shape (..., L, {self.d_model}), got {tuple(u.shape)}")
+        remember_input_(self, u)  # for compress_'s output certificate
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = u.to(self.B_re.dtype)
             lam, Bbar = self.discretize()

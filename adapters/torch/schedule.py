@@ -12,6 +12,7 @@ import copy
 
 import torch.nn as nn
 
+from ._certificate import check_certify
 from .compress import (_REQUIRED, CompressionReport, _check_hinf_method, _check_optimizer_argument, _check_options,
                        compress_)
 from .optim import check_rewarm_steps
@@ -47,9 +48,9 @@ class CompressionSchedule:
         Explicit cut steps (overrides ``window``/``num_cuts``).
     **compress_kwargs
         Passed to :func:`compress_` (``scope``, ``selection``, ``min_shrink``,
-        ``calibration_inputs``, ``certify``, ``rewarm_steps``, ...). ``certify`` defaults to ``"lazy"`` here:
-        a cut inside the training loop costs only the cut, and each report's ``gain`` and
-        ``error`` (of the maps stored at the cut) are computed when first read.
+        ``calibration_inputs``, ``certify``, ``rewarm_steps``, ...). ``certify`` defaults to ``"output"``, as in
+        :func:`compress_`: each report gives the measured output change, and its ``gain`` and ``error``
+        (of the maps stored at the cut) on request (:meth:`CompressionReport.certify_hinf`).
 
     Attributes
     ----------
@@ -115,9 +116,8 @@ class CompressionSchedule:
             _check_hinf_method(compress_kwargs["hinf_method"])
         if "rewarm_steps" in compress_kwargs:
             check_rewarm_steps(compress_kwargs["rewarm_steps"])
-        compress_kwargs.setdefault("certify", "lazy")
-        if compress_kwargs["certify"] not in (True, False, "lazy"):
-            raise ValueError(f"certify must be True, 'lazy' or False, got {compress_kwargs['certify']!r}.")
+        compress_kwargs.setdefault("certify", "output")
+        check_certify(compress_kwargs["certify"])
         self.compress_kwargs = compress_kwargs
         self.enabled = True
         self.history: list[dict] = []

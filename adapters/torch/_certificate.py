@@ -1,0 +1,240 @@
+"""What a cut did to each layer, measured cheaply; progress for slow work.
+
+The default certificate of :func:`adapters.torch.compress_` is a direct measurement: each cut layer is run
+on the inputs it really sees (the last batch it processed, or the model's ``calibration_inputs=``) before
+and after the cut, and the relative change of its output is reported beside the a-priori bound. It costs
+two forward passes of the cut layers on a few sequences. The H-infinity gain and error (``certify="hinf"``
+or :meth:`adapters.torch.CompressionReport.certify_hinf`) are the worst case over all inputs and cost
+far more.
+
+Layers remember their last input with :func:`remember_input_` (one line in ``forward``); a layer that
+does not is measured on ``calibration_inputs=`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+
+import torch
+
+__all__ = []  # private: compress_ and the layers use these
+
+logger = logging.getLogger("adapters.torch")
+
+#: Largest number of tokens (sequence steps summed over the kept sequences) a layer keeps of its last
+#: input: whole sequences, at least one. Two forward passes on them cost a small fraction of a step.
+_MAX_TOKENS = 1024
+
+#: Work that has run this long (seconds) starts showing progress.
+_PROGRESS_AFTER_S = 2.0
+
+CERTIFY_VALUES = ("output", "hinf", "lazy", True, False)
+
+
+def check_certify(certify) -> None:
+    """Reject a ``certify=`` value that is not one of :data:`CERTIFY_VALUES`."""
+    if not any(certify is v or (isinstance(v, str) and certify == v) for v in CERTIFY_VALUES):
+        raise ValueError(
+            f"certify must be 'output' (default: the relative change of each layer's output on its last "
+            f"input batch or calibration_inputs=), 'hinf' or True (that plus the H-infinity gain and error, "
+            f"computed now), 'lazy' (the H-infinity figures computed when first read) or False (nothing), "
+            f"got {certify!r}.")
+
+
+def remember_input_(layer, u: torch.Tensor) -> None:
+    """Keep a detached copy of the first sequences of ``u`` on ``layer`` (for the output certificate).
+
+    Parameters
+    ----------
+    layer : nn.Module
+        A compressible layer, called from its ``forward``.
+    u : Tensor, shape (..., L, d)
+        The layer's input. The leading dimensions are flattened and the first
+        ``max(1, 1024 // L)`` sequences kept (a copy, so the batch itself is not held).
+    """
+    if u.dim() < 2 or (hasattr(torch, "compiler") and torch.compiler.is_compiling()):
+        return
+    seq = u.detach().reshape(-1, u.shape[-2], u.shape[-1])
+    keep = max(1, _MAX_TOKENS // max(1, u.shape[-2]))
+    layer._last_input = seq[:keep].clone()
+
+
+def calibration_layer_inputs(model, layers, calibration_inputs) -> dict:
+    """Inputs each of ``layers`` receives when ``model`` runs on the first calibration batch.
+
+    Returns ``{id(layer): tensor}`` (the first sequences, as :func:`remember_input_` keeps them);
+    empty if the forward pass fails.
+    """
+    batch = calibration_inputs
+    if not isinstance(batch, torch.Tensor):
+        try:
+            batch = next(iter(batch))
+        except (TypeError, StopIteration):
+            return {}
+    captured: dict = {}
+
+    def hook(module, args):
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 2:
+            seq = args[0].detach().reshape(-1, args[0].shape[-2], args[0].shape[-1])
+            captured[id(module)] = seq[: max(1, _MAX_TOKENS // max(1, seq.shape[-2]))].clone()
+
+    handles = [layer.register_forward_pre_hook(hook) for layer in layers]
+    try:
+        with torch.no_grad():
+            model(batch)
+    except Exception as exc:  # noqa: BLE001 - a certificate is not worth failing the cut for
+        logger.warning("compress_: the model did not run on calibration_inputs (%s); the output change is not "
+                       "measured", exc)
+        return {}
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def layer_outputs(layers, inputs) -> list:
+    """``layer(u)`` for each ``(layer, u)`` (``None`` where ``u`` is ``None`` or the layer fails), in eval mode."""
+    out = []
+    for layer, u in zip(layers, inputs):
+        if u is None:
+            out.append(None)
+            continue
+        training = layer.training
+        try:
+            layer.train(False)
+            with torch.no_grad():
+                y = layer(u)
+            out.append(y.detach() if isinstance(y, torch.Tensor) else None)
+        except Exception:  # noqa: BLE001 - e.g. the input no longer fits the layer: no measurement, no failed cut
+            out.append(None)
+        finally:
+            layer.train(training)
+    return out
+
+
+def relative_change(before, after) -> float | None:
+    """``||after - before||_F / ||before||_F`` in float64 (``None`` if either is missing or shapes differ)."""
+    if before is None or after is None or before.shape != after.shape:
+        return None
+    b, a = before.to(torch.float64), after.to(torch.float64)
+    norm = float(torch.linalg.vector_norm(b))
+    diff = float(torch.linalg.vector_norm(a - b))
+    return diff / norm if norm > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+def output_bound(error_bound: float, u, y) -> float | None:
+    """``error_bound * ||u||_F / ||y||_F``: the a-priori bound on the relative output change on ``u``.
+
+    A causal LTI map started at rest satisfies ``||(G - G_r) u||_2 <= ||G - G_r||_inf ||u||_2`` on any
+    finite sequence, per sequence and channel, hence over the batch.
+    """
+    if u is None or y is None or math.isnan(error_bound):  # no bound (selective layer)
+        return None
+    norm_y = float(torch.linalg.vector_norm(y.to(torch.float64)))
+    norm_u = float(torch.linalg.vector_norm(u.to(torch.float64)))
+    if norm_y == 0:
+        return 0.0 if error_bound * norm_u == 0 else float("inf")
+    return error_bound * norm_u / norm_y
+
+
+class Progress:
+    """Progress of ``total`` units of work: silent for the first :data:`_PROGRESS_AFTER_S` seconds.
+
+    After that, a tqdm bar on a terminal (``sys.stderr.isatty()`` and tqdm importable), otherwise
+    ``logging`` INFO lines on the ``"adapters.torch"`` logger (at most one per 2 s, and one at the end).
+    ``enabled=False``: nothing at all.
+    """
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        self.total, self.desc, self.enabled = int(total), desc, bool(enabled)
+        self.done, self.start, self.bar, self.last_log = 0, time.perf_counter(), None, None
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self.bar is None and self.last_log is None and now - self.start < _PROGRESS_AFTER_S:
+            return
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        if self.last_log is None and _use_tqdm():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.desc, initial=self.done, leave=False)
+            return
+        if self.last_log is None or now - self.last_log >= _PROGRESS_AFTER_S or self.done >= self.total:
+            self.last_log = now
+            logger.info("%s: %d/%d (%.1f s)", self.desc, self.done, self.total, now - self.start)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _use_tqdm() -> bool:
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return False
+    stream = sys.stderr
+    return bool(getattr(stream, "isatty", None) and stream.isatty())
+
+
+def _ratio(v, width: int, vacuous: bool = False) -> str:
+    if v is None:
+        return f"{'-':>{width}}"
+    if vacuous and v >= 1.0:
+        return f"{'vacuous':>{width}}"
+    return format(v, f"{width}.3g")
+
+
+def report_table(report) -> str:
+    """The text of ``print(report)`` (:class:`adapters.torch.CompressionReport`).
+
+    Never computes anything expensive: the H-infinity columns appear when those figures exist (or
+    ``certify="lazy"`` asked for them to be computed on first read).
+    """
+    hinf = any(x._gain is not None or (x._pending is not None and x._pending.auto) for x in report.layers)
+    head = (f"{'layer':<24} {'method':>6} {'state':>9} {'energy kept':>11} {'out change':>10} "
+            f"{'out bound':>10}")
+    if hinf:
+        head += f" {'gain':>10} {'error':>10} {'err/gain':>9} {'bound/gain':>10}"
+    head += "  note"
+    rows = [head, "-" * len(head)]
+    vacuous = loose = False
+    for x in report.layers:
+        state = f"{x.before}->{x.after}" if x.compressed else f"{x.before}"
+        method = "BT" if x.method == "balanced_truncation" else "select"
+        bound = x.output_bound if x.compressed else None
+        row = (f"{x.name or '<model>':<24} {method:>6} {state:>9} {x.energy_kept:>11.6f} "
+               f"{_ratio(x.output_change, 10)} {_ratio(bound, 10)}")
+        loose |= bound is not None and bound > 1.0
+        if hinf:
+            rel_bound = x.relative_error_bound if x.compressed else None
+            vacuous |= rel_bound is not None and rel_bound >= 1.0
+            gain = "-" if x.gain is None else format(x.gain, ".4g")
+            error = "-" if x.error is None else format(x.error, ".4g")
+            row += f" {gain:>10} {error:>10} {_ratio(x.relative_error, 9)} {_ratio(rel_bound, 10, True)}"
+        rows.append(f"{row}  {x.note}")
+    rows.append(f"{'total':<24} {'':>6} {f'{report.state_before}->{report.state_after}':>9}")
+    sources = sorted({x.output_inputs for x in report.layers if x.output_inputs})
+    if sources:
+        rows.append(f"out change: ||y_cut - y|| / ||y|| of each layer's output on its {' / '.join(sources)} "
+                    "(measured); out bound: the a-priori bound on it, 2 sum(dropped HSVs) ||u|| / ||y||")
+    if loose:
+        rows.append("out bound > 1: on these inputs the a-priori bound does not exclude a change larger than the "
+                    "output itself; out change is what the cut did")
+    if vacuous:
+        rows.append("vacuous: the a-priori bound is at least the map's gain, so it guarantees nothing")
+    if not hinf and any(x._pending is not None for x in report.layers):
+        rows.append("H-infinity gain and error of each map: report.certify_hinf()")
+    if report.rewarm_steps > 1:
+        rows.append(f"optimizer: the cut parameters' state was reset; their updates ramp up over the next "
+                    f"{report.rewarm_steps} steps")
+    return "\n".join(rows)
