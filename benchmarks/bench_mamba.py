@@ -100,13 +100,13 @@ def bench(name, setup, train_steps, repeats, seed=0):
         loss.backward()
         opt.step()
     cut = copy.deepcopy(model)
-    report = compress_selective_(cut, calibration_inputs=calib, tol=0.05, held_out_inputs=held)
+    report = compress_selective_(cut, calibration_inputs=calib, tol=0.05, held_out_inputs=held, optimizer=None)
     r = max(x.after for x in report)
     variants = {STATE: model, r: cut}
     for size in (64, 32, 16):
         if size not in variants:
             m = copy.deepcopy(model)
-            compress_selective_(m, calibration_inputs=calib, rank=size, min_shrink=0.0)
+            compress_selective_(m, calibration_inputs=calib, rank=size, min_shrink=0.0, optimizer=None)
             variants[size] = m
     opts = {k: torch.optim.Adam(m.parameters(), lr=3e-3) for k, m in variants.items()}
     times = {k: [] for k in variants}
