@@ -189,8 +189,9 @@ def main(argv=None):
         top["library_cut_output_energy"] = val_bits_per_byte(cut, val)
         results["top_rank"].append(top)
         print(json.dumps(top), f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    full = np.mean([t["full"] for t in results["top_rank"]])
     table = ["score          Spearman vs loss change (mean, min over layers x seeds)   "
-             f"val bits/byte keeping top {config.rank} (mean over seeds; full {np.mean([t['full'] for t in results['top_rank']]):.4f})"]
+             f"val bits/byte keeping top {config.rank} (mean over seeds; full {full:.4f})"]
     for s in SCORES:
         rho = [r[s] for r in results["per_layer"]]
         kept = [t[s] for t in results["top_rank"]]

@@ -186,7 +186,8 @@ def test_layers_sharing_a_config_are_cut_to_the_largest_size_any_needs():
             torch.logspace(0, -3, 16)[:, None])
     ids = _tokens(6, 20, 5)
     alone = [compress_selective_(_model("mamba").backbone.layers[i].mixer, calibration_inputs=_mixer_inputs(
-        model, model.backbone.layers[i].mixer, ids), tol=0.1, min_shrink=0.0, optimizer=None).layers[0].after for i in range(2)]
+        model, model.backbone.layers[i].mixer, ids), tol=0.1, min_shrink=0.0, optimizer=None).layers[0].after
+        for i in range(2)]
     report = compress_selective_(model, calibration_inputs=ids, tol=0.1, min_shrink=0.0, optimizer=None)
     assert [x.after for x in report] == [max(alone)] * 2 == [model.config.state_size] * 2
     assert all(x.calibration_change <= 0.1 for x in report)

@@ -1,4 +1,4 @@
-"""The Hugging Face ``Trainer`` runs the text task's compressed run through :class:`adapters.torch.hf.CompressionCallback`.
+"""The Hugging Face ``Trainer`` runs the text task's cut through :class:`adapters.torch.hf.CompressionCallback`.
 
 A tiny ``Mamba2ForCausalLM`` / ``MambaForCausalLM`` of the text task (``build_text_model``) trains on
 standard-library bytes; the callback cuts it to ``rank`` states after the scheduled optimizer step. Checked: the

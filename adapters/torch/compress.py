@@ -803,7 +803,8 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     if todo or selective:
         snapshot = _Snapshot([layer for layer, _ in todo] + [m for _, m in selective], optimizer)
         try:
-            rebased, dropped, fresh, sliced = [], [], [], []  # fresh: parameter objects a layer created in place of others
+            # fresh: parameter objects a layer created in place of others; sliced: selective, moments kept
+            rebased, dropped, fresh, sliced = [], [], [], []
             if selective:
                 old_sel = {(n, pn): p for n, m in selective for pn, p in m.named_parameters()}
                 shapes = {key: tuple(p.shape) for key, p in old_sel.items()}
