@@ -14,7 +14,14 @@ the step time scales with the state. All copies of a model are timed interleaved
 forward + backward + Adam step each, in turn, ``--repeats`` rounds after two warm-up rounds); reported are
 median milliseconds per step and the ratio to the 128-state model.
 
-Usage: ``python benchmarks/bench_mamba.py [--quick] [--repeats 15] [--threads 1]``
+``--models text_mamba,text_mamba2`` times the text task's models instead (``lti-reduce sweep --task text``:
+Mamba d_model 32 on 64-byte windows, Mamba2 d_model 64 on 128-byte windows with ``chunk_size`` 128, batch 8,
+standard-library bytes); ``--profile`` prints the operators that take a step's time at 128 and at 16 states.
+transformers' Mamba takes ``mambapy``'s parallel scan on a CPU where that package is installed (``use_mambapy``),
+else a Python loop over time steps whose backward materializes a ``(batch, d_inner, length, d_state)`` zero tensor
+per step (``SelectBackward``): quadratic in the length and linear in the state.
+
+Usage: ``python benchmarks/bench_mamba.py [--quick] [--repeats 15] [--threads 1] [--models ...] [--profile]``
 """
 
 from __future__ import annotations
@@ -91,7 +98,56 @@ def hf_mamba_setup(seed):
     return model, batch, loss_fn, tokens(32, torch.Generator().manual_seed(99)), tokens(32, torch.Generator().manual_seed(98))
 
 
-def bench(name, setup, train_steps, repeats, seed=0):
+def text_setup(model_name, d_model, seq_len, batch_size=8):
+    """The text task's model (``lti-reduce sweep --task text``) on its standard-library bytes."""
+    from adapters.torch.experiment.text import TextConfig, _loss, _windows, build_text_model, load_corpus
+
+    def setup(seed):
+        config = TextConfig(model=model_name, d_model=d_model, seq_len=seq_len, batch_size=batch_size,
+                            d_state=STATE)
+        corpus = load_corpus()
+        model = build_text_model(config, seed=seed)
+        g = torch.Generator().manual_seed(seed)
+        last = corpus.train.numel() - seq_len - 1
+
+        def windows(n, gen):
+            return _windows(corpus.train, torch.randint(0, last, (n,), generator=gen), seq_len + 1)
+
+        def batch():
+            return windows(batch_size, g)
+
+        calib = windows(16, torch.Generator().manual_seed(99))[:, :-1]
+        held = windows(16, torch.Generator().manual_seed(98))[:, :-1]
+        return model, batch, _loss, calib, held
+
+    return setup
+
+
+SETUPS = {"selective": ("SelectiveSSM", selective_ssm_setup), "hf_mamba": ("MambaForCausalLM", hf_mamba_setup),
+          "text_mamba": ("Mamba text (d 32, T 64)", text_setup("mamba", 32, 64)),
+          "text_mamba2": ("Mamba2 text (d 64, T 128)", text_setup("mamba2", 64, 128))}
+
+
+def profile_step(name, model, batch, loss_fn, rows=8):
+    """The operators that take a training step's time (torch.profiler, self CPU time)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    b = batch()
+    for _ in range(2):
+        loss = loss_fn(model, b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.profiler.profile() as prof:
+        loss = loss_fn(model, b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    print(f"--- profile: {name}\n{table}", flush=True)
+    return table
+
+
+def bench(name, setup, train_steps, repeats, seed=0, profile=False):
     model, batch, loss_fn, calib, held = setup(seed)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(train_steps):
@@ -100,13 +156,13 @@ def bench(name, setup, train_steps, repeats, seed=0):
         loss.backward()
         opt.step()
     cut = copy.deepcopy(model)
-    report = compress_selective_(cut, calibration_inputs=calib, tol=0.05, held_out_inputs=held)
+    report = compress_selective_(cut, calibration_inputs=calib, tol=0.05, held_out_inputs=held, optimizer=None)
     r = max(x.after for x in report)
     variants = {STATE: model, r: cut}
     for size in (64, 32, 16):
         if size not in variants:
             m = copy.deepcopy(model)
-            compress_selective_(m, calibration_inputs=calib, rank=size, min_shrink=0.0)
+            compress_selective_(m, calibration_inputs=calib, rank=size, min_shrink=0.0, optimizer=None)
             variants[size] = m
     opts = {k: torch.optim.Adam(m.parameters(), lr=3e-3) for k, m in variants.items()}
     times = {k: [] for k in variants}
@@ -120,6 +176,9 @@ def bench(name, setup, train_steps, repeats, seed=0):
             opts[k].step()
             if rnd >= 2:
                 times[k].append(time.perf_counter() - start)
+    if profile:
+        for k in (STATE, min(variants)):
+            profile_step(f"{name}, d_state {k}", copy.deepcopy(variants[k]), batch, loss_fn)
     base = statistics.median(times[STATE])
     rows = [{"model": name, "state": k, "cut_by_tol": k == r, "ms_per_step": round(1e3 * statistics.median(v), 2),
              "ratio_to_128": round(statistics.median(v) / base, 3)} for k, v in sorted(times.items(), reverse=True)]
@@ -134,13 +193,18 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--train-steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models", default="selective,hf_mamba",
+                        help=f"comma-separated, of {', '.join(SETUPS)} (text_*: the text task's models)")
+    parser.add_argument("--profile", action="store_true", help="print the top operators of one step at 128 and "
+                        "at the smallest size")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train_steps, repeats = (3, 3) if args.quick else (args.train_steps, args.repeats)
     out = {"config": {"train_steps": train_steps, "repeats": repeats, "threads": args.threads, "tol": 0.05}}
     print(f"{'model':<18} {'state':>6} {'ms/step':>9} {'vs 128':>7}")
-    for name, setup in (("SelectiveSSM", selective_ssm_setup), ("MambaForCausalLM", hf_mamba_setup)):
-        rows, cut = bench(name, setup, train_steps, repeats)
+    for key in args.models.split(","):
+        name, setup = SETUPS[key]
+        rows, cut = bench(name, setup, train_steps, repeats, profile=args.profile)
         out[name] = {"steps": rows, "cut": cut}
         for row in rows:
             mark = " (tol=0.05 cut)" if row["cut_by_tol"] else ""

@@ -149,11 +149,12 @@ def cut_accuracy(model, calib, data):
     keeping the states the averaged_hsv score prefers."""
     _, _, xt, yt = data
     new = copy.deepcopy(model)
-    report = compress_selective_(new, calibration_inputs=calib, tol=0.05)
+    report = compress_selective_(new, calibration_inputs=calib, tol=0.05, optimizer=None)
     old = copy.deepcopy(model)
     for (name, layer, u), x in zip(layer_inputs(old, calib), report):
         if x.compressed:
-            compress_selective_(layer, calibration_inputs=u, rank=x.after, ranking="averaged_hsv", min_shrink=0.0)
+            compress_selective_(layer, calibration_inputs=u, rank=x.after, ranking="averaged_hsv", min_shrink=0.0,
+                                optimizer=None)
     return {"sizes": [x.after for x in report], "full": accuracy(model, xt, yt), "output_energy": accuracy(new, xt, yt),
             "averaged_hsv": accuracy(old, xt, yt)}
 

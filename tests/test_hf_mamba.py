@@ -104,7 +104,7 @@ def test_the_cut_mixer_computes_the_simulated_cut(kind):
     ids = _tokens(4, 16, 2)
     mixer = model.backbone.layers[0].mixer
     u = _mixer_inputs(model, mixer, ids)
-    report = compress_selective_(model, calibration_inputs=ids, rank=5)
+    report = compress_selective_(model, calibration_inputs=ids, rank=5, optimizer=None)
     keep = report["backbone.layers.0.mixer"].kept
     fresh = _model(kind).eval()  # same seed: the model before the cut
     fresh_mixer = fresh.backbone.layers[0].mixer
@@ -129,7 +129,7 @@ def test_mamba2_cut_slices_in_proj_and_the_convolution_consistently():
     di, g, n, heads = mixer.intermediate_size, mixer.n_groups, mixer.ssm_state_size, mixer.num_heads
     w_in, w_conv, b_conv = (mixer.in_proj.weight.detach().clone(), mixer.conv1d.weight.detach().clone(),
                             mixer.conv1d.bias.detach().clone())
-    report = compress_selective_(model, calibration_inputs=_tokens(4, 16, 3), rank=3)
+    report = compress_selective_(model, calibration_inputs=_tokens(4, 16, 3), rank=3, optimizer=None)
     kept = report["backbone.layers.0.mixer"].kept  # one row per group
     assert len(kept) == g and all(len(row) == 3 for row in kept)
     b_rows = [gi * n + k for gi, row in enumerate(kept) for k in row]
@@ -186,15 +186,16 @@ def test_layers_sharing_a_config_are_cut_to_the_largest_size_any_needs():
             torch.logspace(0, -3, 16)[:, None])
     ids = _tokens(6, 20, 5)
     alone = [compress_selective_(_model("mamba").backbone.layers[i].mixer, calibration_inputs=_mixer_inputs(
-        model, model.backbone.layers[i].mixer, ids), tol=0.1, min_shrink=0.0).layers[0].after for i in range(2)]
-    report = compress_selective_(model, calibration_inputs=ids, tol=0.1, min_shrink=0.0)
+        model, model.backbone.layers[i].mixer, ids), tol=0.1, min_shrink=0.0, optimizer=None).layers[0].after
+        for i in range(2)]
+    report = compress_selective_(model, calibration_inputs=ids, tol=0.1, min_shrink=0.0, optimizer=None)
     assert [x.after for x in report] == [max(alone)] * 2 == [model.config.state_size] * 2
     assert all(x.calibration_change <= 0.1 for x in report)
 
 
 def test_a_base_model_is_cut_and_its_config_updated():
     model = _model("mamba2").backbone
-    compress_selective_(model, calibration_inputs=_tokens(4, 16, 6), rank=4)
+    compress_selective_(model, calibration_inputs=_tokens(4, 16, 6), rank=4, optimizer=None)
     assert model.config.state_size == 4 and all(b.mixer.ssm_state_size == 4 for b in model.layers)
     model(_tokens(2, 9, 7)).last_hidden_state.sum().backward()
 

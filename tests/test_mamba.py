@@ -79,7 +79,7 @@ def test_cut_keeps_the_same_states_in_every_channel():
     u = torch.randn(4, 20, 4)
     A_before = block.A_log.detach().clone()
     B_before, C_before = block.B_proj.weight.detach().clone(), block.C_proj.weight.detach().clone()
-    report = compress_selective_(block, calibration_inputs=u, rank=5)
+    report = compress_selective_(block, calibration_inputs=u, rank=5, optimizer=None)
     kept = report.layers[0].kept
     assert block.state_dim == 5 and len(kept) == 5
     torch.testing.assert_close(block.A_log.detach(), A_before[:, kept])  # every channel: the same columns
@@ -119,7 +119,7 @@ def test_reported_error_is_the_measured_held_out_output_change():
     held = torch.randn(4, 32, 4, dtype=torch.float64)
     before = block(held).detach()
     report = compress_selective_(block, calibration_inputs=torch.randn(4, 32, 4, dtype=torch.float64), tol=0.2,
-                                 held_out_inputs=held)
+                                 held_out_inputs=held, optimizer=None)
     layer = report.layers[0]
     assert layer.compressed and layer.error_data == "held_out" and layer.method == "state_selection"
     after = block(held).detach()
@@ -134,7 +134,7 @@ def test_without_held_out_inputs_the_error_is_measured_on_the_calibration_inputs
     block = SelectiveSSM(4, 16).double()
     calib = torch.randn(4, 32, 4, dtype=torch.float64)
     before = block(calib).detach()
-    layer = compress_selective_(block, calibration_inputs=calib, rank=5).layers[0]
+    layer = compress_selective_(block, calibration_inputs=calib, rank=5, optimizer=None).layers[0]
     assert layer.error_data == "calibration"
     assert layer.error == pytest.approx(float((before - block(calib).detach()).norm() / before.norm()), rel=1e-9)
 
@@ -147,7 +147,7 @@ def test_tol_keeps_the_fewest_states_within_the_state_path_change():
     u = torch.randn(6, 24, 4, dtype=torch.float64)
     tol = 0.1
     reference = block.state_dict()
-    layer = compress_selective_(block, calibration_inputs=u, tol=tol, min_shrink=0.0).layers[0]
+    layer = compress_selective_(block, calibration_inputs=u, tol=tol, min_shrink=0.0, optimizer=None).layers[0]
     fresh = SelectiveSSM(4, 16).double()
     fresh.load_state_dict(reference)
     full, none = fresh(u).detach(), _masked_forward(fresh, u, [])
@@ -248,7 +248,7 @@ def test_training_continues_while_the_previous_steps_loss_is_alive():
 def test_compressed_checkpoint_loads_into_a_fresh_block():
     torch.manual_seed(7)
     block = SelectiveSSM(4, 16)
-    compress_selective_(block, calibration_inputs=torch.randn(2, 12, 4), rank=5)
+    compress_selective_(block, calibration_inputs=torch.randn(2, 12, 4), rank=5, optimizer=None)
     fresh = SelectiveSSM(4, 16)
     a_log = fresh.A_log
     fresh.load_state_dict(block.state_dict())
@@ -312,12 +312,12 @@ def test_compress_needs_calibration_inputs_for_selective_layers():
                                                 ({"rank": 2, "ranking": "x"}, "ranking")])
 def test_bad_options_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        compress_selective_(SelectiveSSM(4, 8), calibration_inputs=torch.randn(1, 4, 4), **kwargs)
+        compress_selective_(SelectiveSSM(4, 8), calibration_inputs=torch.randn(1, 4, 4), optimizer=None, **kwargs)
 
 
 def test_a_model_without_selective_blocks_is_rejected():
     with pytest.raises(ValueError, match="no selective layer"):
-        compress_selective_(torch.nn.Linear(2, 2), calibration_inputs=torch.randn(1, 2), rank=1)
+        compress_selective_(torch.nn.Linear(2, 2), calibration_inputs=torch.randn(1, 2), rank=1, optimizer=None)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from ._report_notes import gate_lines, selective_legend
+
 __all__ = []  # private: compress_ and the layers use these
 
 logger = logging.getLogger("adapters.torch")
@@ -223,6 +225,7 @@ def report_table(report) -> str:
             row += f" {gain:>10} {error:>10} {_ratio(x.relative_error, 9)} {_ratio(rel_bound, 10, True)}"
         rows.append(f"{row}  {x.note}")
     rows.append(f"{'total':<24} {'':>6} {f'{report.state_before}->{report.state_after}':>9}")
+    rows += selective_legend(report.layers) + gate_lines(report.layers)
     sources = sorted({x.output_inputs for x in report.layers if x.output_inputs})
     if sources:
         rows.append(f"out change: ||y_cut - y|| / ||y|| of each layer's output on its {' / '.join(sources)} "

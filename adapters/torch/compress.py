@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -18,6 +19,7 @@ import lti_reduce as lr
 from . import _guards
 from .optim import (check_optimizer_owns, check_rewarm_steps, mark_rebased_, rebind_parameters_, reset_state_,
                     rewarm_)
+from ._report_notes import warn_if_gated
 from .protocol import compressible_layers
 from ._certificate import (Progress, calibration_layer_inputs, check_certify, layer_outputs,
                            output_bound, relative_change, report_table)
@@ -659,7 +661,9 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         The optimizer that trains ``model``, or ``None`` said explicitly. Parameters are resized in place
         (every optimizer, scheduler and hook keeps the live ``nn.Parameter`` objects); the per-parameter
         state (moments, momentum) of every parameter the cut re-based is reset, everything else (group
-        hyper-parameters, the other parameters' state, step counts) is kept. The argument is required
+        hyper-parameters, the other parameters' state, step counts) is kept. A selective layer's cut keeps
+        the basis of the kept states, so its moments are sliced to them, as by
+        :func:`adapters.torch.compress_selective_`. The argument is required
         because an optimizer cannot be found from the model, and one whose moments still have the old
         shapes and basis cannot train the cut layers: forgetting it is a ``TypeError`` here, at the call,
         rather than a failure (or a frozen layer) far away. With ``optimizer=None``, an optimizer that
@@ -677,7 +681,8 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         (layer-adaptive orders, LAST arXiv 2411.02824).
     min_shrink : float in [0, 1)
         A layer is cut only if its ``state_dim`` shrinks by at least this fraction
-        (the paper's 5% gate).
+        (the paper's 5% gate). A layer it holds back gets a ``note``, a line under the table and a
+        ``UserWarning``: a requested cut never does nothing silently.
     method : {"truncate", "spa"}
         Balanced truncation or singular perturbation (SPA changes ``D``; layers with
         an elementwise ``D`` such as the LRU reject it).
@@ -884,12 +889,15 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         _guards.check_no_pending_gradients(model)
         snapshot = _Snapshot([layer for layer, _ in todo] + [m for _, m in selective], optimizer)
         try:
-            rebased, dropped, fresh = [], [], []  # fresh: parameter objects a layer created in place of others
+            # fresh: parameter objects a layer created in place of others; sliced: selective, moments kept
+            rebased, dropped, fresh, sliced = [], [], [], []
             if selective:
                 old_sel = {(n, pn): p for n, m in selective for pn, p in m.named_parameters()}
                 shapes = {key: tuple(p.shape) for key, p in old_sel.items()}
-                selective_report = compress_selective_(model, calibration_inputs=calibration_inputs, tol=tol,
-                                                       rank=rank, optimizer=optimizer, min_shrink=min_shrink)
+                with warnings.catch_warnings():  # the gate is reported once, below, for every layer
+                    warnings.simplefilter("ignore", UserWarning)
+                    selective_report = compress_selective_(model, calibration_inputs=calibration_inputs, tol=tol,
+                                                           rank=rank, optimizer=optimizer, min_shrink=min_shrink)
                 new_sel = {(n, pn): p for n, m in selective for pn, p in m.named_parameters()}
                 for key, p in old_sel.items():
                     if new_sel.get(key) is not p:
@@ -897,7 +905,8 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
                         if new_sel.get(key) is not None:
                             fresh.append(new_sel[key])
                     elif tuple(p.shape) != shapes[key]:
-                        rebased.append((p, shapes[key]))
+                        # a selection keeps the basis: compress_selective_ sliced the moments, as when called alone
+                        sliced.append((p, shapes[key]))
             names = {id(layer): name for name, layer in layers}
             for layer, (system, budget) in todo:
                 old = dict(layer.named_parameters())
@@ -934,7 +943,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
         except BaseException:
             snapshot.restore()
             raise
-        mark_rebased_(rebased, dropped)  # only once the call succeeded: a restored model has its old shapes
+        mark_rebased_(rebased + sliced, dropped)  # only once the call succeeded: a restored model has its old shapes
         trained = [p for p, _ in rebased] + fresh
         if optimizer is not None and trained and rewarm_steps > 1:
             rewarm_(optimizer, trained, rewarm_steps)
@@ -950,6 +959,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     for x in reports:
         x.name = _guards.user_name(x.name)
     reports.extend(_guards.frozen_entries(frozen))
+    warn_if_gated(reports, min_shrink, stacklevel=4)  # 4: past torch.no_grad's wrapper
     return CompressionReport(reports, rewarm_steps=ramp)
 
 

@@ -70,7 +70,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._params import resize_from_checkpoint_
-from .compress import CompressionReport
+from ._report_notes import warn_if_gated
+from .compress import _REQUIRED, CompressionReport
 
 __all__ = [
     "CutMeasurement",
@@ -978,14 +979,10 @@ class SelectiveCompressionReport(CompressionReport):
     layers: list[SelectiveLayerReport]
 
     def __str__(self) -> str:
-        head = (f"{'layer':<28} {'kind':<16} {'state':>9} {'score kept':>10} {'path chg':>10} {'error':>10} "
-                f"{'on':<11} note")
-        rows = [head, "-" * len(head)]
-        for x in self.layers:
-            state = f"{x.before}->{x.after}" if x.compressed else f"{x.before}"
-            rows.append(f"{x.name or '<model>':<28} {x.kind:<16} {state:>9} {x.energy_kept:>10.6f} "
-                        f"{x.calibration_change:>10.3e} {x.error:>10.3e} {x.error_data:<11} {x.note}")
-        return "\n".join(rows)
+        """The table of :class:`CompressionReport` (one table for both entry points), with its legend."""
+        from .compress import _selective_entry
+
+        return str(CompressionReport([_selective_entry(x) for x in self.layers]))
 
 
 class _Undo:
@@ -1095,7 +1092,7 @@ def _apply_cut(kind, layer, keep, configs, optimizer, optimizer_state, undo):
 
 
 def compress_selective_(model: nn.Module, *, calibration_inputs, tol: float | None = None, rank: int | None = None,
-                        optimizer: torch.optim.Optimizer | None = None, min_shrink: float = 0.05,
+                        optimizer=_REQUIRED, min_shrink: float = 0.05,
                         held_out_inputs=None, optimizer_state: str = "slice",
                         ranking: str = "output_energy") -> SelectiveCompressionReport:
     """Cut the state size of every selective layer of ``model`` by state selection, in place, atomically.
@@ -1117,10 +1114,12 @@ def compress_selective_(model: nn.Module, *, calibration_inputs, tol: float | No
         ``D x`` only): each layer keeps the fewest states within it.
     rank : int, optional
         New state size of every layer. Give exactly one of ``tol`` and ``rank``.
-    optimizer : torch.optim.Optimizer, optional
-        The optimizer training ``model``. Parameters keep their objects (resized in place), so its parameter
-        groups stay valid; the per-parameter state of resized parameters is sliced to the kept states (or reset,
-        see ``optimizer_state``).
+    optimizer : torch.optim.Optimizer or None
+        Required, as in :func:`adapters.torch.compress_`: the optimizer training ``model``, or ``None`` if no
+        optimizer holds state for it. Parameters keep their objects (resized in place), so its parameter groups
+        stay valid; the per-parameter state of resized parameters is sliced to the kept states (or reset, see
+        ``optimizer_state``). Another optimizer that still holds state of the old shapes raises
+        :class:`adapters.torch.StaleOptimizerStateError` at its next ``step()``.
     min_shrink : float in [0, 1)
         A layer is cut only if it shrinks by at least this fraction.
     held_out_inputs : Tensor, dict, or iterable of them, optional
@@ -1137,8 +1136,15 @@ def compress_selective_(model: nn.Module, *, calibration_inputs, tol: float | No
 
     Raises
     ------
+    TypeError
+        ``optimizer=`` not given (pass the optimizer, or ``None``).
     ValueError
         Bad options, no selective layer in ``model``, an optimizer that does not own the layers' parameters.
+
+    Warns
+    -----
+    UserWarning
+        A layer the rule would cut was held back by the ``min_shrink`` gate (its report's ``note`` says so).
 
     Notes
     -----
@@ -1152,11 +1158,12 @@ def compress_selective_(model: nn.Module, *, calibration_inputs, tol: float | No
     *Atomic.* All analysis runs before anything changes; if the swap fails, parameters, gradients,
     attributes, configurations and optimizer state are restored exactly.
     """
-    from .optim import check_optimizer_owns
+    from .compress import _check_optimizer_argument, _check_tol
+    from .optim import check_optimizer_owns, mark_rebased_
 
+    _check_optimizer_argument(optimizer, "compress_selective_")
     if (tol is None) == (rank is None):
         raise ValueError(f"give exactly one of tol= and rank=, got tol={tol!r}, rank={rank!r}.")
-    from .compress import _check_tol
 
     _check_tol(tol)
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
@@ -1231,11 +1238,21 @@ def compress_selective_(model: nn.Module, *, calibration_inputs, tol: float | No
 
     # 2. Swap, undone on any failure.
     undo = _Undo(optimizer)
+    shapes = {}
     try:
         for a, keep in zip(analyses, plans):
             if keep is not None:
+                for pname, _, _ in a["kind"].cut_spec(a["layer"], keep)[0]:
+                    p = a["layer"].get_parameter(pname)
+                    shapes[id(p)] = (p, tuple(p.shape))
                 _apply_cut(a["kind"], a["layer"], keep, a["configs"], optimizer, optimizer_state, undo)
     except BaseException:
         undo.restore()
         raise
-    return SelectiveCompressionReport(reports)
+    # An optimizer other than ``optimizer`` that still holds the old shapes fails at its next step, by name.
+    owners = {id(m): n for n, m in model.named_modules()}
+    mark_rebased_([(p, shape) for p, shape in shapes.values()],
+                  [(f"{owners.get(id(owner), '')}.{leaf}".lstrip("."), p) for owner, leaf, p in undo.replaced])
+    report = SelectiveCompressionReport(reports)
+    warn_if_gated(report.layers, min_shrink)
+    return report

@@ -17,6 +17,9 @@ One idea per module:
     One seed's three-way comparison (``lti-reduce train``), its table and plots.
 ``sweep``
     Tolerances x seeds, summary and paired rows, resumable (``lti-reduce sweep``).
+``text``
+    The text task (``--task text``): Hugging Face Mamba / Mamba2 byte-level language models on the
+    standard library's text, full / cut in training / from scratch, over seeds.
 ``cli``
     The two subcommands, registered with the ``lti-reduce`` command through the
     ``lti_reduce.commands`` entry-point group.

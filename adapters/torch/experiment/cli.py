@@ -10,6 +10,10 @@ core's command line reads; this module imports torch only when a command runs.
     accuracy with its 95% interval and each difference tested against the noise.
 ``lti-reduce sweep [--tols T,...] [--seeds S,...] [--model lru] [--dataset ...] [--out DIR] [--quick]``
     Tolerances x seeds (:func:`adapters.torch.experiment.run_sweep`), resumable from ``--out``.
+``lti-reduce train|sweep --task text [--model mamba|mamba2] [--rank R] [--seq-len T] ...``
+    Hugging Face Mamba / Mamba2 byte-level language models on the standard library's text: full size,
+    cut to ``--rank`` states early in training, and from scratch at that size
+    (:mod:`adapters.torch.experiment.text`).
 """
 
 from __future__ import annotations
@@ -76,9 +80,6 @@ def _test_size(text: str) -> int | None:
 
 
 def _common_options(p, defaults) -> None:
-    p.add_argument("--task", choices=("classify", "delay"), default="classify",
-                   help="classify (default): sequence classification on --dataset; delay: recall the input at "
-                   "lags up to half the sequence length, scored by R^2 (adapters.torch.experiment.delay)")
     p.add_argument("--dataset", choices=("mnist1d", "smnist", "scifar"), default="mnist1d", help=_DATASET_HELP)
     p.add_argument("--data-dir", metavar="DIR", help="for smnist/scifar: the directory with torchvision's files; for "
                    "mnist1d: where the generated data are cached (default ~/.cache/lti_reduce)")
@@ -103,6 +104,66 @@ def _common_options(p, defaults) -> None:
     p.add_argument("--threads", type=_positive_int, metavar="N",
                    help="CPU threads for PyTorch (default: PyTorch's choice, usually the number of cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+_TASK_HELP = ("classify (default): an SSM classifier on --dataset; delay: recall the input at lags up to half the "
+              "sequence length, scored by R^2 (adapters.torch.experiment.delay); text: a Hugging Face Mamba/Mamba2 "
+              "byte-level language model on the standard library's text (no download), see "
+              "'lti-reduce sweep --task text'")
+
+
+def _text_options(p) -> None:
+    p.add_argument("--task", choices=("classify", "delay", "text"), default="classify", help=_TASK_HELP)
+    p.add_argument("--rank", type=_positive_int, metavar="R",
+                   help="--task text: states per layer the compressed run keeps (default 16)")
+    p.add_argument("--seq-len", type=_positive_int, metavar="T",
+                   help="--task text: bytes per training window, the context (default 128)")
+
+
+def _text_config(args):
+    """The :class:`~adapters.torch.experiment.text.TextConfig` of ``--task text`` (classifier options refused)."""
+    from .config import ConfigError
+    from .text import TEXT_MODELS, TextConfig
+
+    model = getattr(args, "model", None) or "mamba2"
+    if model not in TEXT_MODELS:
+        raise UserError(f"--task text trains --model mamba or mamba2 (Hugging Face), got --model {model}.")
+    ignored = [flag for flag, value in (("--dataset", args.dataset != "mnist1d"), ("--data-dir", args.data_dir),
+                                        ("--epochs", args.epochs), ("--tol", getattr(args, "tol", None)),
+                                        ("--cuts", getattr(args, "cuts", None)),
+                                        ("--schedule", getattr(args, "schedule", None)),
+                                        ("--tols", getattr(args, "tols", None)),
+                                        ("--rewarm-steps", args.rewarm_steps)) if value]
+    if ignored:
+        raise UserError(f"{', '.join(ignored)} belong to the classification task; --task text cuts once, to --rank "
+                        "states, after 10% of --steps.")
+    fields = {"model": model, "steps": args.steps, "d_state": args.d_state, "d_model": args.d_model,
+              "n_layers": args.layers, "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
+              "rank": args.rank, "seq_len": args.seq_len, "seed": getattr(args, "seed", None),
+              "progress": not args.no_progress}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    out = args.out if args.out not in ("lti_reduce_run", "lti_reduce_sweep") else "lti_reduce_text"
+    config = TextConfig.quick(out=out, **fields) if args.quick else TextConfig(out=out, **fields)
+    try:
+        config.check()
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    return config
+
+
+def _cmd_text(args, seeds) -> int:
+    from .config import ConfigError
+    from .text import format_text_table, run_text_sweep
+
+    config = _text_config(args)
+    try:
+        results = run_text_sweep(config, seeds=seeds if seeds else (config.seed,))
+    except (ConfigError, FloatingPointError) as exc:
+        raise UserError(str(exc)) from None
+    print(format_text_table(results))
+    print(f"\nwrote {', '.join(Path(f).name for f in results['files'].values())} to {Path(config.out)}")
+    print(f"total wall time {results['wall_time_s']:.1f}s")
+    return 0
 
 
 def _overrides(args) -> dict:
@@ -147,15 +208,23 @@ def register_train(sub) -> None:
     cuts.add_argument("--schedule", type=_schedule, metavar="K@F", help=f"K cuts spread evenly over the first "
                       f"fraction F of the steps (default {d.n_cuts}@{d.cut_window:g}; CompreSSM's is 4@0.1)")
     tr.add_argument("--seed", type=int, metavar="S", help=f"random seed (default {d.seed})")
+    tr.add_argument("--model", choices=("mamba", "mamba2"), default=None,
+                    help="--task text: MambaForCausalLM or Mamba2ForCausalLM (default mamba2)")
+    _text_options(tr)
     tr.add_argument("--out", metavar="DIR", default="lti_reduce_run",
                     help="output directory, created if its parent exists (default ./lti_reduce_run)")
     tr.add_argument("--quick", action="store_true", help="a smoke test that runs in seconds: d_model 16, d_state 32, "
                     "2 layers, 40 steps on 1000 examples, cuts at steps 5 and 10, one thread, the published "
-                    "1000-example test split (500 of it)")
+                    "1000-example test split (500 of it); --task text: d_model 16, d_state 16 cut to 4, 1 layer, "
+                    "32-byte windows, 30 steps")
     tr.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args) -> int:
+    if args.task == "text":
+        return _cmd_text(args, None)
+    if args.model is not None:
+        raise UserError("--model mamba/mamba2 trains the text task: add --task text.")
     from ..data import DatasetError
     from .comparison import run_comparison
     from .config import ConfigError, ExperimentConfig
@@ -198,8 +267,10 @@ def register_sweep(sub) -> None:
                         "thread) is sized for at most 30 minutes on 2 quiet CPU cores. --dataset smnist/scifar take the paper's settings "
                         f"(arXiv 2510.02823, Table 1) and need a GPU: {paper}.")
     _common_options(sw, d)
-    sw.add_argument("--model", choices=MODELS, default=None,
-                    help="the layer of every block (default lru; the others only where the library has them)")
+    sw.add_argument("--model", choices=MODELS + ("mamba", "mamba2"), default=None,
+                    help="the layer of every block (default lru; the others only where the library has them); "
+                    "--task text: mamba or mamba2 (Hugging Face; default mamba2)")
+    _text_options(sw)
     sw.add_argument("--tols", type=_tol_list, metavar="T,...",
                     help=f"tolerances (default {','.join(map(str, DEFAULT_TOLS))}; the paper's for smnist/scifar)")
     sw.add_argument("--seeds", type=_seed_list, metavar="S,...",
@@ -210,12 +281,18 @@ def register_sweep(sub) -> None:
                     help="output directory, created if its parent exists; a sweep resumes from the runs in it "
                     "(default ./lti_reduce_sweep)")
     sw.add_argument("--quick", action="store_true", help="about a minute: d_model 16, d_state 32, 150 steps on "
-                    "1000 examples, tolerances 0.05,0.2, seeds 0,1,2, one thread")
+                    "1000 examples, tolerances 0.05,0.2, seeds 0,1,2, one thread; --task text: the tiny model of "
+                    "'train --task text --quick' for seeds 0,1,2")
     sw.set_defaults(func=_cmd_sweep)
 
 
 def _cmd_sweep(args) -> int:
     from dataclasses import replace
+
+    if args.task == "text":
+        return _cmd_text(args, args.seeds or (0, 1, 2))
+    if args.model in ("mamba", "mamba2"):
+        raise UserError(f"--model {args.model} trains the text task: add --task text.")
 
     from ..data import DatasetError
     from .config import ConfigError
