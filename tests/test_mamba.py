@@ -126,7 +126,7 @@ def test_reported_error_is_the_measured_held_out_output_change():
     expected = float((before - after).norm() / before.norm())
     assert layer.error == pytest.approx(expected, rel=1e-9)
     assert layer.measurement.relative_output_change == pytest.approx(expected, rel=1e-9)
-    assert "error" in str(report) and "held_out" in str(report)
+    assert "out change" in str(report) and "held_out" in str(report) and "select rows" in str(report)
 
 
 def test_without_held_out_inputs_the_error_is_measured_on_the_calibration_inputs():

@@ -107,8 +107,8 @@ def layer_outputs(layers, inputs) -> list:
         training = layer.training
         try:
             layer.train(False)
-            with torch.no_grad():
-                y = layer(u)
+            with torch.no_grad():  # forward itself: the layer's own map, no module hooks (FSDP's would reshard)
+                y = layer.forward(u)
             out.append(y.detach() if isinstance(y, torch.Tensor) else None)
         except Exception:  # noqa: BLE001 - e.g. the input no longer fits the layer: no measurement, no failed cut
             out.append(None)
