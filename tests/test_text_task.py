@@ -109,3 +109,5 @@ def test_task_and_model_must_agree(tmp_path, capsys):
     assert "--task text" in capsys.readouterr().err
     assert main(["train", "--task", "text", "--model", "mamba", "--tol", "0.1", "--out", str(tmp_path / "y")]) != 0
     assert "--rank" in capsys.readouterr().err
+    assert main(["train", "--task", "text", "--device", "cuda", "--out", str(tmp_path / "z")]) != 0
+    assert "runs on the CPU" in capsys.readouterr().err

@@ -133,7 +133,11 @@ def _text_config(args):
                                         ("--cuts", getattr(args, "cuts", None)),
                                         ("--schedule", getattr(args, "schedule", None)),
                                         ("--tols", getattr(args, "tols", None)),
-                                        ("--rewarm-steps", args.rewarm_steps)) if value]
+                                        ("--rewarm-steps", args.rewarm_steps),
+                                        ("--mnist1d-test", hasattr(args, "mnist1d_test"))) if value]
+    if args.device not in ("auto", "cpu"):
+        raise UserError(f"--task text runs on the CPU (transformers' pure-torch Mamba paths); got --device "
+                        f"{args.device}. Use --device cpu or leave it out.")
     if ignored:
         raise UserError(f"{', '.join(ignored)} belong to the classification task; --task text cuts once, to --rank "
                         "states, after 10% of --steps.")
