@@ -371,3 +371,17 @@ def test_importing_the_adapter_does_not_import_transformers():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_change_at_one_size_equals_that_entry_of_the_whole_curve():
+    """``compress_selective_(rank=)`` reports the change at its one size without the curve over all sizes."""
+    from adapters.torch.mamba import _as_items, _kind_of, _score_pass, _tail_pass
+
+    torch.manual_seed(3)
+    block = SelectiveSSM(4, 8)
+    kind, items = _kind_of(block), _as_items(torch.randn(3, 10, 4))
+    order = torch.argsort(_score_pass(kind, block, items)["output_energy"], dim=-1, descending=True, stable=True)
+    curve = _tail_pass(kind, block, items, order)
+    assert float(curve[0]) == pytest.approx(1.0) and float(curve[8]) == 0.0
+    for r in range(9):
+        assert _tail_pass(kind, block, items, order, only=r) == pytest.approx(float(curve[r]), rel=1e-12, abs=1e-15)

@@ -695,13 +695,16 @@ def _score_pass(kind, layer, items):
 
 
 @torch.no_grad()
-def _tail_pass(kind, layer, items, order):
+def _tail_pass(kind, layer, items, order, only: int | None = None):
     """Relative change of the state path's output on ``items`` when only the first ``r`` states of ``order``
     (G, N) are kept in every group, for every ``r`` in ``0..N`` (shape (N + 1,)).
 
     ``||out - out_r|| / ||out - out_0||``, with ``out_0`` the output without any state (the skip ``D x`` only);
-    ``out - out_r`` is linearized in the dropped terms, which is exact for Mamba's linear output map."""
+    ``out - out_r`` is linearized in the dropped terms, which is exact for Mamba's linear output map.
+    ``only=r``: the change at that one ``r`` (a float), at the cost of one output derivative instead of ``N``."""
     G, N = kind.state_shape(layer)
+    if only is not None:
+        return float(_tail_pass_at(kind, layer, items, order, int(only)))
     err2 = torch.zeros(N + 1, dtype=torch.float64)
     out2 = 0.0
     for u, mask in _chunks(items, layer, kind):
@@ -719,6 +722,29 @@ def _tail_pass(kind, layer, items, order):
             total = total + kind.output_jvp(layer, y, scan, d)
         err2[:N] += total.pow(2).sum((0, 1, 2)).cpu()
     return torch.sqrt(err2 / max(out2, 1e-300))
+
+
+@torch.no_grad()
+def _tail_pass_at(kind, layer, items, order, r):
+    """:func:`_tail_pass` at one ``r``: the same sums with only the tail ``order[r:]`` (one derivative)."""
+    G, N = kind.state_shape(layer)
+    if r >= N:
+        return 0.0
+    err2, out2 = 0.0, 0.0
+    for u, mask in _chunks(items, layer, kind):
+        scan = kind.scan(layer, u, mask)
+        _, c = _contributions(scan)
+        skip = scan.D * scan.x
+        y = c.sum(-1) + skip
+        out2 += float((kind.output(layer, y, scan) - kind.output(layer, skip, scan)).pow(2).sum())
+        total = 0.0
+        for g in range(G):
+            sl = _group_channels(scan, g)
+            d = torch.zeros_like(c[..., :1])
+            d[:, :, sl, 0] = c[:, :, sl][..., order[g][r:].to(c.device)].sum(-1)
+            total = total + kind.output_jvp(layer, y, scan, d)
+        err2 += float(total.pow(2).sum())
+    return math.sqrt(err2 / max(out2, 1e-300))
 
 
 @torch.no_grad()
@@ -1224,7 +1250,7 @@ def compress_selective_(model: nn.Module, *, calibration_inputs, tol: float | No
             if a["changes"] is not None:
                 change = float(a["changes"][r])
             else:
-                change = float(_tail_pass(kind, layer, calib[a["name"]], a["order"])[r])
+                change = _tail_pass(kind, layer, calib[a["name"]], a["order"], only=r)
             items, data = (held[a["name"]], "held_out") if held is not None else (calib[a["name"]], "calibration")
             measurement = _measure(kind, layer, keep, items, data)
         plans.append(plan)
