@@ -15,6 +15,8 @@ compress_, CompressionReport, LayerReport
     Balanced truncation of every compressible layer, batched and atomic, with the optimizer kept consistent.
 CompressionSchedule, RollbackGuard
     When to cut during training, and undoing a cut that hurt validation.
+HSVTimedSchedule
+    A schedule that watches the layers' HSVs and cuts once the kept set has settled (or at a deadline).
 hankel_nuclear_norm
     Differentiable sum of HSVs, a regularizer (the paper's baseline).
 compress_ddp_
@@ -51,6 +53,7 @@ from .resizing import ResizableStateMixin, resize_state_from_checkpoint_, set_pa
 from .s4d import S4D
 from .s5 import S5
 from .schedule import CompressionSchedule, RollbackGuard
+from .monitor import HSVTimedSchedule
 
 __all__ = [
     "LRU",
@@ -73,6 +76,7 @@ __all__ = [
     "CompressibleLayer",
     "CompressionReport",
     "CompressionSchedule",
+    "HSVTimedSchedule",
     "LayerReport",
     "RollbackGuard",
     "StaleOptimizerStateError",

@@ -87,7 +87,7 @@ class CompressionCallback(Callback):
     counts without stepping do not trigger a cut.
 
     *Optimizer and LR schedulers.* The optimizer that trains the compressible layers is updated in place
-    by the cut (parameters rebound in their groups, state of re-based parameters reset, step counts and
+    by the cut (parameters rebound in their groups, state of re-based parameters reset, a selective layer's sliced to its kept states, step counts and
     hyper-parameters kept). ``trainer.optimizers`` and every LR scheduler keep referring to the same
     optimizer and parameter groups, so learning-rate schedules continue unchanged. The compressible
     layers' parameters must all be in one optimizer (others may hold other parameters).

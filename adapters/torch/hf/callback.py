@@ -75,7 +75,7 @@ class CompressionCallback(TrainerCallback):
 
     *Optimizer and LR scheduler.* The ``Trainer``'s optimizer (unwrapped from accelerate's
     ``AcceleratedOptimizer``) is updated in place by the cut: parameters rebound in their groups, state
-    of re-based parameters reset, step counts and hyper-parameters kept. The LR scheduler holds the same
+    of re-based parameters reset (a selective layer's sliced to its kept states), step counts and hyper-parameters kept. The LR scheduler holds the same
     optimizer and groups, so its schedule continues unchanged.
 
     *Logging.* ``compression/state_size`` (total state after the cut), ``compression/state_before``,
