@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
 
 import numpy as np
 import torch
@@ -48,10 +49,11 @@ def check_model(model: nn.Module, where: str = "compress_") -> None:
                 "sizes, so after a cut through it the next backward fails (or, with one process, the ranks silently "
                 "diverge from DDP's contract). Use adapters.torch.compress_ddp_ on every rank: "
                 "model, report = compress_ddp_(model, optimizer=opt, rank=...) (it returns a new wrapper).")
-        if not _INSIDE_FSDP_CUT.get():
-            from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-
-            if any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in inner.modules()):
+        fsdp = sys.modules.get("torch.distributed.fsdp")  # a sharded model exists only once FSDP was imported
+        if fsdp is not None and not _INSIDE_FSDP_CUT.get():
+            kinds = tuple(k for k in (getattr(fsdp, "FSDPModule", None), getattr(fsdp, "FullyShardedDataParallel", None))
+                          if k is not None)
+            if kinds and any(isinstance(m, kinds) for m in inner.modules()):
                 raise TypeError(
                     f"{where} got a model sharded with FSDP: a cut needs the layers' full values and must re-shard the "
                     "resized parameters. Use adapters.torch.compress_fsdp_(model, optimizer=opt, rank=...) on every "
