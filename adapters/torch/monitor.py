@@ -110,6 +110,7 @@ class HSVTimedSchedule(CompressionSchedule):
     model : nn.Module
         The model to watch (the module itself, not a ``DistributedDataParallel`` wrapper).
     total_steps : int
+        Optimizer steps in the whole run (as :class:`CompressionSchedule`); the deadline is a fraction of it.
     tol : float in (0, 1)
         The cut's tolerance, also the one whose kept set is watched (default 0.05).
     every : int
