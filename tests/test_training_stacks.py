@@ -3,6 +3,8 @@ meta-device models and torch.compile. Each test is one behaviour; each fails on 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -136,6 +138,24 @@ def test_an_averaged_model_follows_the_cut():
     torch.testing.assert_close(ema.module[1].weight.detach(), expected)
     u = torch.randn(2, 6, 4)
     assert ema(u).shape == model(u).shape
+
+
+def test_swapped_averaged_model_arguments_are_refused_and_change_nothing():
+    from torch.optim.swa_utils import AveragedModel
+
+    model = _model()
+    ema = AveragedModel(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    _train(model, opt, 1)
+    ema.update_parameters(model)
+    report = at.compress_(model, rank=4, optimizer=opt)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match="swapped"):
+        at.resize_averaged_model_(model, ema, report)
+    plain_average = copy.deepcopy(ema.module)  # an average kept as a plain copy of the model: sizes decide
+    with pytest.raises(ValueError, match="state_dim .* but the report cut it to"):
+        at.resize_averaged_model_(model, plain_average, report)
+    assert _same(before, model.state_dict())
 
 
 # ------------------------------------------------------------------------------------------------- L-BFGS

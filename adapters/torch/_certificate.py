@@ -228,8 +228,10 @@ def report_table(report) -> str:
     rows += selective_legend(report.layers) + gate_lines(report.layers)
     sources = sorted({x.output_inputs for x in report.layers if x.output_inputs})
     if sources:
+        bt = any(x.method == "balanced_truncation" for x in report.layers)
         rows.append(f"out change: ||y_cut - y|| / ||y|| of each layer's output on its {' / '.join(sources)} "
-                    "(measured); out bound: the a-priori bound on it, 2 sum(dropped HSVs) ||u|| / ||y||")
+                    "(measured)" + ("; out bound: the a-priori bound on it, 2 sum(dropped HSVs) ||u|| / ||y||"
+                                    if bt else ""))
     if loose:
         rows.append("out bound > 1: on these inputs the a-priori bound does not exclude a change larger than the "
                     "output itself; out change is what the cut did")

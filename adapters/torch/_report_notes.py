@@ -45,7 +45,8 @@ def selective_legend(layers) -> list[str]:
         return []
     rankings = sorted({getattr(d, "ranking", "") for d in details} - {""})
     data = sorted({getattr(d, "error_data", "") for d in details} - {""})
+    where = "/".join(data) + " inputs" if data else "its inputs (not measured: nothing was cut)"
     return [f"select rows: 'energy kept' is the share of the {'/'.join(rankings) or 'ranking'} score the kept "
             "states carry (a score, not Hankel energy); 'out change' is the measured relative output change "
-            f"||y - y_cut|| / ||y|| of the layer on {'/'.join(data) or 'no'} inputs (a measurement; an "
-            "input-dependent layer has no gain and no bound)."]
+            f"||y - y_cut|| / ||y|| of the layer on {where} (a measurement; an input-dependent layer has no "
+            "gain and no bound)."]

@@ -65,6 +65,9 @@ def resize_averaged_model_(averaged: nn.Module, model: nn.Module, report) -> lis
     ------
     KeyError
         ``averaged`` has no layer of a name in the report. Nothing is changed then.
+    TypeError, ValueError
+        The arguments look swapped (``model`` is the ``AveragedModel``, or its cut layers do not have the sizes
+        the report gives). Nothing is changed then.
 
     Notes
     -----
@@ -88,9 +91,19 @@ def resize_averaged_model_(averaged: nn.Module, model: nn.Module, report) -> lis
     >>> ema.module[0].state_dim
     6
     """
+    if hasattr(model, "n_averaged") and not hasattr(averaged, "n_averaged"):
+        raise TypeError("resize_averaged_model_(averaged, model, report): the second argument is an AveragedModel and "
+                        "the first is not; the arguments look swapped. Call resize_averaged_model_(ema, model, report).")
     source, target = _inner(model), _inner(averaged)
-    cut = [x.name for x in report if x.compressed]
-    pairs = [(_find(source, name), _find(target, name), name) for name in cut]  # every lookup before any change
+    cut = [x for x in report if x.compressed]
+    pairs = [(_find(source, x.name), _find(target, x.name), x.name) for x in cut]  # every lookup before any change
+    for (src, _, name), x in zip(pairs, cut):
+        size = getattr(src, "state_dim", None)
+        if isinstance(size, int) and size != x.after:
+            raise ValueError(f"resize_averaged_model_: layer {name!r} of `model` has state_dim {size}, but the report "
+                             f"cut it to {x.after}: `model` must be the model that was cut (are the first two "
+                             "arguments swapped? the call is resize_averaged_model_(averaged, model, report)). "
+                             "Nothing was changed.")
     for src, dst, _ in pairs:
         for pname, p in src.named_parameters():
             set_parameter_(dst, pname, p.detach().clone())
