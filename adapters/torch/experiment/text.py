@@ -476,7 +476,7 @@ def format_text_table(results: dict) -> str:
     lines += [head, "-" * len(head)]
     for r in results["summary"]:
         std = "" if r["val_bpb_std"] is None else f" +- {r['val_bpb_std']:.4f}"
-        reach = ", ".join("never" if t is None else f"{t:.0f}" for t in r["time_to_full_s"])
+        reach = ", ".join("never" if t is None else f"{t:.3g}" for t in r["time_to_full_s"])
         lines.append(f"{r['method']:<11} {r['d_state']:>7} {r['val_bpb_mean']:>17.4f}{std:<11} "
                      f"{r['step_speedup_mean']:>12.2f}x {reach:>44}")
     lines.append("")
