@@ -9,14 +9,11 @@ each process trains a small LRU + SelectiveSSM model under DDP on its own data, 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from launch import free_port, run_two_ranks
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS_BEFORE, STEPS_AFTER = 3, 3
 
 
@@ -78,32 +75,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, torch):
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with the gloo backend is not available")
     out = tmp_path_factory.mktemp("ddp")
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, __file__, str(r), "2", str(port), str(out)], env=env, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=120)[0].decode())
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("the 2-process gloo job did not finish in 120 s")
-    for r, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"rank {r} failed:\n{log}"
+    run_two_ranks(__file__, out, "gloo")
     return [torch.load(out / f"rank{r}.pt") for r in range(2)]
 
 
@@ -161,7 +139,7 @@ def test_broadcast_handles_cuda_tensors_with_a_single_rank_nccl_group(torch, tmp
 
     if not dist.is_nccl_available():
         pytest.skip("NCCL not available")
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
         model = torch.nn.parallel.DistributedDataParallel(LRU(4, 12).cuda(), device_ids=[0])
         opt = torch.optim.Adam(model.parameters())

@@ -10,14 +10,11 @@ the same trajectory up to round-off) and cuts it with ``compress_``: the indepen
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from launch import run_two_ranks
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.distributed
 STEPS_BEFORE, STEPS_AFTER = 3, 3
 
@@ -143,11 +140,6 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def fsdp_run(tmp_path_factory, torch):
@@ -155,21 +147,7 @@ def fsdp_run(tmp_path_factory, torch):
         pytest.skip("torch.distributed with the gloo backend is not available")
     pytest.importorskip("torch.distributed.fsdp").fully_shard  # FSDP2
     out = tmp_path_factory.mktemp("fsdp")
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, __file__, str(r), "2", str(port), str(out)], env=env, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=120)[0].decode())
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("the 2-process FSDP job did not finish in 120 s")
-    for r, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"rank {r} failed:\n{log}"
+    run_two_ranks(__file__, out, "FSDP")
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from launch import free_port
 
 pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -307,12 +307,6 @@ def _ddp_main(out: str) -> None:
                os.path.join(out, f"rank{rank}.pt"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
@@ -323,7 +317,7 @@ def ddp_run(tmp_path_factory):
     for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU"):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), __file__, str(out)]
+           "--master_port", str(free_port()), __file__, str(out)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"the Trainer DDP job failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
