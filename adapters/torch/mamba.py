@@ -707,12 +707,8 @@ def _tail_pass(kind, layer, items, order, only: int | None = None):
         return float(_tail_pass_at(kind, layer, items, order, int(only)))
     err2 = torch.zeros(N + 1, dtype=torch.float64)
     out2 = 0.0
-    for u, mask in _chunks(items, layer, kind):
-        scan = kind.scan(layer, u, mask)
-        _, c = _contributions(scan)
-        skip = scan.D * scan.x
-        y = c.sum(-1) + skip
-        out2 += float((kind.output(layer, y, scan) - kind.output(layer, skip, scan)).pow(2).sum())
+    for scan, c, y, energy in _state_path_chunks(kind, layer, items):
+        out2 += energy
         total = 0.0
         for g in range(G):
             sl = _group_channels(scan, g)
@@ -724,6 +720,17 @@ def _tail_pass(kind, layer, items, order, only: int | None = None):
     return torch.sqrt(err2 / max(out2, 1e-300))
 
 
+def _state_path_chunks(kind, layer, items):
+    """Per chunk of ``items``: the scan, its per-state contributions ``c``, the scan output ``y`` and
+    ``||out - out_0||^2`` (``out_0``: the output of the skip ``D x`` alone), shared by the two tail passes."""
+    for u, mask in _chunks(items, layer, kind):
+        scan = kind.scan(layer, u, mask)
+        _, c = _contributions(scan)
+        skip = scan.D * scan.x
+        y = c.sum(-1) + skip
+        yield scan, c, y, float((kind.output(layer, y, scan) - kind.output(layer, skip, scan)).pow(2).sum())
+
+
 @torch.no_grad()
 def _tail_pass_at(kind, layer, items, order, r):
     """:func:`_tail_pass` at one ``r``: the same sums with only the tail ``order[r:]`` (one derivative)."""
@@ -731,12 +738,8 @@ def _tail_pass_at(kind, layer, items, order, r):
     if r >= N:
         return 0.0
     err2, out2 = 0.0, 0.0
-    for u, mask in _chunks(items, layer, kind):
-        scan = kind.scan(layer, u, mask)
-        _, c = _contributions(scan)
-        skip = scan.D * scan.x
-        y = c.sum(-1) + skip
-        out2 += float((kind.output(layer, y, scan) - kind.output(layer, skip, scan)).pow(2).sum())
+    for scan, c, y, energy in _state_path_chunks(kind, layer, items):
+        out2 += energy
         total = 0.0
         for g in range(G):
             sl = _group_channels(scan, g)
