@@ -28,11 +28,11 @@ import math
 import torch
 from torch import nn
 
-from ._certificate import remember_input_
+from .._certificate import remember_input_
 from ._params import set_parameter_
-from .optim import mark_rebased_
+from ..optim import mark_rebased_
 from .resizing import explain_checkpoint_mismatch
-from .scan import MODES, linear_recurrence
+from ..scan import MODES, linear_recurrence
 
 __all__ = ["LRU"]
 

@@ -23,9 +23,9 @@ import math
 import torch
 from torch import nn
 
-from ._certificate import remember_input_
+from .._certificate import remember_input_
 from .resizing import ResizableStateMixin, set_parameter_
-from .scan import MODES, linear_recurrence
+from ..scan import MODES, linear_recurrence
 
 __all__ = ["S5", "hippo_n_eigendecomposition"]
 

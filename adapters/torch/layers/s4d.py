@@ -25,10 +25,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._certificate import remember_input_
+from .._certificate import remember_input_
 from .resizing import ResizableStateMixin, set_parameter_
 from .s5 import _check_finite_stable, _nearest_branch
-from .scan import linear_recurrence
+from ..scan import linear_recurrence
 
 __all__ = ["S4D"]
 
