@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ._guards import user_name
-from ._params import set_parameter_
+from .layers._params import set_parameter_
 
 __all__ = ["resize_averaged_model_"]
 
