@@ -32,9 +32,9 @@ CompressibleLayer, compressible_layers, is_compressible
 """
 
 from .compress import CompressionReport, LayerReport, compress_
-from .distributed import compress_ddp_
-from .ema import resize_averaged_model_
-from .fsdp import compress_fsdp_
+from .integrations.distributed import compress_ddp_
+from .integrations.ema import resize_averaged_model_
+from .integrations.fsdp import compress_fsdp_
 from .layers import (
     LRU,
     S4D,

@@ -36,7 +36,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from ..mamba import _Scan, _SelectiveKind
+from ...mamba import _Scan, _SelectiveKind
 from . import _compat
 
 __all__ = ["HF_KINDS"]

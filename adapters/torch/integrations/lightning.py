@@ -30,7 +30,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised only without 
         "'pytorch_lightning'); install it with pip install \"lti-reduce[lightning]\".") from exc
 
 from ._callbacks import check_compressible, owning_optimizer, report_metrics, scheduled_cut
-from .schedule import CompressionSchedule
+from ..schedule import CompressionSchedule
 
 __all__ = ["CompressionCallback"]
 
