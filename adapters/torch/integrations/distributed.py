@@ -36,7 +36,7 @@ FSDP
 ----
 A model sharded with FSDP2 (``fully_shard``) is cut by :func:`adapters.torch.compress_fsdp_`, which gathers
 the compressible layers' full values, cuts them on every rank, adopts rank ``src``'s result and re-shards the
-resized parameters in place (:mod:`adapters.torch.fsdp`). FSDP1 (``FullyShardedDataParallel``) is refused.
+resized parameters in place (:mod:`adapters.torch.integrations.fsdp`). FSDP1 (``FullyShardedDataParallel``) is refused.
 """
 
 from __future__ import annotations

@@ -241,7 +241,7 @@ class LRU(nn.Module):
         Notes
         -----
         *In place.* Every state-shaped parameter (``nu_log, theta, gamma_log, B_re, B_im, C_re, C_im``) gets
-        the new shape in place (:func:`adapters.torch._params.set_parameter_`): the ``nn.Parameter`` objects
+        the new shape in place (:func:`adapters.torch.set_parameter_`): the ``nn.Parameter`` objects
         and their ``requires_grad`` are kept, so an optimizer, a DDP bucket or a user reference still holds the
         live tensors; their gradients and any optimizer state of the old shape are stale (``compress_`` resets
         the moments of the optimizer it is given). ``D`` keeps its basis and its values are copied. All checks

@@ -9,7 +9,7 @@ A layer is compressible when it has
     (``real_output=True`` when the layer computes ``y = Re(C x) + D u``).
 ``load_system_(system)``
     Writes a (reduced) ``DiagonalSystem`` back in place, resizing parameters in place
-    (:func:`adapters.torch._params.set_parameter_` keeps the ``nn.Parameter`` objects,
+    (:func:`adapters.torch.set_parameter_` keeps the ``nn.Parameter`` objects,
     so optimizers, schedulers and DDP keep live tensors; ``compress_`` resets the
     moments of every parameter whose shape or values changed). It must validate the
     system before it changes anything.
@@ -48,7 +48,7 @@ class CompressibleLayer(Protocol):
     """Structural type of a compressible layer: any ``nn.Module`` with these three members.
 
     There is no base class to inherit; ``isinstance(layer, CompressibleLayer)`` checks the names.
-    The module docstring (:mod:`adapters.torch.protocol`) lists the optional extensions.
+    The module docstring (:mod:`adapters.torch.layers.protocol`) lists the optional extensions.
 
     Examples
     --------

@@ -292,7 +292,7 @@ class S5(ResizableStateMixin, nn.Module):
         Notes
         -----
         The timescales and continuous eigenvalues are chosen as in the class Notes. The parameters are
-        resized in place (:func:`adapters.torch.resizing.set_parameter_`): the ``nn.Parameter`` objects,
+        resized in place (:func:`adapters.torch.set_parameter_`): the ``nn.Parameter`` objects,
         and whatever holds them, are kept; their gradients are dropped. All checks run before anything
         changes, so a rejected system leaves the layer untouched. An eigenvalue exactly 0 is stored with
         the smallest normal modulus of the layer's dtype.

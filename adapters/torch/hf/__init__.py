@@ -1,0 +1,10 @@
+"""Hugging Face integrations: in-training compression inside ``transformers.Trainer``.
+
+The public import path; the code lives in :mod:`adapters.torch.integrations.hf`. Install the extra:
+``pip install "lti-reduce[hf]"``. Importing this package imports ``transformers``; the rest of
+:mod:`adapters.torch` does not.
+"""
+
+from ..integrations.hf import CompressionCallback
+
+__all__ = ["CompressionCallback"]
