@@ -3,6 +3,6 @@
 Kept for the modules that still import it from here.
 """
 
-from .layers._params import resize_from_checkpoint_, set_parameter_
+from .layers._params import resize_from_checkpoint_, set_parameter_  # noqa: F401
 
 __all__: list[str] = []

@@ -28,21 +28,14 @@ import math
 import torch
 from torch import nn
 
-from .._certificate import remember_input_
-from ._params import set_parameter_
-from ..optim import mark_rebased_
-from .resizing import explain_checkpoint_mismatch
-from ..scan import MODES, linear_recurrence
+from ..scan import MODES
+from ._base import (DiagonalLayer, check_option, check_ring, check_sizes, checked_modal, diagonal_feedthrough,
+                    real_output_recurrence, ring_log_modulus)
 
 __all__ = ["LRU"]
 
-# Parameters whose leading (row) axis is the state axis, and those whose trailing axis is.
-_STATE_ROWS = ("nu_log", "theta", "gamma_log", "B_re", "B_im")
-_STATE_COLS = ("C_re", "C_im")
-_STATE_AXES = {**{name: 0 for name in _STATE_ROWS}, **{name: -1 for name in _STATE_COLS}}
 
-
-class LRU(nn.Module):
+class LRU(DiagonalLayer):
     """Linear Recurrent Unit: ``x_k = diag(lam) x_{k-1} + gamma * B u_k``, ``y_k = Re(C x_k) + D * u_k``.
 
     Parameters
@@ -108,6 +101,10 @@ class LRU(nn.Module):
     #: measures ``gain`` on the map itself, ``(lam, B, C diag(lam), D + Re(C B))``.
     system_convention = "same_step"
 
+    #: The state axis of each state-shaped parameter (checkpoints of another state size load, see
+    #: :class:`adapters.torch.ResizableStateMixin`).
+    state_parameters = {"nu_log": 0, "theta": 0, "gamma_log": 0, "B_re": 0, "B_im": 0, "C_re": -1, "C_im": -1}
+
     def __init__(
         self,
         d_model: int,
@@ -122,12 +119,9 @@ class LRU(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        if int(d_model) < 1 or int(d_state) < 1:
-            raise ValueError(f"d_model and d_state must be positive integers, got {d_model} and {d_state}")
-        if not 0.0 <= r_min < r_max <= 1.0:
-            raise ValueError(f"need 0 <= r_min < r_max <= 1 for a stable layer, got r_min={r_min}, r_max={r_max}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        check_sizes(d_model, d_state)
+        check_ring(r_min, r_max)
+        check_option("mode", mode, MODES)
         self.d_model = int(d_model)
         self.mode = mode
         self.chunk_size = chunk_size
@@ -135,11 +129,8 @@ class LRU(nn.Module):
         n, m = int(d_state), self.d_model
 
         # Area-uniform moduli on the ring, uniform phases (the paper's initialization), drawn in float64.
-        u1 = torch.rand(n, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+        log_modulus = ring_log_modulus(n, r_min, r_max, factory["dtype"])
         u2 = torch.rand(n, dtype=torch.float64)
-        log_modulus = 0.5 * torch.log(u1 * (r_max**2 - r_min**2) + r_min**2)  # log|lam| <= 0
-        # r_max = 1 must still give |lam| < 1 after rounding to the layer's dtype.
-        log_modulus = log_modulus.clamp(max=-torch.finfo(factory["dtype"]).eps)
         nu_log = torch.log(-log_modulus)
         self.nu_log = nn.Parameter(nu_log.to(**factory))
         self.theta = nn.Parameter((max_phase * u2).to(**factory))
@@ -292,67 +283,23 @@ class LRU(nn.Module):
         real ``M_k``; complex modes are loaded exactly. ``M_k`` has rank one, so all of this costs
         ``O(r (m + p))``.
         """
-        new = self._parameters_for(system)
-        new = _unfreeze_real_modes(new, real_mode_change)
-        self.D.copy_(new.pop("D"))  # same shape, same basis: values copied, Parameter and optimizer state kept
-        for name, value in new.items():
-            set_parameter_(self, name, value)
+        new = _unfreeze_real_modes(self._parameters_for(system), real_mode_change)
+        D = new.pop("D")  # same shape, same basis: values copied, Parameter and optimizer state kept
+        self._store_(new, D)
         return self
 
     # ----------------------------------------------------------------------------------------------- forward
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """``y = Re(C x) + D * u`` for ``u`` of shape (..., L, d_model); returns (..., L, d_model)."""
-        if u.dim() < 2 or u.shape[-1] != self.d_model:
-            raise ValueError(f"LRU expects input of shape (..., L, {self.d_model}), got {tuple(u.shape)}")
-        remember_input_(self, u)  # for compress_'s output certificate
+        self._check_input(u)
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = u.to(self.B_re.dtype)
-            n, m = self.B_re.shape
-            # One real matmul gives interleaved (re, im) pairs that view as complex without a copy.
-            gamma = torch.exp(self.gamma_log).unsqueeze(-1)
-            weight_in = torch.stack([gamma * self.B_re, gamma * self.B_im], dim=1).reshape(2 * n, m)
-            bu = torch.view_as_complex(torch.matmul(u, weight_in.mT).unflatten(-1, (n, 2)))
-            x = linear_recurrence(self.lam, bu, mode=self.mode, chunk_size=self.chunk_size)
-            # Re(C x) = C_re Re(x) - C_im Im(x): again one real matmul over interleaved pairs.
-            weight_out = torch.stack([self.C_re, -self.C_im], dim=-1).reshape(m, 2 * n)
-            return torch.matmul(torch.view_as_real(x).flatten(-2), weight_out.mT) + self.D * u
-
-    def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, state_dim={self.state_dim}, mode={self.mode!r}"
+            y = real_output_recurrence(u, self.lam, self.effective_B(), self.C_re, self.C_im, mode=self.mode,
+                                       chunk_size=self.chunk_size)
+            return y + self.D * u
 
     # ----------------------------------------------------------------------------------------------- loading
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        """Resize the state-dimension parameters to a checkpoint's ``n`` before the usual copy.
-
-        A compressed checkpoint has fewer modes than a freshly built layer. Only the state axis is resized,
-        and only when every state-shaped entry of the checkpoint agrees on it; anything else is left to the
-        default loader, which reports the size mismatch. The resizing is in place (the ``nn.Parameter``
-        objects are kept), so an optimizer built over the fresh layer before loading holds the loaded
-        parameters and ``optimizer.load_state_dict`` then restores their moments: the order of building the
-        optimizer and loading does not matter.
-        """
-        self._check_checkpoint_stable(state_dict, prefix)
-        sizes = {
-            state_dict[prefix + name].shape[0 if name in _STATE_ROWS else -1]
-            for name in _STATE_ROWS + _STATE_COLS
-            if prefix + name in state_dict and state_dict[prefix + name].dim() >= 1
-        }
-        if len(sizes) == 1 and (n := int(next(iter(sizes)))) != self.state_dim and n >= 1:
-            m = self.d_model
-            shapes = {name: (n,) if getattr(self, name).dim() == 1 else ((n, m) if name in _STATE_ROWS else (m, n))
-                      for name in _STATE_ROWS + _STATE_COLS}
-            if all(tuple(state_dict[prefix + k].shape) == shape for k, shape in shapes.items()
-                   if prefix + k in state_dict):
-                old = [(getattr(self, name), tuple(getattr(self, name).shape)) for name in shapes]
-                for name, shape in shapes.items():  # in place: optimizers built before loading stay valid
-                    set_parameter_(self, name, getattr(self, name).new_zeros(shape))
-                mark_rebased_(old)  # an optimizer still holding state of the old shapes is caught at step()
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        explain_checkpoint_mismatch(self, state_dict, prefix, _STATE_AXES, error_msgs)
-
-    def _check_checkpoint_stable(self, state_dict, prefix):
+    def _check_checkpoint(self, state_dict, prefix):
         """Refuse a checkpoint whose eigenvalues, as this layer computes them, break the stability rule.
 
         ``|lam| = exp(-exp(nu_log))`` is below 1 for every finite ``nu_log``, but rounds to 1 in the
@@ -382,36 +329,10 @@ class LRU(nn.Module):
 
     def _parameters_for(self, system) -> dict[str, torch.Tensor]:
         """Validated new parameter values for :meth:`load_system_` (nothing is modified here)."""
-        if not getattr(system, "real_output", False):
-            raise ValueError(
-                "LRU.load_system_ needs a system with real_output=True (the layer computes y = Re(C x) + D u); "
-                "got real_output=False. Build the system with real_output=True."
-            )
-        ref = self.B_re
-        work = {"device": ref.device, "dtype": torch.complex128}
-        lam = torch.as_tensor(system.lam).to(**work)
-        B = torch.as_tensor(system.B).to(**work)
-        C = torch.as_tensor(system.C).to(**work)
-        m = self.d_model
-        if lam.dim() != 1 or lam.shape[0] < 1:
-            raise ValueError(f"system.lam must have shape (r,) with r >= 1, got {tuple(lam.shape)}")
-        r = lam.shape[0]
-        if tuple(B.shape) != (r, m) or tuple(C.shape) != (m, r):
-            raise ValueError(
-                f"system.B and system.C must have shapes ({r}, {m}) and ({m}, {r}) for d_model={m} and "
-                f"r={r} modes, got {tuple(B.shape)} and {tuple(C.shape)}"
-            )
-        for name, value in (("lam", lam), ("B", B), ("C", C)):
-            if not bool(torch.isfinite(value).all()):
-                raise ValueError(f"system.{name} contains NaN or Inf; refusing to load it into the layer")
-        from lti_reduce.validate import check_stable_eigenvalues
-
-        check_stable_eigenvalues(lam, "system.lam", "An LRU represents only stable eigenvalues; load a stable "
-                                                    "system (the reduction of a stable layer is stable).")
-        modulus = lam.abs()
-        D = self._diagonal_feedthrough(system)
-        real = ref.dtype
-        modulus = modulus.real.to(torch.float64).clamp(min=torch.finfo(real).tiny)
+        real = self.B_re.dtype
+        lam, B, C = checked_modal(system, self.d_model, self.d_model, "LRU", self.B_re.device)
+        D = diagonal_feedthrough(system, self.d_model, real, "LRU")
+        modulus = lam.abs().to(torch.float64).clamp(min=torch.finfo(real).tiny)
         log_modulus = torch.log(modulus)
         gamma_log = _gamma_log(torch.log(-log_modulus))
         b_stored = B / torch.exp(gamma_log).unsqueeze(-1)
@@ -425,32 +346,6 @@ class LRU(nn.Module):
             "C_im": C.imag.to(real).contiguous(),
             "D": D.to(real),
         }
-
-    def _diagonal_feedthrough(self, system) -> torch.Tensor:
-        m = self.d_model
-        ref = self.B_re
-        if getattr(system, "D", None) is None:
-            return torch.zeros(m, device=ref.device, dtype=torch.float64)
-        D = torch.as_tensor(system.D).to(device=ref.device)
-        if D.is_complex():
-            if bool((D.imag != 0).any()):
-                raise ValueError("system.D must be real for an LRU (its skip connection is real)")
-            D = D.real
-        D = D.to(torch.float64)
-        if tuple(D.shape) == (m,):
-            return D
-        if tuple(D.shape) != (m, m):
-            raise ValueError(f"system.D must have shape ({m}, {m}) or ({m},), got {tuple(D.shape)}")
-        diagonal = torch.diagonal(D)
-        off = (D - torch.diag(diagonal)).abs().max()
-        scale = max(1.0, diagonal.abs().max().item())
-        if off.item() > 64 * torch.finfo(ref.dtype).eps * scale:
-            raise ValueError(
-                f"system.D has off-diagonal entries up to {off.item():.3g}, but the LRU's skip connection is "
-                "elementwise (D must be diagonal). Balanced truncation keeps D; singular-perturbation "
-                "approximation changes it, so reduce with truncation for LRU layers."
-            )
-        return diagonal
 
 
 def _gamma_log(nu_log: torch.Tensor) -> torch.Tensor:
