@@ -86,6 +86,20 @@ class DiagonalLayer(ResizableStateMixin, nn.Module):
             set_parameter_(self, name, value.contiguous())
         self.D.copy_(D)
 
+    def _system(self, differentiable: bool, parts):
+        """``DiagonalSystem(*parts(), real_output=True)``: detached copies, or attached when ``differentiable``.
+
+        ``parts`` computes ``(lam, B, C, D)`` from the parameters; it runs with gradients enabled only for a
+        differentiable system (a regularizer's), so a compression's system builds no autograd graph.
+        """
+        from lti_reduce import DiagonalSystem  # the core is imported only when a system is needed
+
+        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+            lam, B, C, D = parts()
+        if not differentiable:
+            lam, B, C, D = (t.detach().clone() for t in (lam, B, C, D))
+        return DiagonalSystem(lam, B, C, D, real_output=True)
+
     def _check_checkpoint(self, state_dict, prefix: str) -> None:
         """Refuse a checkpoint this layer cannot hold, before anything is resized (default: accept)."""
 
@@ -216,21 +230,25 @@ def check_finite_stable(lam, B, C, layer: str) -> None:
                                                 "system (the reduction of a stable layer is stable).")
 
 
+def real_feedthrough(D, shape: tuple, layer: str) -> torch.Tensor:
+    """``D`` as a real float64 CPU tensor (zeros of ``shape`` for ``None``); a nonzero imaginary part is refused."""
+    if D is None:
+        return torch.zeros(shape, dtype=torch.float64)
+    D = torch.as_tensor(D).detach().cpu()
+    if D.is_complex():
+        if bool((D.imag != 0).any()):
+            raise ValueError(f"system.D must be real for {layer} (its skip connection is real)")
+        D = D.real
+    return D.to(torch.float64)
+
+
 def diagonal_feedthrough(system, m: int, dtype, layer: str) -> torch.Tensor:
     """The elementwise skip connection ``(m,)``, float64 on the CPU, from ``system.D`` ((m, m) diagonal, (m,) or None).
 
     An off-diagonal entry above ``64 eps`` of ``dtype`` (relative to the diagonal, at least 1) is refused:
     balanced truncation keeps ``D``, singular-perturbation approximation does not.
     """
-    D = getattr(system, "D", None)
-    if D is None:
-        return torch.zeros(m, dtype=torch.float64)
-    D = torch.as_tensor(D).detach().cpu()
-    if D.is_complex():
-        if bool((D.imag != 0).any()):
-            raise ValueError(f"system.D must be real for {layer} (its skip connection is real)")
-        D = D.real
-    D = D.to(torch.float64)
+    D = real_feedthrough(getattr(system, "D", None), (m,), layer)
     if tuple(D.shape) == (m,):
         return D
     if tuple(D.shape) != (m, m):

@@ -190,14 +190,8 @@ class LRU(DiagonalLayer):
             If some ``|lam|`` rounded to 1 in the layer's dtype (possible only for ``nu_log`` below about
             -16.6 in float32, -36.7 in float64).
         """
-        from lti_reduce import DiagonalSystem  # the core is imported only when a system is needed
-
-        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
-            lam, B = self.lam, self.effective_B()
-            C, D = torch.complex(self.C_re, self.C_im), torch.diag(self.D)
-        if not differentiable:
-            lam, B, C, D = (t.detach().clone() for t in (lam, B, C, D))
-        return DiagonalSystem(lam, B, C, D, real_output=True)
+        return self._system(differentiable, lambda: (self.lam, self.effective_B(), torch.complex(self.C_re, self.C_im),
+                                                     torch.diag(self.D)))
 
     @torch.no_grad()
     def load_system_(self, system, *, real_mode_change: float | None = None) -> "LRU":

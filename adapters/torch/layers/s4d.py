@@ -27,7 +27,7 @@ from torch import nn
 
 from ..scan import linear_recurrence
 from ._base import (DiagonalLayer, check_finite_stable, check_option, check_real_output, check_sizes,
-                    check_timescales, log_timescales, nearest_branch)
+                    check_timescales, log_timescales, nearest_branch, real_feedthrough)
 
 __all__ = ["S4D"]
 
@@ -217,16 +217,12 @@ class S4D(DiagonalLayer):
         lti_reduce.UnstableSystemError
             If some ``|Abar|`` rounded to 1 in the layer's dtype.
         """
-        from lti_reduce import DiagonalSystem
-
-        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+        def parts():
             lam, _, Bbar = self.discretize()
-            B = Bbar.unsqueeze(-1)
-            C = (2 * torch.complex(self.C_re, self.C_im)).unsqueeze(-2)
-            D = self.D.reshape(-1, 1, 1)
-        if not differentiable:
-            lam, B, C, D = (t.detach().clone() for t in (lam, B, C, D))
-        return DiagonalSystem(lam, B, C, D, real_output=True)
+            C = 2 * torch.complex(self.C_re, self.C_im)
+            return lam, Bbar.unsqueeze(-1), C.unsqueeze(-2), self.D.reshape(-1, 1, 1)
+
+        return self._system(differentiable, parts)
 
     @torch.no_grad()
     def load_system_(self, system) -> "S4D":
@@ -392,14 +388,7 @@ class S4D(DiagonalLayer):
 
 def _channel_feedthrough(D, batch: tuple, layer: str) -> torch.Tensor:
     """``D`` of SISO channels as a real float64 tensor of shape ``batch`` (from (..., 1, 1), ``batch`` or None)."""
-    if D is None:
-        return torch.zeros(batch, dtype=torch.float64)
-    D = torch.as_tensor(D).detach().cpu()
-    if D.is_complex():
-        if bool((D.imag != 0).any()):
-            raise ValueError(f"system.D must be real for {layer} (its skip connection is real)")
-        D = D.real
-    D = D.to(torch.float64)
+    D = real_feedthrough(D, batch, layer)
     if tuple(D.shape) == batch + (1, 1):
         return D.reshape(batch)
     if tuple(D.shape) == batch:

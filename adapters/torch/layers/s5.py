@@ -251,14 +251,8 @@ class S5(DiagonalLayer):
         lti_reduce.UnstableSystemError
             If some ``|lam|`` rounded to 1 in the layer's dtype (``Re Lambda dt`` below round-off).
         """
-        from lti_reduce import DiagonalSystem
-
-        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
-            lam, Bbar = self.discretize()
-            C, D = torch.complex(self.C_re, self.C_im), torch.diag(self.D)
-        if not differentiable:
-            lam, Bbar, C, D = (t.detach().clone() for t in (lam, Bbar, C, D))
-        return DiagonalSystem(lam, Bbar, C, D, real_output=True)
+        return self._system(differentiable, lambda: (*self.discretize(), torch.complex(self.C_re, self.C_im),
+                                                     torch.diag(self.D)))
 
     @torch.no_grad()
     def load_system_(self, system) -> "S5":
