@@ -114,7 +114,7 @@ class DiagonalLayer(ResizableStateMixin, nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ forward
-def real_output_recurrence(u, lam, B, C_re, C_im, *, mode: str, chunk_size: int | None = None) -> torch.Tensor:
+def real_output_recurrence(u, lam, B_re, B_im, C_re, C_im, *, mode: str, chunk_size: int | None = None):
     """``y_k = Re(C x_k)`` with ``x_k = diag(lam) x_{k-1} + B u_k``, for a real input.
 
     Parameters
@@ -123,8 +123,8 @@ def real_output_recurrence(u, lam, B, C_re, C_im, *, mode: str, chunk_size: int 
         Real input.
     lam : Tensor, shape (n,)
         Complex eigenvalues.
-    B : Tensor, shape (n, m)
-        Complex input matrix.
+    B_re, B_im : Tensor, shape (n, m)
+        Real and imaginary parts of the input matrix.
     C_re, C_im : Tensor, shape (p, n)
         Real and imaginary parts of the output matrix.
     mode, chunk_size
@@ -140,8 +140,8 @@ def real_output_recurrence(u, lam, B, C_re, C_im, *, mode: str, chunk_size: int 
     ``B u`` and ``Re(C x) = C_re Re(x) - C_im Im(x)`` are each one real matrix product over
     interleaved ``(re, im)`` pairs, which view as complex without a copy.
     """
-    n, m = B.shape
-    weight_in = torch.view_as_real(B).transpose(1, 2).reshape(2 * n, m)  # rows (re_1, im_1, re_2, ...)
+    n, m = B_re.shape
+    weight_in = torch.stack([B_re, B_im], dim=1).reshape(2 * n, m)  # rows (re_1, im_1, re_2, ...)
     bu = torch.view_as_complex(torch.matmul(u, weight_in.mT).unflatten(-1, (n, 2)))
     x = linear_recurrence(lam, bu, mode=mode, chunk_size=chunk_size)
     weight_out = torch.stack([C_re, -C_im], dim=-1).reshape(C_re.shape[0], 2 * n)

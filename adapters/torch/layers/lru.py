@@ -288,8 +288,9 @@ class LRU(DiagonalLayer):
         self._check_input(u)
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = u.to(self.B_re.dtype)
-            y = real_output_recurrence(u, self.lam, self.effective_B(), self.C_re, self.C_im, mode=self.mode,
-                                       chunk_size=self.chunk_size)
+            gamma = torch.exp(self.gamma_log).unsqueeze(-1)
+            y = real_output_recurrence(u, self.lam, gamma * self.B_re, gamma * self.B_im, self.C_re, self.C_im,
+                                       mode=self.mode, chunk_size=self.chunk_size)
             return y + self.D * u
 
     # ----------------------------------------------------------------------------------------------- loading

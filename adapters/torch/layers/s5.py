@@ -309,5 +309,6 @@ class S5(DiagonalLayer):
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = u.to(self.B_re.dtype)
             lam, Bbar = self.discretize()
-            y = real_output_recurrence(u, lam, Bbar, self.C_re, self.C_im, mode=self.mode, chunk_size=self.chunk_size)
+            y = real_output_recurrence(u, lam, Bbar.real, Bbar.imag, self.C_re, self.C_im, mode=self.mode,
+                                       chunk_size=self.chunk_size)
             return y + self.D * u
