@@ -132,9 +132,10 @@ def test_a_known_upward_import_is_still_there():
         assert any(m == imported or m.startswith(imported + ".") for m in imported_modules(path)), (importer, imported)
 
 
-def test_importing_the_adapter_and_its_integrations_package_imports_no_framework():
+def test_importing_the_adapter_and_the_integrations_package_imports_no_framework():
     pytest.importorskip("torch")
     code = ("import sys, adapters.torch, adapters.torch.integrations, adapters.torch.layers\n"
+            "import adapters.torch.integrations.hf.mamba, adapters.torch.integrations.hf._compat\n"
             "print(sorted(m for m in ('lightning', 'transformers', 'accelerate') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -5,6 +5,6 @@ The public import path; the code lives in :mod:`adapters.torch.integrations.hf`.
 :mod:`adapters.torch` does not.
 """
 
-from ..integrations.hf import CompressionCallback
+from ..integrations.hf.callback import CompressionCallback
 
 __all__ = ["CompressionCallback"]
