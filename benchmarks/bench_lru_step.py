@@ -40,9 +40,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.torch.lru import LRU  # noqa: E402
-from adapters.torch.s4d import S4D  # noqa: E402
-from adapters.torch.s5 import S5  # noqa: E402
+from adapters.torch.layers.lru import LRU  # noqa: E402
+from adapters.torch.layers.s4d import S4D  # noqa: E402
+from adapters.torch.layers.s5 import S5  # noqa: E402
 from adapters.torch.scan import choose_mode  # noqa: E402
 
 REFERENCE_MS = {16: 16.0, 64: 91.0, 256: 354.0}

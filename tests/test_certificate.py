@@ -142,7 +142,7 @@ def test_progress_is_silent_when_off_and_logs_when_not_on_a_terminal(monkeypatch
 
 
 def test_trainer_metrics_carry_the_measured_output_change_and_no_uncomputed_norm():
-    from adapters.torch._callbacks import report_metrics
+    from adapters.torch.integrations._callbacks import report_metrics
 
     model = _model(seed=4)
     model(torch.randn(2, 30, 4, dtype=torch.float64))

@@ -547,7 +547,7 @@ class Channels(torch.nn.Module):
                                  real_output=True)
 
     def load_system_(self, system):
-        from adapters.torch._params import set_parameter_
+        from adapters.torch.layers._params import set_parameter_
 
         for name, value in (("lam", system.lam), ("B", system.B), ("C", system.C)):
             set_parameter_(self, f"{name}_re", value.real)

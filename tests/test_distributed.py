@@ -33,7 +33,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from adapters.torch.distributed import compress_ddp_
+    from adapters.torch.integrations.distributed import compress_ddp_
     from adapters.torch.mamba import compress_selective_
 
     torch.set_num_threads(1)
@@ -118,7 +118,7 @@ def test_training_continues_in_sync_with_different_data_per_rank(ddp_run):
 
 def test_without_a_process_group_it_compresses_a_plain_module(torch):
     from adapters.torch import LRU
-    from adapters.torch.distributed import compress_ddp_
+    from adapters.torch.integrations.distributed import compress_ddp_
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         pytest.skip("a process group is initialized in this test process")
@@ -135,7 +135,7 @@ def test_broadcast_handles_cuda_tensors_with_a_single_rank_nccl_group(torch, tmp
     import torch.distributed as dist
 
     from adapters.torch import LRU
-    from adapters.torch.distributed import compress_ddp_
+    from adapters.torch.integrations.distributed import compress_ddp_
 
     if not dist.is_nccl_available():
         pytest.skip("NCCL not available")

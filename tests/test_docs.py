@@ -227,7 +227,8 @@ _CORE_MODULES = ["lti_reduce"] + sorted(
     f"lti_reduce.{m.name}" for m in pkgutil.iter_modules([str(REPO / "lti_reduce")]))
 # listed without importing torch; the Lightning callback's module needs lightning and has no examples
 _ADAPTER_MODULES = ["adapters.torch"] + sorted(
-    f"adapters.torch.{m.name}" for m in pkgutil.iter_modules([str(REPO / "adapters" / "torch")])
+    f"adapters.torch.{package}{m.name}" for package in ("", "layers.", "integrations.")
+    for m in pkgutil.iter_modules([str(REPO / "adapters" / "torch" / package.rstrip("."))])
     if not m.ispkg and m.name != "lightning")
 
 
@@ -241,7 +242,7 @@ def test_doctests_of_module(name):
 
 
 @pytest.mark.parametrize("name", ["lti_reduce.balancing", "lti_reduce.bounds", "adapters.torch.compress",
-                                  "adapters.torch.schedule", "adapters.torch.protocol"])
+                                  "adapters.torch.schedule", "adapters.torch.layers.protocol"])
 def test_the_main_modules_carry_examples(name):
     if name.startswith("adapters."):
         pytest.importorskip("torch")

@@ -46,7 +46,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
     import adapters.torch as at
-    from adapters.torch.fsdp import compress_fsdp_
+    from adapters.torch.integrations.fsdp import compress_fsdp_
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -105,7 +105,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     ref_report = at.compress_(reference, rank=4, optimizer=ref_opt)
     losses = [step(STEPS_BEFORE + k) for k in range(STEPS_AFTER)]
     # A second cut through what the Lightning and Hugging Face callbacks call at a scheduled step.
-    from adapters.torch._callbacks import owning_optimizer, scheduled_cut
+    from adapters.torch.integrations._callbacks import owning_optimizer, scheduled_cut
 
     schedule = at.CompressionSchedule(total_steps=100, steps=[10], rank=3)
     report2 = scheduled_cut(schedule, 10, model, owning_optimizer([opt], model))

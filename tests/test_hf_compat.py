@@ -1,4 +1,4 @@
-"""The one place that reads Hugging Face internals (``adapters.torch.hf._compat``), against each variant it knows.
+"""The one place that reads Hugging Face internals (``adapters.torch.integrations.hf._compat``), against each variant it knows.
 
 The FalconMamba norm variants of older and newer ``transformers`` releases are rebuilt here as small modules
 with exactly the attributes those releases have (see the module docstring of ``_compat``); the installed
@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from adapters.torch.hf import _compat  # noqa: E402
-from adapters.torch.hf._compat import UnsupportedTransformersError  # noqa: E402
+from adapters.torch.integrations.hf import _compat  # noqa: E402
+from adapters.torch.integrations.hf._compat import UnsupportedTransformersError  # noqa: E402
 
 N, DI, EPS = 6, 10, 1e-3
 

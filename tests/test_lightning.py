@@ -400,7 +400,7 @@ def test_fsdp2_every_rank_cuts_the_sharded_model_and_trains_on(fsdp_run):
 
 
 def test_fsdp1_strategy_is_refused_with_the_fsdp2_route():
-    from adapters.torch.lightning import _unsupported
+    from adapters.torch.integrations.lightning import _unsupported
 
     strategies = pytest.importorskip("lightning.pytorch.strategies")
     reason = _unsupported(strategies.FSDPStrategy())

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from hypothesis import given, strategies as st  # noqa: E402
 
-from adapters.torch.lru import LRU  # noqa: E402
+from adapters.torch.layers.lru import LRU  # noqa: E402
 from adapters.torch.scan import MODES, lam_powers, linear_recurrence, real_output_response  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 

@@ -3,7 +3,7 @@
 import torch
 import torch.nn as nn
 
-from adapters.torch._params import resize_from_checkpoint_, set_parameter_
+from adapters.torch.layers._params import resize_from_checkpoint_, set_parameter_
 
 
 def test_set_parameter_keeps_the_object_and_its_optimizer_slot():

@@ -51,7 +51,7 @@ def test_the_oldest_pins_are_the_floors_of_the_extras():
 
 
 def test_the_compat_module_names_the_tested_transformers_range():
-    from adapters.torch.hf._compat import TESTED_TRANSFORMERS  # imports no transformers
+    from adapters.torch.integrations.hf._compat import TESTED_TRANSFORMERS  # imports no transformers
 
     assert TESTED_TRANSFORMERS == (str(_pins(ROOT / ".ci" / "constraints-oldest.txt")["transformers"]),
                                    str(_pins(ROOT / "constraints.txt")["transformers"]))

@@ -71,3 +71,27 @@ def test_a_checkpoint_of_another_width_is_refused_with_the_reason_first(name):
     assert "Build the layer with the checkpoint's options" in first
     fresh.load_state_dict(cls(4, 3).state_dict())  # a cut checkpoint of the same width still loads
     assert fresh.state_dim == 3 and set(before) == set(fresh.state_dict())
+
+
+@pytest.mark.parametrize("layer", ["mixin", "S5", "S4D"])
+def test_an_optimizer_still_holding_moments_of_the_old_size_is_refused_at_its_next_step(layer):
+    """Loading a smaller checkpoint marks the resized parameters, as a cut does: a stale Adam moment is named."""
+    from adapters.torch import S4D, S5, StaleOptimizerStateError
+
+    torch.manual_seed(0)
+    make = {"mixin": lambda n: Diagonal(3, n), "S5": lambda n: S5(3, n), "S4D": lambda n: S4D(3, n)}[layer]
+    small, fresh = make(2), make(8)
+    optimizer = torch.optim.Adam(fresh.parameters(), lr=1e-3)
+    u = torch.randn(1, 5, 3)
+    output = (lambda: fresh.C @ (fresh.B @ u[0, 0])) if layer == "mixin" else (lambda: fresh(u))
+    output().square().sum().backward()
+    optimizer.step()  # Adam's moments now have the full-size shapes
+    fresh.load_state_dict(small.state_dict())
+    optimizer.zero_grad()
+    output().square().sum().backward()
+    with pytest.raises(StaleOptimizerStateError, match="old shape"):
+        optimizer.step()
+    for p in fresh.parameters():  # the fix the message names: drop the stale moments
+        optimizer.state.pop(p, None)
+    optimizer.step()
+    assert fresh.get_parameter("C" if layer == "mixin" else "C_re").shape[-1] == 2

@@ -15,7 +15,7 @@ from hypothesis import given, strategies as st  # noqa: E402
 
 import lti_reduce as lr  # noqa: E402
 from adapters.torch import S5, compress_  # noqa: E402
-from adapters.torch.s5 import hippo_n_eigendecomposition  # noqa: E402
+from adapters.torch.layers.s5 import hippo_n_eigendecomposition  # noqa: E402
 from reference import error_system, hinf_norm_ab13dd, hsv_ab09ad  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

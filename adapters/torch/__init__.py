@@ -32,10 +32,20 @@ CompressibleLayer, compressible_layers, is_compressible
 """
 
 from .compress import CompressionReport, LayerReport, compress_
-from .distributed import compress_ddp_
-from .ema import resize_averaged_model_
-from .fsdp import compress_fsdp_
-from .lru import LRU
+from .integrations.distributed import compress_ddp_
+from .integrations.ema import resize_averaged_model_
+from .integrations.fsdp import compress_fsdp_
+from .layers import (
+    LRU,
+    S4D,
+    S5,
+    CompressibleLayer,
+    ResizableStateMixin,
+    compressible_layers,
+    is_compressible,
+    resize_state_from_checkpoint_,
+    set_parameter_,
+)
 from .optim import StaleOptimizerStateError
 from .mamba import (
     CutMeasurement,
@@ -47,11 +57,7 @@ from .mamba import (
     selective_scan,
     selective_scan_reference,
 )
-from .protocol import CompressibleLayer, compressible_layers, is_compressible
 from .regularizers import hankel_nuclear_norm
-from .resizing import ResizableStateMixin, resize_state_from_checkpoint_, set_parameter_
-from .s4d import S4D
-from .s5 import S5
 from .schedule import CompressionSchedule, RollbackGuard
 from .monitor import HSVTimedSchedule
 

@@ -7,8 +7,8 @@ two forward passes of the cut layers on a few sequences. The H-infinity gain and
 or :meth:`adapters.torch.CompressionReport.certify_hinf`) are the worst case over all inputs and cost
 far more.
 
-Layers remember their last input with :func:`remember_input_` (one line in ``forward``); a layer that
-does not is measured on ``calibration_inputs=`` only.
+Layers remember their last input with :func:`adapters.torch.layers._base.remember_input_` (one line in
+``forward``); a layer that does not is measured on ``calibration_inputs=`` only.
 """
 
 from __future__ import annotations
@@ -21,14 +21,11 @@ import time
 import torch
 
 from ._report_notes import gate_lines, selective_legend
+from .layers._base import _MAX_TOKENS, remember_input_  # noqa: F401  (what the layers keep of their input)
 
 __all__ = []  # private: compress_ and the layers use these
 
 logger = logging.getLogger("adapters.torch")
-
-#: Largest number of tokens (sequence steps summed over the kept sequences) a layer keeps of its last
-#: input: whole sequences, at least one. Two forward passes on them cost a small fraction of a step.
-_MAX_TOKENS = 1024
 
 #: Work that has run this long (seconds) starts showing progress.
 _PROGRESS_AFTER_S = 2.0
@@ -44,24 +41,6 @@ def check_certify(certify) -> None:
             f"input batch or calibration_inputs=), 'hinf' or True (that plus the H-infinity gain and error, "
             f"computed now), 'lazy' (the H-infinity figures computed when first read) or False (nothing), "
             f"got {certify!r}.")
-
-
-def remember_input_(layer, u: torch.Tensor) -> None:
-    """Keep a detached copy of the first sequences of ``u`` on ``layer`` (for the output certificate).
-
-    Parameters
-    ----------
-    layer : nn.Module
-        A compressible layer, called from its ``forward``.
-    u : Tensor, shape (..., L, d)
-        The layer's input. The leading dimensions are flattened and the first
-        ``max(1, 1024 // L)`` sequences kept (a copy, so the batch itself is not held).
-    """
-    if u.dim() < 2 or (hasattr(torch, "compiler") and torch.compiler.is_compiling()):
-        return
-    seq = u.detach().reshape(-1, u.shape[-2], u.shape[-1])
-    keep = max(1, _MAX_TOKENS // max(1, u.shape[-2]))
-    layer._last_input = seq[:keep].clone()
 
 
 def calibration_layer_inputs(model, layers, calibration_inputs) -> dict:

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 import lti_reduce as lr
 
-from .protocol import compressible_layers
+from .layers.protocol import compressible_layers
 
 __all__ = ["hankel_nuclear_norm"]
 

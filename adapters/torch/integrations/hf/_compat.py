@@ -1,6 +1,6 @@
 """The one place that reads Hugging Face ``transformers`` internals that change between releases.
 
-The state selection of :mod:`adapters.torch.hf.mamba` recomputes each mixer's scan from its submodules and
+The state selection of :mod:`adapters.torch.integrations.hf.mamba` recomputes each mixer's scan from its submodules and
 attributes, and a cut resizes some of them. Those attributes are implementation details of ``transformers``:
 they are not public API and have moved between releases. Every such read goes through this module, which
 knows the variants of the releases tested (see :data:`TESTED_TRANSFORMERS`) and raises

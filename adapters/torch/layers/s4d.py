@@ -25,10 +25,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._certificate import remember_input_
-from .resizing import ResizableStateMixin, set_parameter_
-from .s5 import _check_finite_stable, _nearest_branch
-from .scan import linear_recurrence
+from ..scan import linear_recurrence
+from ._base import (DiagonalLayer, check_finite_stable, check_option, check_real_output, check_sizes,
+                    check_timescales, log_timescales, nearest_branch, real_feedthrough)
 
 __all__ = ["S4D"]
 
@@ -37,7 +36,7 @@ _DISCRETIZATIONS = ("zoh", "bilinear")
 _MODES = ("fft", "scan", "chunked", "sequential")
 
 
-class S4D(ResizableStateMixin, nn.Module):
+class S4D(DiagonalLayer):
     """S4D: ``d_model`` diagonal SISO systems applied as causal convolutions, ``y = K * u + D u``.
 
     Parameters
@@ -131,16 +130,11 @@ class S4D(ResizableStateMixin, nn.Module):
         dtype=None,
     ):
         super().__init__()
-        if int(d_model) < 1 or int(d_state) < 1:
-            raise ValueError(f"d_model and d_state must be positive integers, got {d_model} and {d_state}")
-        if init not in _INITS:
-            raise ValueError(f"init must be one of {_INITS}, got {init!r}")
-        if discretization not in _DISCRETIZATIONS:
-            raise ValueError(f"discretization must be one of {_DISCRETIZATIONS}, got {discretization!r}")
-        if not 0.0 < dt_min <= dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        check_sizes(d_model, d_state)
+        check_option("init", init, _INITS)
+        check_option("discretization", discretization, _DISCRETIZATIONS)
+        check_timescales(dt_min, dt_max)
+        check_option("mode", mode, _MODES)
         self.d_model, self.discretization, self.mode = int(d_model), discretization, mode
         H, n = self.d_model, int(d_state)
         f64 = torch.float64
@@ -151,7 +145,7 @@ class S4D(ResizableStateMixin, nn.Module):
             N = 2 * n
             imag = (N / math.pi) * (N / (2 * j + 1) - 1)
         factory = {"device": device, "dtype": dtype if dtype is not None else torch.get_default_dtype()}
-        log_dt = math.log(dt_min) + torch.rand(H, dtype=f64) * (math.log(dt_max) - math.log(dt_min))
+        log_dt = log_timescales(H, dt_min, dt_max)
         C = torch.randn(H, n, dtype=torch.complex128)  # CN(0, 1), as the paper's code
         self.log_A_real = nn.Parameter(torch.full((H, n), math.log(0.5), dtype=f64).to(**factory))
         self.A_imag = nn.Parameter(imag.expand(H, n).contiguous().to(**factory))
@@ -223,16 +217,12 @@ class S4D(ResizableStateMixin, nn.Module):
         lti_reduce.UnstableSystemError
             If some ``|Abar|`` rounded to 1 in the layer's dtype.
         """
-        from lti_reduce import DiagonalSystem
-
-        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+        def parts():
             lam, _, Bbar = self.discretize()
-            B = Bbar.unsqueeze(-1)
-            C = (2 * torch.complex(self.C_re, self.C_im)).unsqueeze(-2)
-            D = self.D.reshape(-1, 1, 1)
-        if not differentiable:
-            lam, B, C, D = (t.detach().clone() for t in (lam, B, C, D))
-        return DiagonalSystem(lam, B, C, D, real_output=True)
+            C = 2 * torch.complex(self.C_re, self.C_im)
+            return lam, Bbar.unsqueeze(-1), C.unsqueeze(-2), self.D.reshape(-1, 1, 1)
+
+        return self._system(differentiable, parts)
 
     @torch.no_grad()
     def load_system_(self, system) -> "S4D":
@@ -271,20 +261,13 @@ class S4D(ResizableStateMixin, nn.Module):
             nearest = (lam.unsqueeze(-1) - old_lam.unsqueeze(-2)).abs().argmin(dim=-1)  # (H, r)
             old_angle = torch.gather(self.A_imag.to(torch.float64) * dt, 1, nearest)
             log_modulus = torch.log(lam.abs().clamp(min=torch.finfo(real).tiny))
-            A = torch.complex(log_modulus, _nearest_branch(torch.angle(lam), old_angle)) / dt
+            A = torch.complex(log_modulus, nearest_branch(torch.angle(lam), old_angle)) / dt
             Bbar = torch.expm1(A * dt) / A
         else:
             A = (2 / dt) * (lam - 1) / (lam + 1)
             Bbar = dt / (1 - A * dt / 2)
         C = c * b / (2 * Bbar)
-        values = {"log_A_real": torch.log(-A.real), "A_imag": A.imag, "C_re": C.real, "C_im": C.imag}
-        values = {k: v.to(real) for k, v in values.items()}
-        if not all(bool(torch.isfinite(v).all()) for v in values.values()):
-            raise ValueError("S4D.load_system_: the system's modes give non-finite S4D parameters in "
-                             f"{real} (an eigenvalue too close to 0 or 1 for this dtype); nothing was changed")
-        for name, value in values.items():
-            set_parameter_(self, name, value)
-        self.D.copy_(D)
+        self._store_({"log_A_real": torch.log(-A.real), "A_imag": A.imag, "C_re": C.real, "C_im": C.imag}, D)
         return self
 
     def _checked(self, system):
@@ -310,9 +293,7 @@ class S4D(ResizableStateMixin, nn.Module):
             lam, b, c = (torch.stack([p[i] for p in padded]) for i in range(3))
             D = torch.stack([p[3] for p in padded])
             return lam, b, c, D
-        if not getattr(system, "real_output", False):
-            raise ValueError("S4D.load_system_ needs a system with real_output=True (the layer computes "
-                             "y = 2 Re(C x) + D u); got real_output=False. Build the system with real_output=True.")
+        check_real_output(system, "S4D", "2 Re(C x)")
         work = {"device": device, "dtype": torch.complex128}
         lam, B, C = (torch.as_tensor(getattr(system, k)).to(**work) for k in ("lam", "B", "C"))
         if lam.dim() != 2 or lam.shape[0] != H or lam.shape[1] < 1:
@@ -323,7 +304,7 @@ class S4D(ResizableStateMixin, nn.Module):
         if tuple(B.shape) != (H, r, 1) or tuple(C.shape) != (H, 1, r):
             raise ValueError(f"system.B and system.C must have shapes ({H}, {r}, 1) and ({H}, 1, {r}) "
                              f"(SISO channels), got {tuple(B.shape)} and {tuple(C.shape)}")
-        _check_finite_stable(lam, B, C, "S4D")
+        check_finite_stable(lam, B, C, "S4D")
         D = _channel_feedthrough(getattr(system, "D", None), (H,), "S4D")
         b, c = B[..., 0], C[:, 0, :]
         # Zero modes (modal_form(pad=True) fills shorter channels with them) become inert modes.
@@ -351,15 +332,13 @@ class S4D(ResizableStateMixin, nn.Module):
         if tuple(B.shape) != (r, 1) or tuple(C.shape) != (1, r):
             raise ValueError(f"channel {h}: system.B and system.C must have shapes ({r}, 1) and (1, {r}) "
                              f"(a SISO channel), got {tuple(B.shape)} and {tuple(C.shape)}")
-        _check_finite_stable(lam, B, C, "S4D")
+        check_finite_stable(lam, B, C, "S4D")
         return lam, B[:, 0], C[0], _channel_feedthrough(getattr(system, "D", None), (), "S4D")
 
     # ----------------------------------------------------------------------------------------------- forward
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """``y = K * u + D u`` for ``u`` of shape (..., L, d_model); returns (..., L, d_model)."""
-        if u.dim() < 2 or u.shape[-1] != self.d_model:
-            raise ValueError(f"S4D expects input of shape (..., L, {self.d_model}), got {tuple(u.shape)}")
-        remember_input_(self, u)  # for compress_'s output certificate
+        self._check_input(u)
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = u.to(self.log_A_real.dtype)
             length = u.shape[-2]
@@ -409,14 +388,7 @@ class S4D(ResizableStateMixin, nn.Module):
 
 def _channel_feedthrough(D, batch: tuple, layer: str) -> torch.Tensor:
     """``D`` of SISO channels as a real float64 tensor of shape ``batch`` (from (..., 1, 1), ``batch`` or None)."""
-    if D is None:
-        return torch.zeros(batch, dtype=torch.float64)
-    D = torch.as_tensor(D).detach().cpu()
-    if D.is_complex():
-        if bool((D.imag != 0).any()):
-            raise ValueError(f"system.D must be real for {layer} (its skip connection is real)")
-        D = D.real
-    D = D.to(torch.float64)
+    D = real_feedthrough(D, batch, layer)
     if tuple(D.shape) == batch + (1, 1):
         return D.reshape(batch)
     if tuple(D.shape) == batch:

@@ -36,7 +36,7 @@ FSDP
 ----
 A model sharded with FSDP2 (``fully_shard``) is cut by :func:`adapters.torch.compress_fsdp_`, which gathers
 the compressible layers' full values, cuts them on every rank, adopts rank ``src``'s result and re-shards the
-resized parameters in place (:mod:`adapters.torch.fsdp`). FSDP1 (``FullyShardedDataParallel``) is refused.
+resized parameters in place (:mod:`adapters.torch.integrations.fsdp`). FSDP1 (``FullyShardedDataParallel``) is refused.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .compress import _REQUIRED
+from ..compress import _REQUIRED
 
 __all__ = ["compress_ddp_"]
 
@@ -186,7 +186,7 @@ def compress_ddp_(ddp_model, *, optimizer=_REQUIRED, ddp_kwargs: dict | None = N
     The module is restored from a snapshot on failure, so a copy of the compressible layers' tensors and
     of the optimizer's state references is held during the call. See the module docstring for the design.
     """
-    from .compress import _check_optimizer_argument, _Snapshot, compress_
+    from ..compress import _check_optimizer_argument, _Snapshot, compress_
 
     _check_optimizer_argument(optimizer, "compress_ddp_")
     compress_fn = compress_fn or compress_

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
+from ..optim import mark_rebased_
 from ._params import resize_from_checkpoint_, set_parameter_
 
 __all__ = ["ResizableStateMixin", "resize_state_from_checkpoint_", "set_parameter_"]
@@ -82,7 +83,9 @@ def resize_state_from_checkpoint_(module: nn.Module, state_dict, prefix: str, st
     The ``nn.Parameter`` objects are kept (only their data changes, see :func:`set_parameter_`), so
     hooks, ``DistributedDataParallel`` and an optimizer built earlier still hold them; per-parameter
     optimizer state of the old shape is meaningless, so build the optimizer (or load its state) after
-    loading the model. The resized parameters hold zeros until the default loader copies the values.
+    loading the model; an optimizer that still holds state of the old shapes raises
+    :class:`~adapters.torch.StaleOptimizerStateError` at its next ``step()``. The resized parameters hold
+    zeros until the default loader copies the values.
     """
     axes = _state_axes(state_parameters)
     sizes, present = set(), []
@@ -107,7 +110,9 @@ def resize_state_from_checkpoint_(module: nn.Module, state_dict, prefix: str, st
             expected[a] = n
         if list(state_dict[prefix + name].shape) != expected:
             return None  # another axis differs too (e.g. d_model): not a state resize
+    old = [(module.get_parameter(name), tuple(module.get_parameter(name).shape)) for name in present]
     resized = resize_from_checkpoint_(module, state_dict, prefix, present)
+    mark_rebased_(old)  # an optimizer still holding state of the old shapes is caught at its next step()
     return n if resized else None
 
 

@@ -43,8 +43,8 @@ def plain_optimizer(optimizer):
 
 def _state_parameters(module: nn.Module) -> set[int]:
     """Ids of the parameters of every layer a cut may resize (protocol layers and selective blocks)."""
-    from .mamba import _selective_layers
-    from .protocol import compressible_layers
+    from ..mamba import _selective_layers
+    from ..layers.protocol import compressible_layers
 
     layers = compressible_layers(module) + _selective_layers(module)
     return {id(p) for _, layer in layers for p in layer.parameters()}

@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .compress import _REQUIRED
+from ..compress import _REQUIRED
 
 __all__ = ["compress_fsdp_"]
 
@@ -146,12 +146,12 @@ def compress_fsdp_(model: nn.Module, *, optimizer=_REQUIRED, src: int = 0, compr
         ...
         report = at.compress_fsdp_(model, optimizer=optimizer, rank=16)   # every rank, same step
     """
-    from . import _guards
-    from .compress import _check_optimizer_argument, compress_
+    from .. import _guards
+    from ..compress import _check_optimizer_argument, compress_
     from .distributed import _all_agree, _broadcast_, _distributed
-    from .mamba import _selective_layers
-    from .optim import check_optimizer_owns, check_rewarm_steps, mark_rebased_, rebind_parameters_, rewarm_
-    from .protocol import compressible_layers
+    from ..mamba import _selective_layers
+    from ..optim import check_optimizer_owns, check_rewarm_steps, mark_rebased_, rebind_parameters_, rewarm_
+    from ..layers.protocol import compressible_layers
 
     _check_optimizer_argument(optimizer, "compress_fsdp_")
     compress_fn = compress_fn or compress_

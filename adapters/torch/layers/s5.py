@@ -23,9 +23,9 @@ import math
 import torch
 from torch import nn
 
-from ._certificate import remember_input_
-from .resizing import ResizableStateMixin, set_parameter_
-from .scan import MODES, linear_recurrence
+from ..scan import MODES
+from ._base import (DiagonalLayer, check_option, check_ring, check_sizes, check_timescales, checked_modal,
+                    diagonal_feedthrough, log_timescales, nearest_branch, real_output_recurrence, ring_log_modulus)
 
 __all__ = ["S5", "hippo_n_eigendecomposition"]
 
@@ -64,7 +64,7 @@ def hippo_n_eigendecomposition(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.complex(torch.full_like(w, -0.5), w), V
 
 
-class S5(ResizableStateMixin, nn.Module):
+class S5(DiagonalLayer):
     """S5: ``x_k = exp(Lambda dt) x_{k-1} + Bbar u_k``, ``y_k = Re(C x_k) + D * u_k``, one MIMO system.
 
     Parameters
@@ -167,24 +167,19 @@ class S5(ResizableStateMixin, nn.Module):
         dtype=None,
     ):
         super().__init__()
-        if int(d_model) < 1 or int(d_state) < 1:
-            raise ValueError(f"d_model and d_state must be positive integers, got {d_model} and {d_state}")
-        if init not in _INITS:
-            raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+        check_sizes(d_model, d_state)
+        check_option("init", init, _INITS)
         if int(blocks) < 1 or int(d_state) % int(blocks):
             raise ValueError(f"blocks must be a positive divisor of d_state={d_state}, got {blocks}")
-        if not 0.0 < dt_min <= dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        if not 0.0 <= r_min < r_max <= 1.0:
-            raise ValueError(f"need 0 <= r_min < r_max <= 1 for a stable layer, got r_min={r_min}, r_max={r_max}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        check_timescales(dt_min, dt_max)
+        check_ring(r_min, r_max)
+        check_option("mode", mode, MODES)
         self.d_model, self.mode, self.chunk_size = int(d_model), mode, chunk_size
         real = dtype if dtype is not None else torch.get_default_dtype()
         n, m = int(d_state), self.d_model
         f64, c128 = torch.float64, torch.complex128
 
-        log_dt = math.log(dt_min) + torch.rand(n, dtype=f64) * (math.log(dt_max) - math.log(dt_min))
+        log_dt = log_timescales(n, dt_min, dt_max)
         dt = torch.exp(log_dt)
         if init == "hippo":
             size = 2 * n // int(blocks)
@@ -197,9 +192,7 @@ class S5(ResizableStateMixin, nn.Module):
             B = Vb.conj().T @ B0.to(c128)
             C = C0 @ Vb
         else:
-            u1 = torch.rand(n, dtype=f64).clamp(1e-12, 1 - 1e-12)
-            log_modulus = 0.5 * torch.log(u1 * (r_max**2 - r_min**2) + r_min**2)
-            log_modulus = log_modulus.clamp(max=-torch.finfo(real).eps)
+            log_modulus = ring_log_modulus(n, r_min, r_max, real)
             phase = max_phase * torch.rand(n, dtype=f64)
             Lambda = torch.complex(log_modulus, phase) / dt
             gamma = torch.sqrt(-torch.expm1(2 * log_modulus))
@@ -258,14 +251,8 @@ class S5(ResizableStateMixin, nn.Module):
         lti_reduce.UnstableSystemError
             If some ``|lam|`` rounded to 1 in the layer's dtype (``Re Lambda dt`` below round-off).
         """
-        from lti_reduce import DiagonalSystem
-
-        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
-            lam, Bbar = self.discretize()
-            C, D = torch.complex(self.C_re, self.C_im), torch.diag(self.D)
-        if not differentiable:
-            lam, Bbar, C, D = (t.detach().clone() for t in (lam, Bbar, C, D))
-        return DiagonalSystem(lam, Bbar, C, D, real_output=True)
+        return self._system(differentiable, lambda: (*self.discretize(), torch.complex(self.C_re, self.C_im),
+                                                     torch.diag(self.D)))
 
     @torch.no_grad()
     def load_system_(self, system) -> "S5":
@@ -292,13 +279,13 @@ class S5(ResizableStateMixin, nn.Module):
         Notes
         -----
         The timescales and continuous eigenvalues are chosen as in the class Notes. The parameters are
-        resized in place (:func:`adapters.torch.resizing.set_parameter_`): the ``nn.Parameter`` objects,
+        resized in place (:func:`adapters.torch.set_parameter_`): the ``nn.Parameter`` objects,
         and whatever holds them, are kept; their gradients are dropped. All checks run before anything
         changes, so a rejected system leaves the layer untouched. An eigenvalue exactly 0 is stored with
         the smallest normal modulus of the layer's dtype.
         """
-        lam, B, C = _checked_modal(system, self.d_model, self.d_model, "S5", self.B_re.device)
-        D = _diagonal_feedthrough(system, self.d_model, self.B_re.dtype, "S5")
+        lam, B, C = checked_modal(system, self.d_model, self.d_model, "S5", self.B_re.device)
+        D = diagonal_feedthrough(system, self.d_model, self.B_re.dtype, "S5")
         real = self.B_re.dtype
         old_lam, _ = self.discretize()
         old_dt = torch.exp(self.log_dt).to(torch.float64)
@@ -306,96 +293,22 @@ class S5(ResizableStateMixin, nn.Module):
         nearest = (lam[:, None] - old_lam.to(torch.complex128)[None, :]).abs().argmin(dim=1)
         dt = old_dt[nearest]
         log_modulus = torch.log(lam.abs().clamp(min=torch.finfo(real).tiny))
-        angle = _nearest_branch(torch.angle(lam), old_angle[nearest])
+        angle = nearest_branch(torch.angle(lam), old_angle[nearest])
         Lambda = torch.complex(log_modulus, angle) / dt
         B_cont = B * (Lambda / torch.expm1(Lambda * dt)).unsqueeze(-1)
-        values = {
+        self._store_({
             "Lambda_re_log": torch.log(-Lambda.real), "Lambda_im": Lambda.imag, "log_dt": torch.log(dt),
             "B_re": B_cont.real, "B_im": B_cont.imag, "C_re": C.real, "C_im": C.imag,
-        }
-        values = {k: v.to(real) for k, v in values.items()}
-        if not all(bool(torch.isfinite(v).all()) for v in values.values()):
-            raise ValueError("S5.load_system_: the system's modes give non-finite S5 parameters in "
-                             f"{real} (an eigenvalue too close to 0 or 1 for this dtype); nothing was changed")
-        for name, value in values.items():
-            set_parameter_(self, name, value)
-        self.D.copy_(D)
+        }, D)
         return self
 
     # ----------------------------------------------------------------------------------------------- forward
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """``y = Re(C x) + D * u`` for ``u`` of shape (..., L, d_model); returns (..., L, d_model)."""
-        if u.dim() < 2 or u.shape[-1] != self.d_model:
-            raise ValueError(f"S5 expects input of shape (..., L, {self.d_model}), got {tuple(u.shape)}")
-        remember_input_(self, u)  # for compress_'s output certificate
+        self._check_input(u)
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = u.to(self.B_re.dtype)
             lam, Bbar = self.discretize()
-            n, m = Bbar.shape
-            weight_in = torch.view_as_real(Bbar).transpose(1, 2).reshape(2 * n, m)  # rows (re_1, im_1, re_2, ...)
-            bu = torch.view_as_complex(torch.matmul(u, weight_in.mT).unflatten(-1, (n, 2)))
-            x = linear_recurrence(lam, bu, mode=self.mode, chunk_size=self.chunk_size)
-            weight_out = torch.stack([self.C_re, -self.C_im], dim=-1).reshape(m, 2 * n)
-            return torch.matmul(torch.view_as_real(x).flatten(-2), weight_out.mT) + self.D * u
-
-    def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, state_dim={self.state_dim}, mode={self.mode!r}"
-
-
-# --------------------------------------------------------------------------------------------- shared helpers
-def _nearest_branch(angle: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """``angle + 2 pi k`` with the integer ``k`` that puts it nearest to ``reference`` (elementwise)."""
-    return angle + 2 * math.pi * torch.round((reference - angle) / (2 * math.pi))
-
-
-def _checked_modal(system, m: int, p: int, layer: str, device):
-    """``lam`` (r,), ``B`` (r, m), ``C`` (p, r) of a real-output modal system, validated, in complex128."""
-    if not getattr(system, "real_output", False):
-        raise ValueError(
-            f"{layer}.load_system_ needs a system with real_output=True (the layer computes y = Re(C x) + D u); "
-            "got real_output=False. Build the system with real_output=True.")
-    work = {"device": device, "dtype": torch.complex128}
-    lam, B, C = (torch.as_tensor(getattr(system, k)).to(**work) for k in ("lam", "B", "C"))
-    if lam.dim() != 1 or lam.shape[0] < 1:
-        raise ValueError(f"system.lam must have shape (r,) with r >= 1, got {tuple(lam.shape)}")
-    r = lam.shape[0]
-    if tuple(B.shape) != (r, m) or tuple(C.shape) != (p, r):
-        raise ValueError(f"system.B and system.C must have shapes ({r}, {m}) and ({p}, {r}) for r={r} modes, "
-                         f"got {tuple(B.shape)} and {tuple(C.shape)}")
-    _check_finite_stable(lam, B, C, layer)
-    return lam, B, C
-
-
-def _check_finite_stable(lam, B, C, layer):
-    for name, value in (("lam", lam), ("B", B), ("C", C)):
-        if not bool(torch.isfinite(value).all()):
-            raise ValueError(f"system.{name} contains NaN or Inf; refusing to load it into the {layer} layer")
-    from lti_reduce.validate import check_stable_eigenvalues
-
-    check_stable_eigenvalues(lam, "system.lam", f"{layer} represents only stable eigenvalues; load a stable "
-                                                "system (the reduction of a stable layer is stable).")
-
-
-def _diagonal_feedthrough(system, m: int, dtype, layer: str) -> torch.Tensor:
-    """The elementwise skip connection ``(m,)`` from ``system.D`` ((m, m) diagonal, (m,) or None)."""
-    D = getattr(system, "D", None)
-    if D is None:
-        return torch.zeros(m, dtype=torch.float64)
-    D = torch.as_tensor(D).detach().cpu()
-    if D.is_complex():
-        if bool((D.imag != 0).any()):
-            raise ValueError(f"system.D must be real for {layer} (its skip connection is real)")
-        D = D.real
-    D = D.to(torch.float64)
-    if tuple(D.shape) == (m,):
-        return D
-    if tuple(D.shape) != (m, m):
-        raise ValueError(f"system.D must have shape ({m}, {m}) or ({m},), got {tuple(D.shape)}")
-    diagonal = torch.diagonal(D)
-    off = (D - torch.diag(diagonal)).abs().max().item()
-    if off > 64 * torch.finfo(dtype).eps * max(1.0, diagonal.abs().max().item()):
-        raise ValueError(
-            f"system.D has off-diagonal entries up to {off:.3g}, but the {layer} skip connection is elementwise "
-            "(D must be diagonal). Balanced truncation keeps D; singular-perturbation approximation changes it, "
-            "so reduce with truncation for this layer.")
-    return diagonal
+            y = real_output_recurrence(u, lam, Bbar.real, Bbar.imag, self.C_re, self.C_im, mode=self.mode,
+                                       chunk_size=self.chunk_size)
+            return y + self.D * u

@@ -1,0 +1,142 @@
+"""The adapter's layout: imports go only downward, integrations -> cut -> layers -> core.
+
+Read from the source with ``ast`` (nothing is imported), every import counted, also those inside functions.
+See CONTRIBUTING.md for what each folder holds.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TORCH = REPO / "adapters" / "torch"
+
+# Lowest first. A module may import modules of its own tier or of a lower one.
+CORE, KERNELS, LAYERS, CUT, INTEGRATIONS, TOP = range(6)
+TIER_NAMES = ["core", "kernels", "layers", "cut", "integrations", "top"]
+
+# Known upward imports, each with the part of the layout work that removes it.
+KNOWN_UPWARD = {
+    # The Hugging Face mixers' state selection moves beside the selective layer's (the cut) with the split of
+    # mamba.py; until then mamba.py finds it under the integrations.
+    ("adapters.torch.mamba", "adapters.torch.hf.mamba"),
+}
+
+
+def tier(module: str) -> int | None:
+    """The tier of a dotted module name; ``None`` for modules outside this repository."""
+    if module == "lti_reduce" or module.startswith("lti_reduce."):
+        return CORE
+    if not module.startswith("adapters.torch"):
+        return None
+    rest = module[len("adapters.torch"):].lstrip(".").split(".")
+    head = rest[0]
+    if head in ("scan", "optim"):  # torch-only kernels the layers and the cut run on
+        return KERNELS
+    if head == "layers":
+        return LAYERS
+    if head in ("integrations", "lightning", "hf"):  # the last two: the callbacks' public import paths
+        return INTEGRATIONS
+    if head in ("", "__init__", "experiment", "data", "training"):  # the package's API, and the experiment
+        return TOP
+    return CUT
+
+
+def module_name(path: Path, root: Path = REPO) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(path: Path, root: Path = REPO) -> set[str]:
+    """Dotted names of everything ``path`` imports (relative imports resolved; ``from m import x`` gives ``m.x``)."""
+    package = module_name(path, root).split(".")
+    if path.name != "__init__.py":
+        package.pop()
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _python_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_the_tiers_are_what_the_folders_say():
+    assert tier("lti_reduce.gramians") == CORE
+    assert tier("adapters.torch.scan.linear_recurrence") == KERNELS
+    assert tier("adapters.torch.layers.lru") == LAYERS
+    assert tier("adapters.torch.compress") == tier("adapters.torch.schedule") == CUT
+    assert tier("adapters.torch.integrations.fsdp") == tier("adapters.torch.lightning") == INTEGRATIONS
+    assert tier("adapters.torch") == TOP
+    assert tier("torch.nn") is None
+
+
+def test_relative_imports_are_resolved_from_the_importing_module(tmp_path):
+    folder = tmp_path / "adapters" / "torch" / "layers"
+    folder.mkdir(parents=True)
+    (folder / "lru.py").write_text("from ..scan import MODES\nfrom . import _base\nimport torch\n"
+                                   "def f():\n    from ...torch.compress import compress_\n")
+    found = imported_modules(folder / "lru.py", root=tmp_path)
+    assert found == {"adapters.torch.scan.MODES", "adapters.torch.layers._base", "torch",
+                     "adapters.torch.compress.compress_"}
+
+
+def _upward_imports(files) -> list[str]:
+    wrong = []
+    for path in files:
+        name = module_name(path)
+        own = tier(name)
+        for imported in sorted(imported_modules(path)):
+            other = tier(imported)
+            if other is None or other <= own:
+                continue
+            if any(name == a and (imported == b or imported.startswith(b + ".")) for a, b in KNOWN_UPWARD):
+                continue
+            wrong.append(f"{path.relative_to(REPO)} ({TIER_NAMES[own]}) imports {imported} ({TIER_NAMES[other]})")
+    return wrong
+
+
+def test_imports_in_the_adapter_go_only_downward():
+    assert _upward_imports(_python_files(TORCH)) == []
+
+
+def test_the_layers_import_only_the_core_the_kernels_and_each_other():
+    files = _python_files(TORCH / "layers")
+    assert {p.name for p in files} >= {"lru.py", "s5.py", "s4d.py", "protocol.py", "resizing.py"}
+    assert _upward_imports(files) == []
+
+
+def test_the_core_never_imports_the_adapter():
+    wrong = [f"{path.relative_to(REPO)} imports {m}" for path in _python_files(REPO / "lti_reduce")
+             for m in sorted(imported_modules(path)) if m == "adapters" or m.startswith("adapters.")]
+    assert wrong == []
+
+
+def test_a_known_upward_import_is_still_there():
+    """An entry of KNOWN_UPWARD that no longer applies must go, so the list only ever shrinks."""
+    for importer, imported in KNOWN_UPWARD:
+        path = REPO / (importer.replace(".", "/") + ".py")
+        assert any(m == imported or m.startswith(imported + ".") for m in imported_modules(path)), (importer, imported)
+
+
+def test_importing_the_adapter_and_the_integrations_package_imports_no_framework():
+    pytest.importorskip("torch")
+    code = ("import sys, adapters.torch, adapters.torch.integrations, adapters.torch.layers\n"
+            "import adapters.torch.integrations.hf.mamba, adapters.torch.integrations.hf._compat\n"
+            "print(sorted(m for m in ('lightning', 'transformers', 'accelerate') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
