@@ -165,8 +165,10 @@ class HSVTimedSchedule(CompressionSchedule):
         The most the watching may cost, as a share of the training time (default 0.02). The
         schedule times its own looks and the training between them (wall clock between calls of
         :meth:`should_cut`) and skips a due look while ``watched + last look > budget * trained``
-        (cumulative, from the first look on). The looks, and so the cut step, then depend on the
-        machine's speed; ``None`` looks at every multiple of ``every``, reproducibly.
+        (cumulative; the first look, whose cost is not known before it, comes at the first
+        multiple of ``every``, so in a very short run it alone can exceed the budget). The looks,
+        and so the cut step, then depend on the machine's speed; ``None`` looks at every multiple
+        of ``every``, reproducibly.
     patience : int
         The kept set must pass :func:`kept_set_settled` over the last ``patience`` intervals
         between looks.
