@@ -155,16 +155,22 @@ def test_the_budget_spaces_the_looks_so_watching_stays_within_its_share(monkeypa
         return values(sys)
 
     monkeypatch.setattr(monitor, "_diagonal_hsv_values", slow_look)
-    sched = HSVTimedSchedule(_lru_net(), 1000, tol=0.1, every=1, budget=1 / 32, patience=2, deadline=999,
-                             min_step=999, rewarm_steps=0)
-    for step in range(200):
-        clock["t"] += 1.0  # a training step of 1 s
-        sched.should_cut(step)
+    def run(budget, deadline):
+        sched = HSVTimedSchedule(_lru_net(), 1000, tol=0.1, every=1, budget=budget, patience=2, deadline=deadline,
+                                 min_step=999, rewarm_steps=0)
+        for step in range(200):
+            clock["t"] += 1.0  # a training step of 1 s
+            sched.should_cut(step)
+        return sched
+
+    sched = run(1 / 32, 1000)  # looks until the run's end: the budget is a share of the time trained so far
     looks = [t["step"] for t in sched.trace]
     assert looks[:3] == [0, 8, 12]  # 2/8 <= 8 steps / 32, 3/8 <= 12 steps / 32
     assert sched.watch_time_s == 0.125 * len(looks)
     assert sched.watch_time_s <= sched.train_time_s / 32
     assert looks == [0] + list(range(8, 200, 4))  # then every 4 steps: 1/8 s of looking per 4 s of training
+    # looks stop at a deadline at half the run: the run's 1/64 is spent before it, as 1/32 of those steps
+    assert [t["step"] for t in run(1 / 64, 500).trace] == looks
 
 
 def test_a_model_that_keeps_moving_is_cut_at_the_deadline():

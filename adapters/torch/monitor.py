@@ -162,13 +162,16 @@ class HSVTimedSchedule(CompressionSchedule):
     every : int
         Looks happen at steps that are multiples of ``every`` (the densest spacing).
     budget : float in (0, 1) or None
-        The most the watching may cost, as a share of the training time (default 0.02). The
-        schedule times its own looks and the training between them (wall clock between calls of
-        :meth:`should_cut`) and skips a due look while ``watched + last look > budget * trained``
-        (cumulative; the first look, whose cost is not known before it, comes at the first
-        multiple of ``every``, so in a very short run it alone can exceed the budget). The looks,
-        and so the cut step, then depend on the machine's speed; ``None`` looks at every multiple
-        of ``every``, reproducibly.
+        The most the watching may cost, as a share of the whole run's training time (default
+        0.02). The schedule times its own looks and the training between them (wall clock between
+        calls of :meth:`should_cut`) and, since it stops looking at the deadline, spends the run's
+        budget on the steps before it: a due look is skipped while
+        ``watched + last look > budget * trained * total_steps / deadline``, i.e. while it would
+        exceed the budget of a run going on at the step rate measured so far. The first look,
+        whose cost is not known before it, comes at the first multiple of ``every``, so in a run
+        of a few seconds it alone can exceed the budget; a cut that makes the steps faster raises
+        the final share a little. The looks, and so the cut step, depend on the machine's speed;
+        ``None`` looks at every multiple of ``every``, reproducibly.
     patience : int
         The kept set must pass :func:`kept_set_settled` over the last ``patience`` intervals
         between looks.
@@ -303,7 +306,8 @@ class HSVTimedSchedule(CompressionSchedule):
             return False
         if self.budget is None or not self.trace:
             return True
-        return self.watch_time_s + self._last_cost <= self.budget * self.train_time_s
+        run_share = self.total_steps / max(1, self.deadline)  # the run's budget, spent before the deadline
+        return self.watch_time_s + self._last_cost <= self.budget * self.train_time_s * run_share
 
     def should_cut(self, step: int) -> bool:
         """Whether to cut after optimizer step ``step``: looks when due (``every``, ``budget``) until the one cut.
