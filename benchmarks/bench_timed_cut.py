@@ -2,11 +2,12 @@
 
 For each seed: the LRU classifier of ``lti-reduce sweep`` (smaller state, see ``CONFIG``) compressed once at
 10% of the steps, and the same model (same initialization and batches) cut when
-:class:`adapters.torch.monitor.HSVTimedSchedule` decides (looks every ``--every`` steps; ``--certificate``
-weyl or observed; at the latest at half the steps). Writes one JSON record per run into ``--out`` (resumable)
+:class:`adapters.torch.monitor.HSVTimedSchedule` decides (looks at multiples of ``--every`` steps
+within ``--budget`` of the training time; ``--rule`` either, certified or observed; at the latest at half the
+steps). Writes one JSON record per run into ``--out`` (resumable)
 and prints the test accuracy, the cut step and the monitor's share of the training time.
 
-    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/bench_timed_cut.py --out DIR --seeds 0,1,2
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/bench_timed_cut.py --out DIR --seeds 0,1,2,3,4
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ CONFIG = ExperimentConfig(d_model=32, d_state=64, n_layers=2, epochs=20, threads
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--every", type=int, default=25)
-    p.add_argument("--certificate", default="observed", choices=("weyl", "observed"))
+    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--every", type=int, default=10)
+    p.add_argument("--budget", type=float, default=0.02)
+    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--rule", default="either", choices=("either", "certified", "observed"))
     args = p.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -46,7 +49,7 @@ def main() -> None:
     records = {}
     for seed in map(int, args.seeds.split(",")):
         config = replace(CONFIG, seed=seed)
-        for method in ("fixed", f"timed-{args.certificate}"):
+        for method in ("fixed", f"timed-{args.rule}"):
             path = out / f"{method}-seed{seed}.json"
             if path.is_file():
                 records[(method, seed)] = json.loads(path.read_text())
@@ -55,10 +58,10 @@ def main() -> None:
             model = build_model(config, data)
             schedule = None
             if method != "fixed":
-                schedule = HSVTimedSchedule(model, steps, tol=config.tol, every=args.every, patience=3,
+                schedule = HSVTimedSchedule(model, steps, tol=config.tol, every=args.every, budget=args.budget,
+                                            patience=args.patience,
                                             min_step=max(1, round(config.warmup_frac * steps)), deadline=0.5,
-                                            certificate=args.certificate, min_shrink=config.min_shrink,
-                                            rewarm_steps=0)
+                                            rule=args.rule, min_shrink=config.min_shrink, rewarm_steps=0)
             rec = train_run(model, data, config, steps=steps, cuts=fixed if schedule is None else [],
                             schedule=schedule, label=f"{method}-seed{seed}")
             acc, _ = evaluate(model, data.x_test, data.y_test)
@@ -66,8 +69,9 @@ def main() -> None:
                    "train_time_s": rec["train_time_s"], "cut_step": fixed[0] if schedule is None else schedule.cut_step,
                    "reason": "fixed" if schedule is None else schedule.reason,
                    "watch_time_s": 0.0 if schedule is None else schedule.watch_time_s,
-                   "watch": [] if schedule is None else [{"step": t["step"], "kept": t["kept"], "settled": t["settled"]}
-                                                         for t in schedule.trace]}
+                   "watch": [] if schedule is None else [{"step": t["step"], "kept": t["kept"],
+                                                          "certified": t["certified"], "observed": t["observed"],
+                                                          "cost_s": t["cost_s"]} for t in schedule.trace]}
             if schedule is not None:
                 save_hsv_trajectory_plot(schedule.trace, out / f"hsv_trajectories-{method}-seed{seed}.png",
                                          cut_step=schedule.cut_step, fixed_step=fixed[0],
@@ -78,7 +82,7 @@ def main() -> None:
             print(f"{method}-seed{seed}: acc {100 * acc:.2f}%, state {rec['state_dims']}, cut at {rec['cut_step']} "
                   f"({rec['reason']}), watch {rec['watch_time_s']:.1f}s of {rec['train_time_s']:.1f}s", flush=True)
     seeds = sorted({s for _, s in records})
-    timed = f"timed-{args.certificate}"
+    timed = f"timed-{args.rule}"
     for method in ("fixed", timed):
         acc = [records[(method, s)]["test_accuracy"] for s in seeds]
         m, sd = mean_std(acc)

@@ -192,9 +192,10 @@ class DelaySweepConfig:
     at 10% of the steps; tolerances 0.05 and 0.3; seeds 0-4; one CPU thread.
 
     ``watch`` adds, per tolerance and seed, a run whose one cut is timed by the model
-    (:class:`adapters.torch.monitor.HSVTimedSchedule` with ``certificate=watch``, looking every
-    ``watch_every`` steps, ``watch_patience`` intervals, no cut before the warm-up's end, at the
-    latest at ``watch_deadline`` of the steps); ``None``: no such runs.
+    (:class:`adapters.torch.monitor.HSVTimedSchedule` with ``rule=watch``, looking at multiples of
+    ``watch_every`` steps within ``watch_budget`` of the training time, ``watch_patience``
+    intervals, no cut before the warm-up's end, at the latest at ``watch_deadline`` of the
+    steps); ``None``: no such runs.
     """
 
     task: DelayConfig = field(default_factory=DelayConfig)
@@ -205,9 +206,10 @@ class DelaySweepConfig:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     timing_rounds: int = 4
     timing_steps: int = 5
-    watch: str | None = "observed"
-    watch_every: int = 20
-    watch_patience: int = 3
+    watch: str | None = "either"
+    watch_every: int = 10
+    watch_budget: float | None = 0.02
+    watch_patience: int = 2
     watch_deadline: float = 0.5
 
     @classmethod
@@ -217,7 +219,8 @@ class DelaySweepConfig:
                                 weight_decay=0.0, threads=1, rewarm_steps=2, mnist1d_test=None, dataset="delay",
                                 n_cuts=1, cut_window=0.2)
         settings = dict(task=DelayConfig(seq_len=16, lags=(2, 4, 8), n_train=200, n_test=100), base=base,
-                        tols=(0.1,), seeds=(0,), timing_rounds=1, timing_steps=2, watch_every=5, watch_patience=2)
+                        tols=(0.1,), seeds=(0,), timing_rounds=1, timing_steps=2, watch_every=5, watch_patience=2,
+                        watch_budget=None)
         settings.update(overrides)
         return cls(**settings)
 
@@ -311,17 +314,19 @@ def _run(sweep: DelaySweepConfig, device, log) -> dict:
             from ..monitor import HSVTimedSchedule
 
             schedule = HSVTimedSchedule(model, steps, tol=config.tol, every=sweep.watch_every,
-                                        patience=sweep.watch_patience, deadline=sweep.watch_deadline,
+                                        budget=sweep.watch_budget, patience=sweep.watch_patience,
+                                        deadline=sweep.watch_deadline,
                                         min_step=max(1, int(round(config.warmup_frac * steps))),
-                                        certificate=sweep.watch, min_shrink=config.min_shrink, rewarm_steps=0)
+                                        rule=sweep.watch, min_shrink=config.min_shrink, rewarm_steps=0)
         record = train_run(model, data, config, steps=steps, cuts=cuts if method == "compressed" else [],
                            label=key, device=device, schedule=schedule)
         if schedule is not None:
             from ..monitor import save_hsv_trajectory_plot
 
             record.update({"cut_step": schedule.cut_step, "cut_reason": schedule.reason,
-                           "watch_time_s": schedule.watch_time_s,
-                           "watch": [{"step": t["step"], "kept": t["kept"], "settled": t["settled"],
+                           "watch_time_s": schedule.watch_time_s, "watch_looks": len(schedule.trace),
+                           "watch": [{"step": t["step"], "kept": t["kept"], "certified": t["certified"],
+                                      "observed": t["observed"], "cost_s": t["cost_s"],
                                       "bound_max": [None if b is None else float(np.max(b)) for b in t["bound"]],
                                       "hsv_top": [np.asarray(h).reshape(-1, np.asarray(h).shape[-1]).max(0)[:16]
                                                   .tolist() for h in t["hsv"]]} for t in schedule.trace]})
