@@ -20,7 +20,6 @@ import time
 
 import torch
 
-from ._report_notes import gate_lines, selective_legend
 from .layers._base import _MAX_TOKENS, remember_input_  # noqa: F401  (what the layers keep of their input)
 
 __all__ = []  # private: compress_ and the layers use these
@@ -165,60 +164,3 @@ def _use_tqdm() -> bool:
         return False
     stream = sys.stderr
     return bool(getattr(stream, "isatty", None) and stream.isatty())
-
-
-def _ratio(v, width: int, vacuous: bool = False) -> str:
-    if v is None:
-        return f"{'-':>{width}}"
-    if vacuous and v >= 1.0:
-        return f"{'vacuous':>{width}}"
-    return format(v, f"{width}.3g")
-
-
-def report_table(report) -> str:
-    """The text of ``print(report)`` (:class:`adapters.torch.CompressionReport`).
-
-    Never computes anything expensive: the H-infinity columns appear when those figures exist (or
-    ``certify="lazy"`` asked for them to be computed on first read).
-    """
-    hinf = any(x._gain is not None or (x._pending is not None and x._pending.auto) for x in report.layers)
-    head = (f"{'layer':<24} {'method':>6} {'state':>9} {'energy kept':>11} {'out change':>10} "
-            f"{'out bound':>10}")
-    if hinf:
-        head += f" {'gain':>10} {'error':>10} {'err/gain':>9} {'bound/gain':>10}"
-    head += "  note"
-    rows = [head, "-" * len(head)]
-    vacuous = loose = False
-    for x in report.layers:
-        state = f"{x.before}->{x.after}" if x.compressed else f"{x.before}"
-        method = "BT" if x.method == "balanced_truncation" else "select"
-        bound = x.output_bound if x.compressed else None
-        row = (f"{x.name or '<model>':<24} {method:>6} {state:>9} {x.energy_kept:>11.6f} "
-               f"{_ratio(x.output_change, 10)} {_ratio(bound, 10)}")
-        loose |= bound is not None and bound > 1.0
-        if hinf:
-            rel_bound = x.relative_error_bound if x.compressed else None
-            vacuous |= rel_bound is not None and rel_bound >= 1.0
-            gain = "-" if x.gain is None else format(x.gain, ".4g")
-            error = "-" if x.error is None else format(x.error, ".4g")
-            row += f" {gain:>10} {error:>10} {_ratio(x.relative_error, 9)} {_ratio(rel_bound, 10, True)}"
-        rows.append(f"{row}  {x.note}")
-    rows.append(f"{'total':<24} {'':>6} {f'{report.state_before}->{report.state_after}':>9}")
-    rows += selective_legend(report.layers) + gate_lines(report.layers)
-    sources = sorted({x.output_inputs for x in report.layers if x.output_inputs})
-    if sources:
-        bt = any(x.method == "balanced_truncation" for x in report.layers)
-        rows.append(f"out change: ||y_cut - y|| / ||y|| of each layer's output on its {' / '.join(sources)} "
-                    "(measured)" + ("; out bound: the a-priori bound on it, 2 sum(dropped HSVs) ||u|| / ||y||"
-                                    if bt else ""))
-    if loose:
-        rows.append("out bound > 1: on these inputs the a-priori bound does not exclude a change larger than the "
-                    "output itself; out change is what the cut did")
-    if vacuous:
-        rows.append("vacuous: the a-priori bound is at least the map's gain, so it guarantees nothing")
-    if not hinf and any(x._pending is not None for x in report.layers):
-        rows.append("H-infinity gain and error of each map: report.certify_hinf()")
-    if report.rewarm_steps > 1:
-        rows.append(f"optimizer: the cut parameters' state was reset; their updates ramp up over the next "
-                    f"{report.rewarm_steps} steps")
-    return "\n".join(rows)
