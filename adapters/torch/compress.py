@@ -19,8 +19,10 @@ from . import _guards
 from .optim import (check_optimizer_owns, check_rewarm_steps, mark_rebased_, rebind_parameters_, reset_state_,
                     rewarm_)
 from .protocol import compressible_layers
-from ._certificate import (Progress, calibration_layer_inputs, check_certify, layer_outputs,
-                           output_bound, relative_change)
+from .cut.certify import _measure_after, _measure_before, _PendingCertificates, check_certify
+from .cut.compute import _group_key, _stack, _working, lr_hsv_numpy, lr_to_numpy
+from .cut.progress import Progress
+from .cut.certify import _difference  # noqa: F401  (monitor.py and tests import it from here)
 from .cut.report import CompressionReport, LayerReport, _selective_entry, warn_if_gated
 
 __all__ = ["compress_", "CompressionReport", "LayerReport"]
@@ -90,18 +92,6 @@ def _layer_system(name, layer):
             "learning rate or restore a checkpoint before compressing.") from exc
     except ValueError as exc:
         raise type(exc)(f"layer {name!r}: {exc}") from exc
-
-
-def _group_key(system):
-    t = lambda x: None if x is None else (tuple(x.shape), x.dtype, x.device)  # noqa: E731
-    return (type(system), system.real_output, t(system.lam), t(system.B), t(system.C), t(system.D))
-
-
-def _stack(systems):
-    first = systems[0]
-    stack = lambda attr: torch.stack([getattr(s, attr) for s in systems])  # noqa: E731
-    return lr.DiagonalSystem(stack("lam"), stack("B"), stack("C"), None if first.D is None else stack("D"),
-                             real_output=first.real_output)
 
 
 def _global_orders(hsvs: list[np.ndarray], tol: float) -> list[int]:
@@ -208,51 +198,10 @@ def _layer_map(layer, system):
                              real_output=system.real_output)
 
 
-def _working(system):
-    """A float64 / complex128 copy of a diagonal system (for a-posteriori norms)."""
-    def w(x):
-        if x is None:
-            return None
-        return x.to(torch.complex128) if x.is_complex() else x.to(torch.float64)
-
-    return lr.DiagonalSystem(w(system.lam), w(system.B), w(system.C), w(system.D), real_output=system.real_output)
-
-
-def _difference(sys1, sys2):
-    """``G1 - G2`` of two diagonal systems of the same kind: order ``n1 + n2``, still diagonal."""
-    a, b = _working(sys1), _working(sys2)
-    if a.lam.is_complex() != b.lam.is_complex():
-        a = lr.DiagonalSystem(a.lam.to(torch.complex128), a.B.to(torch.complex128), a.C.to(torch.complex128),
-                              a.D, real_output=a.real_output)
-        b = lr.DiagonalSystem(b.lam.to(torch.complex128), b.B.to(torch.complex128), b.C.to(torch.complex128),
-                              b.D, real_output=b.real_output)
-    dtype = torch.promote_types(a.B.dtype, b.B.dtype)
-    D = None
-    if a.D is not None or b.D is not None:
-        D = (0 if a.D is None else a.D) - (0 if b.D is None else b.D)
-    return lr.DiagonalSystem(torch.cat([a.lam, b.lam], -1), torch.cat([a.B.to(dtype), b.B.to(dtype)], -2),
-                             torch.cat([a.C.to(dtype), -b.C.to(dtype)], -1), D, real_output=a.real_output)
-
-
 def _check_hinf_method(method):
     if method not in ("search", "level-set"):
         raise ValueError(f"hinf_method must be 'search' (fast frequency search, the default) or 'level-set' "
                          f"(the H-infinity norm guaranteed to hinf_rtol, O(n^3)), got {method!r}.")
-
-
-def _hinf(systems: list, rtol: float, method: str, bar=None) -> list[np.ndarray]:
-    """``lti_reduce.hinf_norm`` of every system, one batched call per group of equal shapes (``bar``: progress)."""
-    out = [None] * len(systems)
-    groups: dict = {}
-    for i, sys in enumerate(systems):
-        groups.setdefault(_group_key(sys), []).append(i)
-    for idx in groups.values():
-        norms = lr_to_numpy(lr.hinf_norm(_stack([systems[i] for i in idx]), rtol=rtol, method=method)).astype(np.float64)
-        for j, i in enumerate(idx):
-            out[i] = norms[j]
-        if bar is not None:
-            bar.update(len(idx))
-    return out
 
 
 def _accepts(fn, keyword: str) -> bool:
@@ -293,63 +242,6 @@ class _Snapshot:
                 group["params"] = params
             self.optimizer.state.clear()
             self.optimizer.state.update(self.state)
-
-
-class _PendingCertificates:
-    """The a-posteriori norms of one :func:`compress_` call, computed when first read.
-
-    Holds detached copies of every LTI layer's map before the cut and of every cut layer's map
-    right after loading, so the figures are those of the cut, whatever the layers do afterwards.
-    """
-
-    def __init__(self, reports, maps_before, cut, maps_after, rtol, method, auto=True, progress=True):
-        self.reports, self.maps_before, self.cut, self.maps_after = reports, maps_before, cut, maps_after
-        self.rtol, self.method, self.auto, self.progress = rtol, method, auto, progress
-        for rep in reports:
-            rep._pending = self
-
-    def resolve(self, progress=None):
-        if self.reports is None:
-            return
-        bar = Progress(len(self.maps_before) + len(self.cut), "H-infinity certificates",
-                       self.progress if progress is None else progress)
-        try:
-            gains = _hinf(self.maps_before, self.rtol, self.method, bar)
-            errors = _hinf([_difference(self.maps_before[i], a) for i, a in zip(self.cut, self.maps_after)],
-                           self.rtol, self.method, bar)
-        finally:
-            bar.close()
-        for rep, g in zip(self.reports, gains):
-            rep._gain, rep._error, rep.hinf_method = float(np.max(g)), 0.0, self.method
-        for i, e in zip(self.cut, errors):
-            self.reports[i]._error = float(np.max(e))
-        for rep in self.reports:
-            rep._pending = None
-        self.reports = self.maps_before = self.maps_after = None
-
-
-def _measure_before(model, cut_layers, calibration_inputs):
-    """The cut layers' inputs (``calibration_inputs=`` or their last batch) and outputs before the cut."""
-    if calibration_inputs is not None and cut_layers:
-        captured = calibration_layer_inputs(model, cut_layers, calibration_inputs)
-        inputs, source = [captured.get(id(m)) for m in cut_layers], "calibration_inputs"
-    else:
-        inputs, source = [getattr(m, "_last_input", None) for m in cut_layers], "last batch"
-    return inputs, layer_outputs(cut_layers, inputs), source
-
-
-def _measure_after(reports, cut, cut_layers, measured):
-    """Each cut layer's ``output_change`` from its outputs after the cut; 0 for the layers not cut."""
-    for rep in reports:
-        rep.output_change = 0.0
-    inputs, before, source = measured
-    for i, u, y0, y1 in zip(cut, inputs, before, layer_outputs(cut_layers, inputs)):
-        change = relative_change(y0, y1)
-        reports[i].output_change = change
-        reports[i].output_inputs = source if change is not None else ""
-        if change is not None:
-            reports[i].output_bound = output_bound(reports[i].error_bound, u, y0)
-
 
 
 @torch.no_grad()
@@ -698,11 +590,3 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
     reports.extend(_guards.frozen_entries(frozen))
     warn_if_gated(reports, min_shrink, stacklevel=4)  # 4: past torch.no_grad's wrapper
     return CompressionReport(reports, rewarm_steps=ramp)
-
-
-def lr_to_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def lr_hsv_numpy(bal) -> np.ndarray:
-    return lr_to_numpy(bal.hsv).astype(np.float64)
