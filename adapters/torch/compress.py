@@ -15,7 +15,7 @@ import torch.nn as nn
 
 import lti_reduce as lr
 
-from . import _guards
+from .cut import _guards
 from .optim import (check_optimizer_owns, check_rewarm_steps, mark_rebased_, rebind_parameters_, reset_state_,
                     rewarm_)
 from .protocol import compressible_layers
