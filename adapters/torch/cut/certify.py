@@ -22,7 +22,7 @@ import torch
 import lti_reduce as lr
 
 from ..layers._base import _MAX_TOKENS
-from .compute import _group_key, _stack, _working, lr_to_numpy
+from .compute import _layer_system, _stack, _working, group_indices, lr_to_numpy
 from .progress import Progress
 
 __all__: list[str] = []
@@ -139,10 +139,7 @@ def _difference(sys1, sys2):
 def _hinf(systems: list, rtol: float, method: str, bar=None) -> list[np.ndarray]:
     """``lti_reduce.hinf_norm`` of every system, one batched call per group of equal shapes (``bar``: progress)."""
     out = [None] * len(systems)
-    groups: dict = {}
-    for i, sys in enumerate(systems):
-        groups.setdefault(_group_key(sys), []).append(i)
-    for idx in groups.values():
+    for idx in group_indices(systems):
         norms = lr_to_numpy(lr.hinf_norm(_stack([systems[i] for i in idx]), rtol=rtol, method=method)).astype(np.float64)
         for j, i in enumerate(idx):
             out[i] = norms[j]
@@ -205,3 +202,51 @@ def _measure_after(reports, cut, cut_layers, measured):
         reports[i].output_inputs = source if change is not None else ""
         if change is not None:
             reports[i].output_bound = output_bound(reports[i].error_bound, u, y0)
+
+
+def _layer_map(layer, system):
+    """The layer's own map as a :class:`lti_reduce.DiagonalSystem`, in the core's time convention.
+
+    A layer that computes ``x_k = lam x_{k-1} + B u_k``, ``y_k = (Re) C x_k + D u_k`` (``system_convention =
+    "same_step"``, e.g. the LRU) reports the one-step-delayed system; its map is realized exactly by
+    ``(lam, B, C diag(lam), D + (Re) C B)``. Other layers' systems are their maps.
+    """
+    if getattr(layer, "system_convention", None) != "same_step":
+        return system
+    CB = system.C @ system.B
+    if system.real_output:
+        CB = CB.real
+    D = CB if system.D is None else system.D + CB
+    return lr.DiagonalSystem(system.lam, system.B, system.C * system.lam.unsqueeze(-2), D,
+                             real_output=system.real_output)
+
+
+def record_before(model, layers, systems, cut, calibration_inputs, certify):
+    """What the certificates compare against: every layer's map, and the cut layers' outputs, before the cut.
+
+    Returns ``(maps_before, measured)``; ``measured`` (inputs, outputs, their source) is ``None`` when
+    ``certify=False``.
+    """
+    maps_before = [_layer_map(layer, s) for (_, layer), s in zip(layers, systems)]
+    cut_layers = [layers[i][1] for i in cut]
+    measured = _measure_before(model, cut_layers, calibration_inputs) if certify is not False else None
+    return maps_before, measured
+
+
+def certify_(reports, layers, cut, before, *, certify, hinf_rtol, hinf_method, progress) -> None:
+    """The certificates of a cut, on the loaded layers (``before``: what :func:`record_before` returned).
+
+    Sets each report's measured ``output_change`` and stores the maps before and right after the cut for
+    the H-infinity ``gain`` and ``error``, computed now (``certify="hinf"`` or ``True``), on first read
+    (``"lazy"``) or on request (:meth:`adapters.torch.CompressionReport.certify_hinf`). Nothing with
+    ``certify=False``.
+    """
+    if certify is False:
+        return
+    maps_before, measured = before
+    _measure_after(reports, cut, [layers[i][1] for i in cut], measured)
+    maps_after = [_layer_map(layers[i][1], _layer_system(layers[i][0], layers[i][1])) for i in cut]
+    pending = _PendingCertificates(reports, maps_before, cut, maps_after, hinf_rtol, hinf_method,
+                                   auto=certify == "lazy", progress=progress)
+    if certify is True or certify == "hinf":
+        pending.resolve()
