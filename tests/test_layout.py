@@ -132,6 +132,15 @@ def test_the_layers_import_only_the_core_the_kernels_and_each_other():
     assert _upward_imports(files) == []
 
 
+def test_the_steps_of_the_cut_never_import_its_entry_point():
+    """``compress.py`` calls the steps of ``cut/``; a step importing it back would make the two one tangle."""
+    files = _python_files(TORCH / "cut")
+    assert {p.name for p in files} >= {"plan.py", "compute.py", "apply.py", "certify.py", "report.py"}
+    wrong = [f"{path.relative_to(REPO)} imports {m}" for path in files for m in sorted(imported_modules(path))
+             if m == "adapters.torch.compress" or m.startswith("adapters.torch.compress.")]
+    assert wrong == []
+
+
 def test_the_core_never_imports_the_adapter():
     wrong = [f"{path.relative_to(REPO)} imports {m}" for path in _python_files(REPO / "lti_reduce")
              for m in sorted(imported_modules(path)) if m == "adapters" or m.startswith("adapters.")]

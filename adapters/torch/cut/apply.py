@@ -1,4 +1,4 @@
-"""Step 3 of the cut: load the reduced systems into the layers and keep the optimizer consistent, atomically.
+"""Applying a cut: load the reduced systems into the layers and keep the optimizer consistent, atomically.
 
 Everything a load can change (every parameter, buffer and gradient of the cut layers, the optimizer's groups
 and state) is snapshotted first (:class:`_Snapshot`); on any failure inside :func:`rollback_on_failure` it is

@@ -1,4 +1,4 @@
-"""Step 4 of the cut: what it did to each layer, measured cheaply, and the H-infinity figures on request.
+"""Certifying a cut: what it did to each layer, measured cheaply, and the H-infinity figures on request.
 
 The default certificate of :func:`adapters.torch.compress_` is a direct measurement: each cut layer is run
 on the inputs it really sees (the last batch it processed, or the model's ``calibration_inputs=``) before

@@ -1,4 +1,4 @@
-"""Step 2 of the cut: the layers' systems, grouped and stacked for batched core calls, and their reductions.
+"""Computing a cut: the layers' systems, grouped and stacked for batched core calls, and their reductions.
 
 All numerics are in :mod:`lti_reduce`; this module maps layers to systems and groups equal-shaped ones so each
 group costs one batched core call on its own device.

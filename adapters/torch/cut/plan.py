@@ -1,4 +1,4 @@
-"""Step 1 of the cut: check the call, find the layers to cut, and choose each layer's new order.
+"""Planning a cut: check the call, find the layers to cut, choose each layer's new order and kept states.
 
 The order rules work in the core's units: the order of each layer's map as an LTI system, per channel
 (``2 * state_dim`` for a real-output layer with complex modes). ``rank=`` caps every layer; ``tol=`` keeps
