@@ -16,7 +16,7 @@ import time
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from adapters.torch import _guards
+from adapters.torch.cut import _guards
 
 REPEATS = 41
 

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 at = pytest.importorskip("adapters.torch")
-from adapters.torch import _certificate  # noqa: E402
+from adapters.torch.cut import progress  # noqa: E402
 
 
 def _model(seed=0, d_model=4, d_state=24):
@@ -126,8 +126,8 @@ def test_a_bound_at_or_above_the_gain_is_called_vacuous_not_shown_as_a_ratio():
 
 
 def test_progress_is_silent_when_off_and_logs_when_not_on_a_terminal(monkeypatch, caplog, capsys):
-    monkeypatch.setattr(_certificate, "_PROGRESS_AFTER_S", 0.0)
-    monkeypatch.setattr(_certificate, "_use_tqdm", lambda: False)
+    monkeypatch.setattr(progress, "_PROGRESS_AFTER_S", 0.0)
+    monkeypatch.setattr(progress, "_use_tqdm", lambda: False)
     model = _model(seed=3)
     with caplog.at_level(logging.INFO, logger="adapters.torch"):
         report = at.compress_(copy.deepcopy(model), rank=6, optimizer=None, progress=False)

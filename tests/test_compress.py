@@ -201,7 +201,7 @@ def test_failure_in_optimizer_update_restores(trained, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("optimizer update failed")
 
-    monkeypatch.setattr("adapters.torch.compress.reset_state_", broken)
+    monkeypatch.setattr("adapters.torch.cut.apply.reset_state_", broken)
     with pytest.raises(RuntimeError, match="optimizer update failed"):
         at.compress_(model, rank=6, optimizer=opt)
     assert_identical(model, opt, snap)

@@ -227,7 +227,7 @@ _CORE_MODULES = ["lti_reduce"] + sorted(
     f"lti_reduce.{m.name}" for m in pkgutil.iter_modules([str(REPO / "lti_reduce")]))
 # listed without importing torch; the Lightning callback's module needs lightning and has no examples
 _ADAPTER_MODULES = ["adapters.torch"] + sorted(
-    f"adapters.torch.{package}{m.name}" for package in ("", "layers.", "integrations.")
+    f"adapters.torch.{package}{m.name}" for package in ("", "layers.", "cut.", "integrations.")
     for m in pkgutil.iter_modules([str(REPO / "adapters" / "torch" / package.rstrip("."))])
     if not m.ispkg and m.name != "lightning")
 

@@ -1,4 +1,4 @@
-"""The adapter's layout: imports go only downward, integrations -> cut -> layers -> core.
+"""The adapter's layout: imports go only downward, integrations -> cut -> layers -> core; files and functions short.
 
 Read from the source with ``ast`` (nothing is imported), every import counted, also those inside functions.
 See CONTRIBUTING.md for what each folder holds.
@@ -25,6 +25,19 @@ KNOWN_UPWARD = {
     # The Hugging Face mixers' state selection moves beside the selective layer's (the cut) with the split of
     # mamba.py; until then mamba.py finds it under the integrations.
     ("adapters.torch.mamba", "adapters.torch.hf.mamba"),
+}
+
+# Sizes a reader takes in at once: a module of at most MAX_FILE_LINES lines, a function of at most
+# MAX_FUNCTION_LINES lines of code (its docstring not counted). Known exceptions, to be split; each entry
+# goes when its file or function is split (test_a_known_long_file_or_function_is_still_long).
+MAX_FILE_LINES = 500
+MAX_FUNCTION_LINES = 80
+KNOWN_LONG_FILES = {"mamba.py", "experiment/text.py", "experiment/delay.py"}
+KNOWN_LONG_FUNCTIONS = {
+    ("mamba.py", "compress_selective_"),
+    ("integrations/fsdp.py", "compress_fsdp_"),
+    ("experiment/report.py", "save_plots"),
+    ("experiment/delay.py", "_run"),
 }
 
 
@@ -119,6 +132,15 @@ def test_the_layers_import_only_the_core_the_kernels_and_each_other():
     assert _upward_imports(files) == []
 
 
+def test_the_steps_of_the_cut_never_import_its_entry_point():
+    """``compress.py`` calls the steps of ``cut/``; a step importing it back would make the two one tangle."""
+    files = _python_files(TORCH / "cut")
+    assert {p.name for p in files} >= {"plan.py", "compute.py", "apply.py", "certify.py", "report.py"}
+    wrong = [f"{path.relative_to(REPO)} imports {m}" for path in files for m in sorted(imported_modules(path))
+             if m == "adapters.torch.compress" or m.startswith("adapters.torch.compress.")]
+    assert wrong == []
+
+
 def test_the_core_never_imports_the_adapter():
     wrong = [f"{path.relative_to(REPO)} imports {m}" for path in _python_files(REPO / "lti_reduce")
              for m in sorted(imported_modules(path)) if m == "adapters" or m.startswith("adapters.")]
@@ -140,3 +162,49 @@ def test_importing_the_adapter_and_the_integrations_package_imports_no_framework
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def function_lengths(source: str) -> dict[str, int]:
+    """Lines of code of every function (also methods and nested ones) in ``source``, its docstring not counted.
+
+    The longest of the functions of one name is kept.
+    """
+    found: dict[str, int] = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        lines = node.end_lineno - node.lineno + 1
+        first = node.body[0]
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            lines -= first.end_lineno - first.lineno + 1
+        found[node.name] = max(lines, found.get(node.name, 0))
+    return found
+
+
+def _long_files() -> set[str]:
+    return {path.relative_to(TORCH).as_posix() for path in _python_files(TORCH)
+            if len(path.read_text(encoding="utf-8").splitlines()) > MAX_FILE_LINES}
+
+
+def _long_functions() -> set[tuple[str, str]]:
+    return {(path.relative_to(TORCH).as_posix(), name) for path in _python_files(TORCH)
+            for name, lines in function_lengths(path.read_text(encoding="utf-8")).items() if lines > MAX_FUNCTION_LINES}
+
+
+def test_function_lengths_leave_out_the_docstring_and_count_nested_functions():
+    source = 'def f(x):\n    """Doc.\n\n    More.\n    """\n    def g():\n        return 1\n    return g\n'
+    assert function_lengths(source) == {"f": 4, "g": 2}
+
+
+def test_no_module_of_the_adapter_is_longer_than_the_limit():
+    assert _long_files() - KNOWN_LONG_FILES == set()
+
+
+def test_no_function_of_the_adapter_is_longer_than_the_limit():
+    assert _long_functions() - KNOWN_LONG_FUNCTIONS == set()
+
+
+def test_a_known_long_file_or_function_is_still_long():
+    """An entry of KNOWN_LONG_FILES or KNOWN_LONG_FUNCTIONS that no longer applies must go."""
+    assert KNOWN_LONG_FILES - _long_files() == set()
+    assert KNOWN_LONG_FUNCTIONS - _long_functions() == set()

@@ -12,7 +12,7 @@ import copy
 
 import torch.nn as nn
 
-from ._certificate import check_certify
+from .cut.certify import check_certify
 from .compress import (_REQUIRED, CompressionReport, _check_hinf_method, _check_optimizer_argument, _check_options,
                        compress_)
 from .optim import check_rewarm_steps

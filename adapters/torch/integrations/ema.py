@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .._guards import user_name
+from ..cut._guards import user_name
 from ..layers._params import set_parameter_
 
 __all__ = ["resize_averaged_model_"]

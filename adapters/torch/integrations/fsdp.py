@@ -146,7 +146,7 @@ def compress_fsdp_(model: nn.Module, *, optimizer=_REQUIRED, src: int = 0, compr
         ...
         report = at.compress_fsdp_(model, optimizer=optimizer, rank=16)   # every rank, same step
     """
-    from .. import _guards
+    from ..cut import _guards
     from ..compress import _check_optimizer_argument, compress_
     from .distributed import _all_agree, _broadcast_, _distributed
     from ..mamba import _selective_layers

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from .report import LayerReport
+
 __all__: list[str] = []
 
 _COMPILED = "_orig_mod"
@@ -99,8 +101,6 @@ def split_frozen(layers):
 
 def frozen_entries(frozen) -> list:
     """Report entries for frozen layers (not cut)."""
-    from .compress import LayerReport
-
     out = []
     for name, layer in frozen:
         n = int(layer.state_dim)
