@@ -480,15 +480,27 @@ def _diagonal_decompose(sys: DiagonalSystem):
     diagonal structure (``O(N r)``). HSVs at or below ``order * eps * sigma_1`` are numerically zero:
     their states are decoupled, never kept as noise.
     """
-    from .balancing import _Decomposition, _balancing_svd
+    from .balancing import _Decomposition
 
     xp, lam, B, C = _working(sys)
     sysw = _dense_working(sys, xp, lam)
     P = _closed_form_gramian(xp, lam, B, sys.real_output)
     Q = _closed_form_gramian(xp, xp.conj(lam), be.mH(C), sys.real_output)
     N = int(P.shape[-1])
-    torch_ = be.is_torch(P)
-    Lc, good = _torch_cholesky(P) if torch_ else _numpy_cholesky(P)
+    if be.is_torch(P):
+        s, Fc, Mc, Fo, Mo = _torch_diagonal_decompose(xp, P, Q)
+    else:
+        s, Fc, Mc, Fo, Mo = _numpy_diagonal_decompose(xp, sysw, P, Q)
+    floor = s[..., :1] * (N * float(np.finfo(np.float64).eps))
+    return _Decomposition(sysw, s, Fc, Mc, Fo, Mo, floor, lam, sys.real_output)
+
+
+def _numpy_diagonal_decompose(xp, sysw: _Dense, P, Q):
+    """``(s, Fc, Mc, Fo, Mo)`` of :func:`_diagonal_decompose` for numpy Gramians ``P, Q`` (..., N, N)."""
+    from .balancing import _balancing_svd
+
+    N = int(P.shape[-1])
+    Lc, good = _numpy_cholesky(P)
     QLc, M = _congruence(xp, Lc, Q, True)
     w, V = xp.linalg.eigh(M)
     w, V = xp.flip(w, axis=-1), xp.flip(V, axis=-1)
@@ -497,28 +509,67 @@ def _diagonal_decompose(sys: DiagonalSystem):
     s_inv = xp.where(s > 0, 1.0 / xp.where(s > 0, s, 1.0), 0.0)
     Fc, Mc, Fo, Mo = Lc, V, QLc, V * xp.astype(s_inv, V.dtype)[..., None, :]
     if not bool(xp.all(good)):
-        if torch_:  # the SVD route for the whole batch, kept where the eigh route is not accurate
-            import torch
+        batch = tuple(P.shape[:-2])
+        flat = lambda X: np.array(X).reshape((-1,) + tuple(X.shape[len(batch):]))  # noqa: E731
+        s, Fc, Mc, Fo, Mo = (flat(X) for X in (s, Fc, Mc, Fo, Mo))
+        Pf, Qf = P.reshape((-1, N, N)), Q.reshape((-1, N, N))
+        for k in np.flatnonzero(~np.asarray(good).reshape(-1)):
+            lc, lo = _well_conditioned_cholesky(Pf[k]), _well_conditioned_cholesky(Qf[k])
+            if lc is None or lo is None:
+                lc, lo = _stein_factor_pair(sysw, k)
+            U, sk, Vh = _balancing_svd(np, lc, lo, N)
+            s[k], Mc[k], Mo[k] = sk, np.conj(Vh.T), U
+            Fc[k], Fo[k] = 0.0, 0.0
+            Fc[k][:, :lc.shape[-1]], Fo[k][:, :lo.shape[-1]] = lc, lo
+        s, Fc, Mc, Fo, Mo = (X.reshape(batch + X.shape[1:]) for X in (s, Fc, Mc, Fo, Mo))
+    return s, Fc, Mc, Fo, Mo
 
-            Lc2, Lo2 = _torch_factor(xp, P), _torch_factor(xp, Q)
-            U2, s2, Vh2 = _balancing_svd(xp, Lc2, Lo2, N)
-            g, g1 = good[..., None, None], good[..., None]
-            s = torch.where(g1, s, s2)
-            Fc, Mc = torch.where(g, Fc, Lc2), torch.where(g, Mc, be.mH(Vh2))
-            Fo, Mo = torch.where(g, Fo, Lo2), torch.where(g, Mo, U2)
-        else:
-            batch = tuple(P.shape[:-2])
-            flat = lambda X: np.array(X).reshape((-1,) + tuple(X.shape[len(batch):]))  # noqa: E731
-            s, Fc, Mc, Fo, Mo = (flat(X) for X in (s, Fc, Mc, Fo, Mo))
-            Pf, Qf = P.reshape((-1, N, N)), Q.reshape((-1, N, N))
-            for k in np.flatnonzero(~np.asarray(good).reshape(-1)):
-                lc, lo = _well_conditioned_cholesky(Pf[k]), _well_conditioned_cholesky(Qf[k])
-                if lc is None or lo is None:
-                    lc, lo = _stein_factor_pair(sysw, k)
-                U, sk, Vh = _balancing_svd(np, lc, lo, N)
-                s[k], Mc[k], Mo[k] = sk, np.conj(Vh.T), U
-                Fc[k], Fo[k] = 0.0, 0.0
-                Fc[k][:, :lc.shape[-1]], Fo[k][:, :lo.shape[-1]] = lc, lo
-            s, Fc, Mc, Fo, Mo = (X.reshape(batch + X.shape[1:]) for X in (s, Fc, Mc, Fo, Mo))
-    floor = s[..., :1] * (N * float(np.finfo(np.float64).eps))
-    return _Decomposition(sysw, s, Fc, Mc, Fo, Mo, floor, lam, sys.real_output)
+
+def _torch_diagonal_decompose(xp, P, Q):
+    """``(s, Fc, Mc, Fo, Mo)`` of :func:`_diagonal_decompose` for torch Gramians ``P, Q`` (..., N, N).
+
+    Per system the same route and factors as the numpy path's rule (the ``eigh`` route where its
+    Cholesky factor is well conditioned and every ``sigma_i >= 1e-3 sigma_1``, else the SVD of
+    ``Lo^H Lc`` on the Cholesky factor where :func:`_torch_cholesky` accepts it and the ``eigh``
+    factor otherwise), but each route and each ``eigh`` factor is computed only on the systems
+    that take it. The route is decided from the eigenvalues of ``Lc^H Q Lc`` alone (``eigvalsh``,
+    about a quarter of the cost of ``eigh`` with vectors); the eigenvectors are computed only for
+    the systems that pass.
+    """
+    import torch
+
+    from .balancing import _balancing_svd
+
+    N = int(P.shape[-1])
+    batch = tuple(P.shape[:-2])
+    Pf, Qf = P.reshape((-1, N, N)), Q.reshape((-1, N, N))
+    Lc, good_p = _torch_cholesky(Pf)
+    Lo, good_q = _torch_cholesky(Qf)
+    count = int(Pf.shape[0])
+    s = torch.zeros((count, N), dtype=torch.float64, device=P.device)
+    Fc, Mc, Fo, Mo = (torch.zeros_like(Pf) for _ in range(4))
+    svd_route = ~good_p
+    if bool(good_p.any()):
+        idx = torch.nonzero(good_p).reshape(-1)
+        QLc, M = _congruence(xp, Lc[idx], Qf[idx], True)
+        w = torch.linalg.eigvalsh(M)
+        passed = (w[..., 0] >= _EIGH_MIN_RATIO * w[..., -1]) & (w[..., 0] > 0)
+        svd_route[idx[~passed]] = True
+        if bool(passed.any()):
+            keep, QLc, M = idx[passed], QLc[passed], M[passed]
+            w, V = torch.linalg.eigh(M)
+            w, V = torch.flip(w, dims=(-1,)), torch.flip(V, dims=(-1,))
+            sk = torch.sqrt(torch.clamp(w, min=0.0))
+            sk_inv = torch.where(sk > 0, 1.0 / torch.where(sk > 0, sk, 1.0), 0.0)
+            s[keep], Fc[keep], Mc[keep] = sk, Lc[keep], V
+            Fo[keep], Mo[keep] = QLc, V * sk_inv.to(V.dtype)[..., None, :]
+    if bool(svd_route.any()):
+        idx = torch.nonzero(svd_route).reshape(-1)
+        lc, lo = Lc[idx], Lo[idx]
+        for L, good, G in ((lc, good_p[idx], Pf[idx]), (lo, good_q[idx], Qf[idx])):
+            if not bool(good.all()):
+                L[~good] = _psd_factor(xp, G[~good])
+        U, sk, Vh = _balancing_svd(xp, lc, lo, N)
+        s[idx], Fc[idx], Mc[idx], Fo[idx], Mo[idx] = sk, lc, be.mH(Vh), lo, U
+    shape = lambda X: X.reshape(batch + tuple(X.shape[1:]))  # noqa: E731
+    return shape(s), shape(Fc), shape(Mc), shape(Fo), shape(Mo)
