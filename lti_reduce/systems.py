@@ -457,6 +457,10 @@ def _congruence(xp, L, Q, lower: bool):
 # eigh errs by ~eps sigma_1^2 in sigma_i^2, i.e. by eps sigma_1^2 / (2 sigma_i) in sigma_i: at most 1.1e-13 sigma_1
 # while every sigma_i >= 1e-3 sigma_1. Below that the SVD of Lo^H Lc is taken (errors ~eps sigma_1 for all sigma_i).
 _EIGH_MIN_RATIO = 1e-6
+# torch only: the eigh route is also taken where Q has no well-conditioned Cholesky factor (so that the SVD route
+# would use eigh factors, accurate to sqrt(delta) only) and delta = N eps ||P||_F ||Q||_F <= this * sigma_1^2:
+# then every HSV >= 1e4 sqrt(delta) errs by <= sqrt(delta) / 2e4 <= 5e-11 sigma_1 (see _torch_diagonal_decompose).
+_TORCH_EIGH_MAX_NOISE = 1e-12
 
 
 def _diagonal_decompose(sys: DiagonalSystem):
@@ -488,10 +492,10 @@ def _diagonal_decompose(sys: DiagonalSystem):
     Q = _closed_form_gramian(xp, xp.conj(lam), be.mH(C), sys.real_output)
     N = int(P.shape[-1])
     if be.is_torch(P):
-        s, Fc, Mc, Fo, Mo = _torch_diagonal_decompose(xp, P, Q)
+        s, Fc, Mc, Fo, Mo, floor = _torch_diagonal_decompose(xp, P, Q)
     else:
         s, Fc, Mc, Fo, Mo = _numpy_diagonal_decompose(xp, sysw, P, Q)
-    floor = s[..., :1] * (N * float(np.finfo(np.float64).eps))
+        floor = s[..., :1] * (N * float(np.finfo(np.float64).eps))
     return _Decomposition(sysw, s, Fc, Mc, Fo, Mo, floor, lam, sys.real_output)
 
 
@@ -526,34 +530,50 @@ def _numpy_diagonal_decompose(xp, sysw: _Dense, P, Q):
 
 
 def _torch_diagonal_decompose(xp, P, Q):
-    """``(s, Fc, Mc, Fo, Mo)`` of :func:`_diagonal_decompose` for torch Gramians ``P, Q`` (..., N, N).
+    """``(s, Fc, Mc, Fo, Mo, floor)`` of :func:`_diagonal_decompose` for torch Gramians ``P, Q`` (..., N, N).
 
-    Per system the same route and factors as the numpy path's rule (the ``eigh`` route where its
-    Cholesky factor is well conditioned and every ``sigma_i >= 1e-3 sigma_1``, else the SVD of
-    ``Lo^H Lc`` on the Cholesky factor where :func:`_torch_cholesky` accepts it and the ``eigh``
-    factor otherwise), but each route and each ``eigh`` factor is computed only on the systems
-    that take it. The route is decided from the eigenvalues of ``Lc^H Q Lc`` alone (``eigvalsh``,
-    about a quarter of the cost of ``eigh`` with vectors); the eigenvectors are computed only for
-    the systems that pass.
+    Routes, per system:
+
+    * the ``eigh`` route (``Lc^H Q Lc = V S^2 V^H``) where the Cholesky factor ``Lc`` of ``P`` is
+      well conditioned (:func:`_torch_cholesky`) and either every ``sigma_i >= 1e-3 sigma_1`` (the
+      numpy path's rule) or, when ``Q`` has no well-conditioned Cholesky factor, the round-off
+      level ``delta = N eps ||P||_F ||Q||_F`` of the formed ``Lc^H Q Lc`` is at most
+      ``_TORCH_EIGH_MAX_NOISE sigma_1^2``. Each ``sigma_i^2`` then errs by at most ``delta``, so
+      ``|d sigma_i| <= min(sqrt(delta), delta / sigma_i)``: the torch path's documented accuracy
+      ``sqrt(N eps ||P||_F ||Q||_F)`` for every HSV and ``<= 5e-11 sigma_1`` for every
+      ``sigma_i >= 1e4 sqrt(delta)``. The SVD route on an ``eigh`` factor of ``Q`` has the same
+      worst-case accuracy at about three times the cost. HSVs at or below ``sqrt(delta)`` are noise
+      there: their states are decoupled (``floor``);
+    * otherwise the SVD of ``Lo^H Lc`` on the Cholesky factors where :func:`_torch_cholesky`
+      accepts them and ``eigh`` factors (:func:`_psd_factor`) elsewhere.
+
+    The route is decided from the eigenvalues of ``Lc^H Q Lc`` alone (``eigvalsh``, about a quarter
+    of the cost of ``eigh`` with vectors); each route and each ``eigh`` factor is computed only on
+    the systems that take it.
     """
     import torch
 
     from .balancing import _balancing_svd
 
     N = int(P.shape[-1])
+    eps = float(np.finfo(np.float64).eps)
     batch = tuple(P.shape[:-2])
     Pf, Qf = P.reshape((-1, N, N)), Q.reshape((-1, N, N))
     Lc, good_p = _torch_cholesky(Pf)
     Lo, good_q = _torch_cholesky(Qf)
     count = int(Pf.shape[0])
     s = torch.zeros((count, N), dtype=torch.float64, device=P.device)
+    floor = torch.zeros((count, 1), dtype=torch.float64, device=P.device)
     Fc, Mc, Fo, Mo = (torch.zeros_like(Pf) for _ in range(4))
     svd_route = ~good_p
     if bool(good_p.any()):
         idx = torch.nonzero(good_p).reshape(-1)
         QLc, M = _congruence(xp, Lc[idx], Qf[idx], True)
         w = torch.linalg.eigvalsh(M)
-        passed = (w[..., 0] >= _EIGH_MIN_RATIO * w[..., -1]) & (w[..., 0] > 0)
+        accurate = (w[..., 0] >= _EIGH_MIN_RATIO * w[..., -1]) & (w[..., 0] > 0)
+        delta = N * eps * torch.linalg.matrix_norm(Pf[idx]) * torch.linalg.matrix_norm(Qf[idx])
+        quiet = ~good_q[idx] & (delta <= _TORCH_EIGH_MAX_NOISE * w[..., -1])
+        passed = accurate | quiet
         svd_route[idx[~passed]] = True
         if bool(passed.any()):
             keep, QLc, M = idx[passed], QLc[passed], M[passed]
@@ -563,6 +583,8 @@ def _torch_diagonal_decompose(xp, P, Q):
             sk_inv = torch.where(sk > 0, 1.0 / torch.where(sk > 0, sk, 1.0), 0.0)
             s[keep], Fc[keep], Mc[keep] = sk, Lc[keep], V
             Fo[keep], Mo[keep] = QLc, V * sk_inv.to(V.dtype)[..., None, :]
+            noise = torch.where(accurate[passed], 0.0, torch.sqrt(delta[passed]))
+            floor[keep] = torch.maximum(sk[..., :1] * (N * eps), noise[:, None])
     if bool(svd_route.any()):
         idx = torch.nonzero(svd_route).reshape(-1)
         lc, lo = Lc[idx], Lo[idx]
@@ -571,5 +593,6 @@ def _torch_diagonal_decompose(xp, P, Q):
                 L[~good] = _psd_factor(xp, G[~good])
         U, sk, Vh = _balancing_svd(xp, lc, lo, N)
         s[idx], Fc[idx], Mc[idx], Fo[idx], Mo[idx] = sk, lc, be.mH(Vh), lo, U
+        floor[idx] = sk[..., :1] * (N * eps)
     shape = lambda X: X.reshape(batch + tuple(X.shape[1:]))  # noqa: E731
-    return shape(s), shape(Fc), shape(Mc), shape(Fo), shape(Mo)
+    return shape(s), shape(Fc), shape(Mc), shape(Fo), shape(Mo), shape(floor)
