@@ -562,29 +562,35 @@ def _torch_diagonal_decompose(xp, P, Q):
     Lc, good_p = _torch_cholesky(Pf)
     Lo, good_q = _torch_cholesky(Qf)
     count = int(Pf.shape[0])
-    s = torch.zeros((count, N), dtype=torch.float64, device=P.device)
-    floor = torch.zeros((count, 1), dtype=torch.float64, device=P.device)
-    Fc, Mc, Fo, Mo = (torch.zeros_like(Pf) for _ in range(4))
+    s, floor = (torch.zeros((count, k), dtype=torch.float64, device=P.device) for k in (N, 1))
+    Fc, Mc, Fo, Mo = (torch.empty_like(Pf) for _ in range(4))  # every system's rows are written by one route
     svd_route = ~good_p
+    # X[mask] copies: skipped where the mask selects the whole batch (the common case)
+    pick = lambda X, mask: X if bool(mask.all()) else X[mask]  # noqa: E731
     if bool(good_p.any()):
         idx = torch.nonzero(good_p).reshape(-1)
-        QLc, M = _congruence(xp, Lc[idx], Qf[idx], True)
+        lc = pick(Lc, good_p)
+        QLc, M = _congruence(xp, lc, pick(Qf, good_p), True)
         w = torch.linalg.eigvalsh(M)
         accurate = (w[..., 0] >= _EIGH_MIN_RATIO * w[..., -1]) & (w[..., 0] > 0)
-        delta = N * eps * torch.linalg.matrix_norm(Pf[idx]) * torch.linalg.matrix_norm(Qf[idx])
-        quiet = ~good_q[idx] & (delta <= _TORCH_EIGH_MAX_NOISE * w[..., -1])
+        delta = N * eps * torch.linalg.matrix_norm(pick(Pf, good_p)) * torch.linalg.matrix_norm(pick(Qf, good_p))
+        quiet = ~pick(good_q, good_p) & (delta <= _TORCH_EIGH_MAX_NOISE * w[..., -1])
         passed = accurate | quiet
         svd_route[idx[~passed]] = True
         if bool(passed.any()):
-            keep, QLc, M = idx[passed], QLc[passed], M[passed]
+            keep, lc, QLc, M = idx[passed], pick(lc, passed), pick(QLc, passed), pick(M, passed)
             w, V = torch.linalg.eigh(M)
             w, V = torch.flip(w, dims=(-1,)), torch.flip(V, dims=(-1,))
             sk = torch.sqrt(torch.clamp(w, min=0.0))
             sk_inv = torch.where(sk > 0, 1.0 / torch.where(sk > 0, sk, 1.0), 0.0)
-            s[keep], Fc[keep], Mc[keep] = sk, Lc[keep], V
-            Fo[keep], Mo[keep] = QLc, V * sk_inv.to(V.dtype)[..., None, :]
-            noise = torch.where(accurate[passed], 0.0, torch.sqrt(delta[passed]))
-            floor[keep] = torch.maximum(sk[..., :1] * (N * eps), noise[:, None])
+            noise = torch.where(pick(accurate, passed), 0.0, torch.sqrt(pick(delta, passed)))
+            route = (sk, lc, V, QLc, V * sk_inv.to(V.dtype)[..., None, :],
+                     torch.maximum(sk[..., :1] * (N * eps), noise[:, None]))
+            if int(keep.shape[0]) == count:  # the whole batch takes this route: no scatter
+                s, Fc, Mc, Fo, Mo, floor = route
+            else:
+                for X, Y in zip((s, Fc, Mc, Fo, Mo, floor), route):
+                    X[keep] = Y
     if bool(svd_route.any()):
         idx = torch.nonzero(svd_route).reshape(-1)
         lc, lo = Lc[idx], Lo[idx]

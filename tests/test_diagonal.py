@@ -578,6 +578,38 @@ def test_torch_balanced_truncation_of_ill_conditioned_members_matches_slicot_tra
         assert np.max(np.abs(G - G_ref)) <= 1e-8 * hsv_ref[0], np.max(np.abs(G - G_ref)) / hsv_ref[0]
 
 
+
+def test_torch_eigh_route_with_a_semidefinite_observability_gramian_matches_slicot(torch, slycot):
+    # One output, four inputs (the S4D-channel shape): P has a well-conditioned Cholesky factor, Q does not, and
+    # HSVs fall far below 1e-3 sigma_1. The torch path takes the eigh route at its documented accuracy (the SVD
+    # route would use an eigh factor of Q, no more accurate) and decouples states below its noise level; HSVs and
+    # reduced transfer functions still match SLICOT ab09ad.
+    from lti_reduce.systems import _diagonal_decompose
+
+    members = []
+    for seed in (20, 21, 22, 23):
+        sys = build_diagonal_system(seed, 8, 4, 4, real_output=True, rho=0.7, gamma_normalized=True)
+        C = np.array(sys.C)
+        C[1:, :] = 0.0
+        members.append(lr.DiagonalSystem(sys.lam, sys.B, C, real_output=True))
+    stack = lambda name: np.stack([getattr(x, name) for x in members])  # noqa: E731
+    tsys = to_torch(torch, lr.DiagonalSystem(stack("lam"), stack("B"), stack("C"), real_output=True))
+    dec = _diagonal_decompose(tsys)
+    hsv = ref.as_numpy(dec.s)
+    noise = ref.as_numpy(dec.floor)[:, 0] / hsv[:, 0]
+    assert np.all(noise > 16 * EPS) and np.all(noise <= 1e-6)  # the eigh route's noise level, not round-off
+    A, B, C, D = dense_matrices(tsys)
+    omegas = ref.unit_circle_grid(256)
+    res = lr.balanced_truncation(tsys, rank=3)
+    for k in range(4):
+        Ar, Br, Cr, Dr, hsv_ref = ref.balanced_truncation_ab09ad(A[k], B[k], C[k], D[k], rank=3)
+        assert hsv_ref[-1] <= 1e-6 * hsv_ref[0] and hsv_ref[2] >= 1e-4 * hsv_ref[0]
+        assert_hsv_close_to_dense_path(hsv[k], hsv_ref, members[k])
+        G = ref.freqresp(*(ref.as_numpy(X)[k] for X in (res.A, res.B, res.C, res.D)), omegas)
+        G_ref = ref.freqresp(Ar, Br, Cr, Dr, omegas)
+        assert np.max(np.abs(G - G_ref)) <= 1e-8 * hsv_ref[0], np.max(np.abs(G - G_ref)) / hsv_ref[0]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------------------------
