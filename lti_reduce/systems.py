@@ -547,9 +547,9 @@ def _torch_diagonal_decompose(xp, P, Q):
     * otherwise the SVD of ``Lo^H Lc`` on the Cholesky factors where :func:`_torch_cholesky`
       accepts them and ``eigh`` factors (:func:`_psd_factor`) elsewhere.
 
-    The route is decided from the eigenvalues of ``Lc^H Q Lc`` alone (``eigvalsh``, about a quarter
-    of the cost of ``eigh`` with vectors); each route and each ``eigh`` factor is computed only on
-    the systems that take it.
+    The route is decided from ``max_i (Lc^H Q Lc)_ii <= sigma_1^2`` where that suffices, else from the
+    eigenvalues of ``Lc^H Q Lc`` alone (``eigvalsh``, about a quarter of the cost of ``eigh`` with
+    vectors); each route and each ``eigh`` factor is computed only on the systems that take it.
     """
     import torch
 
@@ -571,11 +571,18 @@ def _torch_diagonal_decompose(xp, P, Q):
         idx = torch.nonzero(good_p).reshape(-1)
         lc = pick(Lc, good_p)
         QLc, M = _congruence(xp, lc, pick(Qf, good_p), True)
-        w = torch.linalg.eigvalsh(M)
-        accurate = (w[..., 0] >= _EIGH_MIN_RATIO * w[..., -1]) & (w[..., 0] > 0)
         delta = N * eps * torch.linalg.matrix_norm(pick(Pf, good_p)) * torch.linalg.matrix_norm(pick(Qf, good_p))
-        quiet = ~pick(good_q, good_p) & (delta <= _TORCH_EIGH_MAX_NOISE * w[..., -1])
-        passed = accurate | quiet
+        no_chol_q = ~pick(good_q, good_p)
+        # sigma_1^2 = lambda_max(M) >= max_i M_ii: these pass the noise test whatever the eigenvalues (no eigvalsh)
+        largest = torch.diagonal(M, dim1=-2, dim2=-1).real.amax(-1)
+        sure = no_chol_q & (delta <= _TORCH_EIGH_MAX_NOISE * largest)
+        accurate = torch.zeros_like(sure)
+        passed = sure.clone()
+        if not bool(sure.all()):
+            rest = torch.nonzero(~sure).reshape(-1)
+            w = torch.linalg.eigvalsh(M[rest])
+            accurate[rest] = (w[..., 0] >= _EIGH_MIN_RATIO * w[..., -1]) & (w[..., 0] > 0)
+            passed[rest] = accurate[rest] | (no_chol_q[rest] & (delta[rest] <= _TORCH_EIGH_MAX_NOISE * w[..., -1]))
         svd_route[idx[~passed]] = True
         if bool(passed.any()):
             keep, lc, QLc, M = idx[passed], pick(lc, passed), pick(QLc, passed), pick(M, passed)
