@@ -483,6 +483,12 @@ def _diagonal_decompose(sys: DiagonalSystem):
     Both give ``W_r^H V_r = I``; the reduced ``A_r = W_r^H A V_r`` later takes ``A V_r`` from the
     diagonal structure (``O(N r)``). HSVs at or below ``order * eps * sigma_1`` are numerically zero:
     their states are decoupled, never kept as noise.
+
+    This is the numpy rule. torch inputs (:func:`_torch_diagonal_decompose`) use Cholesky or ``eigh``
+    factors of the formed Gramians instead of the generalized Schur algorithm, and also take the
+    ``eigh`` route where ``Q`` is numerically semidefinite and the round-off of ``Lc^H Q Lc`` is
+    small against ``sigma_1^2`` (accuracy ``sqrt(order * eps * ||P||_F ||Q||_F)`` in the worst case,
+    the same as their SVD route's; HSVs below that noise level are decoupled).
     """
     from .balancing import _Decomposition
 
