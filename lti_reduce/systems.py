@@ -553,9 +553,10 @@ def _torch_diagonal_decompose(xp, P, Q):
     * otherwise the SVD of ``Lo^H Lc`` on the Cholesky factors where :func:`_torch_cholesky`
       accepts them and ``eigh`` factors (:func:`_psd_factor`) elsewhere.
 
-    The route is decided from ``max_i (Lc^H Q Lc)_ii <= sigma_1^2`` where that suffices, else from the
-    eigenvalues of ``Lc^H Q Lc`` alone (``eigvalsh``, about a quarter of the cost of ``eigh`` with
-    vectors); each route and each ``eigh`` factor is computed only on the systems that take it.
+    Each route, each Cholesky factor of ``Q`` and each ``eigh`` factor is computed only on the
+    systems that need it. Systems that pass the noise test on the lower bound
+    ``max_i (Lc^H Q Lc)_ii <= sigma_1^2`` take the ``eigh`` route without a test of their
+    eigenvalues; the others are tested on the eigenvalues of their ``eigh``.
     """
     import torch
 
@@ -565,10 +566,23 @@ def _torch_diagonal_decompose(xp, P, Q):
     eps = float(np.finfo(np.float64).eps)
     batch = tuple(P.shape[:-2])
     Pf, Qf = P.reshape((-1, N, N)), Q.reshape((-1, N, N))
-    Lc, good_p = _torch_cholesky(Pf)
-    Lo, good_q = _torch_cholesky(Qf)
     count = int(Pf.shape[0])
-    s, floor = (torch.zeros((count, k), dtype=torch.float64, device=P.device) for k in (N, 1))
+    dev = P.device
+    Lc, good_p = _torch_cholesky(Pf)
+    Lo, good_q = torch.empty_like(Qf), torch.zeros(count, dtype=torch.bool, device=dev)
+    known_q = torch.zeros(count, dtype=torch.bool, device=dev)
+
+    def cholesky_q(mask):  # Lo and good_q of the systems in mask (a flat boolean mask), once each
+        nonlocal Lo, good_q
+        need = mask & ~known_q
+        if bool(need.all()):
+            Lo, good_q = _torch_cholesky(Qf)
+        elif bool(need.any()):
+            j = torch.nonzero(need).reshape(-1)
+            Lo[j], good_q[j] = _torch_cholesky(Qf[j])
+        known_q[need] = True
+
+    s, floor = (torch.zeros((count, k), dtype=torch.float64, device=dev) for k in (N, 1))
     Fc, Mc, Fo, Mo = (torch.empty_like(Pf) for _ in range(4))  # every system's rows are written by one route
     svd_route = ~good_p
     # X[mask] copies: skipped where the mask selects the whole batch (the common case)
@@ -578,22 +592,25 @@ def _torch_diagonal_decompose(xp, P, Q):
         lc = pick(Lc, good_p)
         QLc, M = _congruence(xp, lc, pick(Qf, good_p), True)
         delta = N * eps * torch.linalg.matrix_norm(pick(Pf, good_p)) * torch.linalg.matrix_norm(pick(Qf, good_p))
-        no_chol_q = ~pick(good_q, good_p)
-        # sigma_1^2 = lambda_max(M) >= max_i M_ii: these pass the noise test whatever the eigenvalues (no eigvalsh)
+        # sigma_1^2 = lambda_max(M) >= max_i M_ii: these pass the noise test whatever their eigenvalues
         largest = torch.diagonal(M, dim1=-2, dim2=-1).real.amax(-1)
-        sure = no_chol_q & (delta <= _TORCH_EIGH_MAX_NOISE * largest)
-        accurate = torch.zeros_like(sure)
-        passed = sure.clone()
-        if not bool(sure.all()):
-            rest = torch.nonzero(~sure).reshape(-1)
-            w = torch.linalg.eigvalsh(M[rest])
-            accurate[rest] = (w[..., 0] >= _EIGH_MIN_RATIO * w[..., -1]) & (w[..., 0] > 0)
-            passed[rest] = accurate[rest] | (no_chol_q[rest] & (delta[rest] <= _TORCH_EIGH_MAX_NOISE * w[..., -1]))
+        quiet_bound = delta <= _TORCH_EIGH_MAX_NOISE * largest
+        cand = torch.zeros(count, dtype=torch.bool, device=dev)
+        cand[idx[quiet_bound]] = True
+        cholesky_q(cand)
+        sure = quiet_bound & ~good_q[idx]
+        w, V = torch.linalg.eigh(M)
+        w, V = torch.flip(w, dims=(-1,)), torch.flip(V, dims=(-1,))
+        accurate = (w[..., -1] >= _EIGH_MIN_RATIO * w[..., 0]) & (w[..., -1] > 0)
+        quiet = delta <= _TORCH_EIGH_MAX_NOISE * w[..., 0]
+        cand[:] = False
+        cand[idx[~sure & ~accurate & quiet]] = True
+        cholesky_q(cand)
+        passed = sure | accurate | (quiet & ~good_q[idx])
         svd_route[idx[~passed]] = True
         if bool(passed.any()):
-            keep, lc, QLc, M = idx[passed], pick(lc, passed), pick(QLc, passed), pick(M, passed)
-            w, V = torch.linalg.eigh(M)
-            w, V = torch.flip(w, dims=(-1,)), torch.flip(V, dims=(-1,))
+            keep = idx[passed]
+            w, V, lc, QLc = pick(w, passed), pick(V, passed), pick(lc, passed), pick(QLc, passed)
             sk = torch.sqrt(torch.clamp(w, min=0.0))
             sk_inv = torch.where(sk > 0, 1.0 / torch.where(sk > 0, sk, 1.0), 0.0)
             noise = torch.where(pick(accurate, passed), 0.0, torch.sqrt(pick(delta, passed)))
@@ -605,6 +622,7 @@ def _torch_diagonal_decompose(xp, P, Q):
                 for X, Y in zip((s, Fc, Mc, Fo, Mo, floor), route):
                     X[keep] = Y
     if bool(svd_route.any()):
+        cholesky_q(svd_route)
         idx = torch.nonzero(svd_route).reshape(-1)
         lc, lo = Lc[idx], Lo[idx]
         for L, good, G in ((lc, good_p[idx], Pf[idx]), (lo, good_q[idx], Qf[idx])):
