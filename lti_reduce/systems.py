@@ -457,6 +457,10 @@ def _congruence(xp, L, Q, lower: bool):
 # eigh errs by ~eps sigma_1^2 in sigma_i^2, i.e. by eps sigma_1^2 / (2 sigma_i) in sigma_i: at most 1.1e-13 sigma_1
 # while every sigma_i >= 1e-3 sigma_1. Below that the SVD of Lo^H Lc is taken (errors ~eps sigma_1 for all sigma_i).
 _EIGH_MIN_RATIO = 1e-6
+# torch only: the eigh route is also taken where Q has no well-conditioned Cholesky factor (so that the SVD route
+# would use eigh factors, accurate to sqrt(delta) only) and delta = N eps ||P||_F ||Q||_F <= this * sigma_1^2:
+# then every HSV >= 1e4 sqrt(delta) errs by <= sqrt(delta) / 2e4 <= 5e-11 sigma_1 (see _torch_diagonal_decompose).
+_TORCH_EIGH_MAX_NOISE = 1e-12
 
 
 def _diagonal_decompose(sys: DiagonalSystem):
@@ -479,16 +483,34 @@ def _diagonal_decompose(sys: DiagonalSystem):
     Both give ``W_r^H V_r = I``; the reduced ``A_r = W_r^H A V_r`` later takes ``A V_r`` from the
     diagonal structure (``O(N r)``). HSVs at or below ``order * eps * sigma_1`` are numerically zero:
     their states are decoupled, never kept as noise.
+
+    This is the numpy rule. torch inputs (:func:`_torch_diagonal_decompose`) use Cholesky or ``eigh``
+    factors of the formed Gramians instead of the generalized Schur algorithm, and also take the
+    ``eigh`` route where ``Q`` is numerically semidefinite and the round-off of ``Lc^H Q Lc`` is
+    small against ``sigma_1^2`` (accuracy ``sqrt(order * eps * ||P||_F ||Q||_F)`` in the worst case,
+    the same as their SVD route's; HSVs below that noise level are decoupled).
     """
-    from .balancing import _Decomposition, _balancing_svd
+    from .balancing import _Decomposition
 
     xp, lam, B, C = _working(sys)
     sysw = _dense_working(sys, xp, lam)
     P = _closed_form_gramian(xp, lam, B, sys.real_output)
     Q = _closed_form_gramian(xp, xp.conj(lam), be.mH(C), sys.real_output)
     N = int(P.shape[-1])
-    torch_ = be.is_torch(P)
-    Lc, good = _torch_cholesky(P) if torch_ else _numpy_cholesky(P)
+    if be.is_torch(P):
+        s, Fc, Mc, Fo, Mo, floor = _torch_diagonal_decompose(xp, P, Q)
+    else:
+        s, Fc, Mc, Fo, Mo = _numpy_diagonal_decompose(xp, sysw, P, Q)
+        floor = s[..., :1] * (N * float(np.finfo(np.float64).eps))
+    return _Decomposition(sysw, s, Fc, Mc, Fo, Mo, floor, lam, sys.real_output)
+
+
+def _numpy_diagonal_decompose(xp, sysw: _Dense, P, Q):
+    """``(s, Fc, Mc, Fo, Mo)`` of :func:`_diagonal_decompose` for numpy Gramians ``P, Q`` (..., N, N)."""
+    from .balancing import _balancing_svd
+
+    N = int(P.shape[-1])
+    Lc, good = _numpy_cholesky(P)
     QLc, M = _congruence(xp, Lc, Q, True)
     w, V = xp.linalg.eigh(M)
     w, V = xp.flip(w, axis=-1), xp.flip(V, axis=-1)
@@ -497,28 +519,117 @@ def _diagonal_decompose(sys: DiagonalSystem):
     s_inv = xp.where(s > 0, 1.0 / xp.where(s > 0, s, 1.0), 0.0)
     Fc, Mc, Fo, Mo = Lc, V, QLc, V * xp.astype(s_inv, V.dtype)[..., None, :]
     if not bool(xp.all(good)):
-        if torch_:  # the SVD route for the whole batch, kept where the eigh route is not accurate
-            import torch
+        batch = tuple(P.shape[:-2])
+        flat = lambda X: np.array(X).reshape((-1,) + tuple(X.shape[len(batch):]))  # noqa: E731
+        s, Fc, Mc, Fo, Mo = (flat(X) for X in (s, Fc, Mc, Fo, Mo))
+        Pf, Qf = P.reshape((-1, N, N)), Q.reshape((-1, N, N))
+        for k in np.flatnonzero(~np.asarray(good).reshape(-1)):
+            lc, lo = _well_conditioned_cholesky(Pf[k]), _well_conditioned_cholesky(Qf[k])
+            if lc is None or lo is None:
+                lc, lo = _stein_factor_pair(sysw, k)
+            U, sk, Vh = _balancing_svd(np, lc, lo, N)
+            s[k], Mc[k], Mo[k] = sk, np.conj(Vh.T), U
+            Fc[k], Fo[k] = 0.0, 0.0
+            Fc[k][:, :lc.shape[-1]], Fo[k][:, :lo.shape[-1]] = lc, lo
+        s, Fc, Mc, Fo, Mo = (X.reshape(batch + X.shape[1:]) for X in (s, Fc, Mc, Fo, Mo))
+    return s, Fc, Mc, Fo, Mo
 
-            Lc2, Lo2 = _torch_factor(xp, P), _torch_factor(xp, Q)
-            U2, s2, Vh2 = _balancing_svd(xp, Lc2, Lo2, N)
-            g, g1 = good[..., None, None], good[..., None]
-            s = torch.where(g1, s, s2)
-            Fc, Mc = torch.where(g, Fc, Lc2), torch.where(g, Mc, be.mH(Vh2))
-            Fo, Mo = torch.where(g, Fo, Lo2), torch.where(g, Mo, U2)
-        else:
-            batch = tuple(P.shape[:-2])
-            flat = lambda X: np.array(X).reshape((-1,) + tuple(X.shape[len(batch):]))  # noqa: E731
-            s, Fc, Mc, Fo, Mo = (flat(X) for X in (s, Fc, Mc, Fo, Mo))
-            Pf, Qf = P.reshape((-1, N, N)), Q.reshape((-1, N, N))
-            for k in np.flatnonzero(~np.asarray(good).reshape(-1)):
-                lc, lo = _well_conditioned_cholesky(Pf[k]), _well_conditioned_cholesky(Qf[k])
-                if lc is None or lo is None:
-                    lc, lo = _stein_factor_pair(sysw, k)
-                U, sk, Vh = _balancing_svd(np, lc, lo, N)
-                s[k], Mc[k], Mo[k] = sk, np.conj(Vh.T), U
-                Fc[k], Fo[k] = 0.0, 0.0
-                Fc[k][:, :lc.shape[-1]], Fo[k][:, :lo.shape[-1]] = lc, lo
-            s, Fc, Mc, Fo, Mo = (X.reshape(batch + X.shape[1:]) for X in (s, Fc, Mc, Fo, Mo))
-    floor = s[..., :1] * (N * float(np.finfo(np.float64).eps))
-    return _Decomposition(sysw, s, Fc, Mc, Fo, Mo, floor, lam, sys.real_output)
+
+def _torch_diagonal_decompose(xp, P, Q):
+    """``(s, Fc, Mc, Fo, Mo, floor)`` of :func:`_diagonal_decompose` for torch Gramians ``P, Q`` (..., N, N).
+
+    Routes, per system:
+
+    * the ``eigh`` route (``Lc^H Q Lc = V S^2 V^H``) where the Cholesky factor ``Lc`` of ``P`` is
+      well conditioned (:func:`_torch_cholesky`) and either every ``sigma_i >= 1e-3 sigma_1`` (the
+      numpy path's rule) or, when ``Q`` has no well-conditioned Cholesky factor, the round-off
+      level ``delta = N eps ||P||_F ||Q||_F`` of the formed ``Lc^H Q Lc`` is at most
+      ``_TORCH_EIGH_MAX_NOISE sigma_1^2``. Each ``sigma_i^2`` then errs by at most ``delta``, so
+      ``|d sigma_i| <= min(sqrt(delta), delta / sigma_i)``: the torch path's documented accuracy
+      ``sqrt(N eps ||P||_F ||Q||_F)`` for every HSV and ``<= 5e-11 sigma_1`` for every
+      ``sigma_i >= 1e4 sqrt(delta)``. The SVD route on an ``eigh`` factor of ``Q`` has the same
+      worst-case accuracy at about three times the cost. HSVs at or below ``sqrt(delta)`` are noise
+      there: their states are decoupled (``floor``);
+    * otherwise the SVD of ``Lo^H Lc`` on the Cholesky factors where :func:`_torch_cholesky`
+      accepts them and ``eigh`` factors (:func:`_psd_factor`) elsewhere.
+
+    Each route, each Cholesky factor of ``Q`` and each ``eigh`` factor is computed only on the
+    systems that need it. Systems that pass the noise test on the lower bound
+    ``max_i (Lc^H Q Lc)_ii <= sigma_1^2`` take the ``eigh`` route without a test of their
+    eigenvalues; the others are tested on the eigenvalues of their ``eigh``.
+    """
+    import torch
+
+    from .balancing import _balancing_svd
+
+    N = int(P.shape[-1])
+    eps = float(np.finfo(np.float64).eps)
+    batch = tuple(P.shape[:-2])
+    Pf, Qf = P.reshape((-1, N, N)), Q.reshape((-1, N, N))
+    count = int(Pf.shape[0])
+    dev = P.device
+    Lc, good_p = _torch_cholesky(Pf)
+    Lo, good_q = torch.empty_like(Qf), torch.zeros(count, dtype=torch.bool, device=dev)
+    known_q = torch.zeros(count, dtype=torch.bool, device=dev)
+
+    def cholesky_q(mask):  # Lo and good_q of the systems in mask (a flat boolean mask), once each
+        nonlocal Lo, good_q
+        need = mask & ~known_q
+        if bool(need.all()):
+            Lo, good_q = _torch_cholesky(Qf)
+        elif bool(need.any()):
+            j = torch.nonzero(need).reshape(-1)
+            Lo[j], good_q[j] = _torch_cholesky(Qf[j])
+        known_q[need] = True
+
+    s, floor = (torch.zeros((count, k), dtype=torch.float64, device=dev) for k in (N, 1))
+    Fc, Mc, Fo, Mo = (torch.empty_like(Pf) for _ in range(4))  # every system's rows are written by one route
+    svd_route = ~good_p
+    # X[mask] copies: skipped where the mask selects the whole batch (the common case)
+    pick = lambda X, mask: X if bool(mask.all()) else X[mask]  # noqa: E731
+    if bool(good_p.any()):
+        idx = torch.nonzero(good_p).reshape(-1)
+        lc = pick(Lc, good_p)
+        QLc, M = _congruence(xp, lc, pick(Qf, good_p), True)
+        delta = N * eps * torch.linalg.matrix_norm(pick(Pf, good_p)) * torch.linalg.matrix_norm(pick(Qf, good_p))
+        # sigma_1^2 = lambda_max(M) >= max_i M_ii: these pass the noise test whatever their eigenvalues
+        largest = torch.diagonal(M, dim1=-2, dim2=-1).real.amax(-1)
+        quiet_bound = delta <= _TORCH_EIGH_MAX_NOISE * largest
+        cand = torch.zeros(count, dtype=torch.bool, device=dev)
+        cand[idx[quiet_bound]] = True
+        cholesky_q(cand)
+        sure = quiet_bound & ~good_q[idx]
+        w, V = torch.linalg.eigh(M)
+        w, V = torch.flip(w, dims=(-1,)), torch.flip(V, dims=(-1,))
+        accurate = (w[..., -1] >= _EIGH_MIN_RATIO * w[..., 0]) & (w[..., -1] > 0)
+        quiet = delta <= _TORCH_EIGH_MAX_NOISE * w[..., 0]
+        cand[:] = False
+        cand[idx[~sure & ~accurate & quiet]] = True
+        cholesky_q(cand)
+        passed = sure | accurate | (quiet & ~good_q[idx])
+        svd_route[idx[~passed]] = True
+        if bool(passed.any()):
+            keep = idx[passed]
+            w, V, lc, QLc = pick(w, passed), pick(V, passed), pick(lc, passed), pick(QLc, passed)
+            sk = torch.sqrt(torch.clamp(w, min=0.0))
+            sk_inv = torch.where(sk > 0, 1.0 / torch.where(sk > 0, sk, 1.0), 0.0)
+            noise = torch.where(pick(accurate, passed), 0.0, torch.sqrt(pick(delta, passed)))
+            route = (sk, lc, V, QLc, V * sk_inv.to(V.dtype)[..., None, :],
+                     torch.maximum(sk[..., :1] * (N * eps), noise[:, None]))
+            if int(keep.shape[0]) == count:  # the whole batch takes this route: no scatter
+                s, Fc, Mc, Fo, Mo, floor = route
+            else:
+                for X, Y in zip((s, Fc, Mc, Fo, Mo, floor), route):
+                    X[keep] = Y
+    if bool(svd_route.any()):
+        cholesky_q(svd_route)
+        idx = torch.nonzero(svd_route).reshape(-1)
+        lc, lo = Lc[idx], Lo[idx]
+        for L, good, G in ((lc, good_p[idx], Pf[idx]), (lo, good_q[idx], Qf[idx])):
+            if not bool(good.all()):
+                L[~good] = _psd_factor(xp, G[~good])
+        U, sk, Vh = _balancing_svd(xp, lc, lo, N)
+        s[idx], Fc[idx], Mc[idx], Fo[idx], Mo[idx] = sk, lc, be.mH(Vh), lo, U
+        floor[idx] = sk[..., :1] * (N * eps)
+    shape = lambda X: X.reshape(batch + tuple(X.shape[1:]))  # noqa: E731
+    return shape(s), shape(Fc), shape(Mc), shape(Fo), shape(Mo), shape(floor)

@@ -528,6 +528,88 @@ def test_torch_balanced_truncation_of_a_diagonal_system_returns_torch_tensors(to
     assert tuple(res.A.shape) == (4, 4)
 
 
+
+def mixed_route_batch(torch):
+    """A torch batch of real-output systems (n = 8, m = p = 4) whose members take different routes.
+
+    Member 0: four inputs and outputs, every HSV above 1e-3 sigma_1 (the ``eigh`` route). Members 1-3: one
+    input and one output (the other columns zero), poles of modulus <= 0.4: HSVs decaying to 1e-12 sigma_1 and
+    below, ill-conditioned Gramians (the SVD route on Cholesky or ``eigh`` factors).
+    """
+    members = [build_diagonal_system(11, 8, 4, 4, real_output=True, rho=0.9, gamma_normalized=True)]
+    for seed in (12, 13, 14):
+        sys = build_diagonal_system(seed, 8, 4, 4, real_output=True, rho=0.4)
+        B, C = np.array(sys.B), np.array(sys.C)
+        B[:, 1:], C[1:, :] = 0.0, 0.0
+        members.append(lr.DiagonalSystem(sys.lam, B, C, real_output=True))
+    stack = lambda name: np.stack([getattr(x, name) for x in members])  # noqa: E731
+    return to_torch(torch, lr.DiagonalSystem(stack("lam"), stack("B"), stack("C"), real_output=True))
+
+
+def test_torch_fast_path_on_ill_conditioned_members_matches_slicot(torch, slycot):
+    # The torch path decides the route per member and computes each route only on its members; every member
+    # keeps the torch path's documented accuracy against SLICOT ab09ad on the real 2n realization, and the
+    # batch gives what each member gives alone.
+    tsys = mixed_route_batch(torch)
+    hsv = ref.as_numpy(lr.hankel_singular_values(tsys))
+    A, B, C, _ = dense_matrices(tsys)
+    hsv_ref = np.stack([ref.hsv_ab09ad(A[k], B[k], C[k], dico="D") for k in range(4)])
+    assert hsv_ref[0, -1] >= 1e-3 * hsv_ref[0, 0]
+    assert np.all(hsv_ref[1:, -1] <= 1e-12 * hsv_ref[1:, 0])
+    assert_hsv_close_to_dense_path(hsv, hsv_ref, tsys)
+    for k in range(4):
+        alone = lr.DiagonalSystem(tsys.lam[k], tsys.B[k], tsys.C[k], real_output=True)
+        np.testing.assert_allclose(ref.as_numpy(lr.hankel_singular_values(alone)), hsv[k], rtol=0,
+                                   atol=1e-12 * hsv[k, 0])
+
+
+def test_torch_balanced_truncation_of_ill_conditioned_members_matches_slicot_transfer_functions(torch, slycot):
+    # Order 4 of 16 keeps HSVs far above round-off in every member; the reduced transfer functions equal SLICOT's
+    # ab09ad reduced models on the unit circle (realizations differ by a state transformation).
+    tsys = mixed_route_batch(torch)
+    res = lr.balanced_truncation(tsys, rank=4)
+    A, B, C, D = dense_matrices(tsys)
+    omegas = ref.unit_circle_grid(256)
+    for k in range(4):
+        Ar, Br, Cr, Dr, hsv_ref = ref.balanced_truncation_ab09ad(A[k], B[k], C[k], D[k], rank=4)
+        assert hsv_ref[3] >= 1e-6 * hsv_ref[0]
+        G = ref.freqresp(*(ref.as_numpy(X)[k] for X in (res.A, res.B, res.C, res.D)), omegas)
+        G_ref = ref.freqresp(Ar, Br, Cr, Dr, omegas)
+        assert np.max(np.abs(G - G_ref)) <= 1e-8 * hsv_ref[0], np.max(np.abs(G - G_ref)) / hsv_ref[0]
+
+
+
+def test_torch_eigh_route_with_a_semidefinite_observability_gramian_matches_slicot(torch, slycot):
+    # One output, four inputs (the S4D-channel shape): P has a well-conditioned Cholesky factor, Q does not, and
+    # HSVs fall far below 1e-3 sigma_1. The torch path takes the eigh route at its documented accuracy (the SVD
+    # route would use an eigh factor of Q, no more accurate) and decouples states below its noise level; HSVs and
+    # reduced transfer functions still match SLICOT ab09ad.
+    from lti_reduce.systems import _diagonal_decompose
+
+    members = []
+    for seed in (20, 21, 22, 23):
+        sys = build_diagonal_system(seed, 8, 4, 4, real_output=True, rho=0.7, gamma_normalized=True)
+        C = np.array(sys.C)
+        C[1:, :] = 0.0
+        members.append(lr.DiagonalSystem(sys.lam, sys.B, C, real_output=True))
+    stack = lambda name: np.stack([getattr(x, name) for x in members])  # noqa: E731
+    tsys = to_torch(torch, lr.DiagonalSystem(stack("lam"), stack("B"), stack("C"), real_output=True))
+    dec = _diagonal_decompose(tsys)
+    hsv = ref.as_numpy(dec.s)
+    noise = ref.as_numpy(dec.floor)[:, 0] / hsv[:, 0]
+    assert np.all(noise > 16 * EPS) and np.all(noise <= 1e-6)  # the eigh route's noise level, not round-off
+    A, B, C, D = dense_matrices(tsys)
+    omegas = ref.unit_circle_grid(256)
+    res = lr.balanced_truncation(tsys, rank=3)
+    for k in range(4):
+        Ar, Br, Cr, Dr, hsv_ref = ref.balanced_truncation_ab09ad(A[k], B[k], C[k], D[k], rank=3)
+        assert hsv_ref[-1] <= 1e-6 * hsv_ref[0] and hsv_ref[2] >= 1e-4 * hsv_ref[0]
+        assert_hsv_close_to_dense_path(hsv[k], hsv_ref, members[k])
+        G = ref.freqresp(*(ref.as_numpy(X)[k] for X in (res.A, res.B, res.C, res.D)), omegas)
+        G_ref = ref.freqresp(Ar, Br, Cr, Dr, omegas)
+        assert np.max(np.abs(G - G_ref)) <= 1e-8 * hsv_ref[0], np.max(np.abs(G - G_ref)) / hsv_ref[0]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------------------------
