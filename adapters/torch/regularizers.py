@@ -3,9 +3,10 @@
 ``sum_i sigma_i`` (the nuclear norm of the Hankel operator) is a convex surrogate
 of the McMillan degree; added to the loss it pushes energy into few states, so a
 later cut loses less (Schwerdtner et al.; the CompreSSM paper compares against it).
-Gradients flow through the core's closed-form diagonal Gramians, a Cholesky
-factor and a Hermitian eigensolver (``torch.linalg``), so it runs on the layers'
-device. Eigenvalue derivatives are ill-conditioned where two HSVs coincide.
+Gradients flow through the core's closed-form diagonal Gramians, Cholesky factors
+shifted by float64 round-off and ``svdvals`` (``torch.linalg``), whose backward passes do
+not divide by gaps between HSVs, so they stay finite where small HSVs coincide (S4D
+channels); it runs on the layers' device.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 import torch.nn as nn
 
 import lti_reduce as lr
+
+from lti_reduce._differentiable import hankel_singular_values_for_gradients
 
 from .layers.protocol import compressible_layers
 
@@ -27,7 +30,7 @@ def hankel_nuclear_norm(model: nn.Module, *, reduction: str = "sum") -> torch.Te
     ----------
     model : nn.Module
         A model whose compressible layers support ``to_system(differentiable=True)``
-        (the :class:`adapters.torch.LRU` does).
+        (``LRU``, ``S5`` and ``S4D`` do).
     reduction : {"sum", "mean"}
         Sum over layers, or their mean.
 
@@ -53,6 +56,6 @@ def hankel_nuclear_norm(model: nn.Module, *, reduction: str = "sum") -> torch.Te
         except TypeError as exc:
             raise ValueError(f"layer {name!r} ({type(layer).__name__}) does not offer to_system(differentiable=True), "
                              "which the regularizer needs to backpropagate into its parameters.") from exc
-        terms.append(lr.hankel_singular_values(system).sum())
+        terms.append(hankel_singular_values_for_gradients(system).sum())
     total = torch.stack(terms).sum()
     return total / len(terms) if reduction == "mean" else total
