@@ -115,9 +115,9 @@ _TASK_HELP = ("classify (default): an SSM classifier on --dataset; delay: recall
 def _text_options(p) -> None:
     p.add_argument("--task", choices=("classify", "delay", "text"), default="classify", help=_TASK_HELP)
     p.add_argument("--rank", type=_positive_int, metavar="R",
-                   help="--task text: states per layer the compressed run keeps (default 16)")
+                   help="--task text: states per layer the compressed run keeps (default 4)")
     p.add_argument("--seq-len", type=_positive_int, metavar="T",
-                   help="--task text: bytes per training window, the context (default 128)")
+                   help="--task text: bytes per training window, the context (default 256)")
 
 
 def _text_config(args):

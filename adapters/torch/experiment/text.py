@@ -92,18 +92,18 @@ class TextConfig:
     """
 
     model: str = "mamba2"
-    d_model: int = 64
+    d_model: int = 16
     d_state: int = 128
     n_layers: int = 2
-    head_dim: int = 16
-    seq_len: int = 128
+    head_dim: int = 8
+    seq_len: int = 256
     batch_size: int = 8
-    steps: int = 400
-    lr: float = 3e-3
+    steps: int = 300
+    lr: float = 1e-2
     weight_decay: float = 0.1
     warmup_frac: float = 0.05
     grad_clip: float | None = 1.0
-    rank: int = 16
+    rank: int = 4
     cut_frac: float = 0.1
     ranking: str = "output_energy"
     min_shrink: float = 0.05
