@@ -16,7 +16,7 @@ median milliseconds per step and the ratio to the 128-state model.
 
 ``--models text_default,text_mamba,text_mamba2`` times text-task models instead: ``text_default`` is the
 default of ``lti-reduce sweep --task text`` (Mamba2, d_model 16, heads of 8, 256-byte windows, ``chunk_size``
-256), ``text_mamba`` Mamba d_model 32 on 64-byte windows, ``text_mamba2`` Mamba2 d_model 64 (heads of 16) on
+64), ``text_mamba`` Mamba d_model 32 on 64-byte windows, ``text_mamba2`` Mamba2 d_model 64 (heads of 16) on
 128-byte windows with ``chunk_size`` 128; batch 8, standard-library bytes. ``--profile`` prints the operators
 that take a step's time at 128 states and at the smallest size.
 transformers' Mamba takes ``mambapy``'s parallel scan on a CPU where that package is installed (``use_mambapy``),
