@@ -9,14 +9,16 @@ removal changes its state path's output by at most 5% on calibration data):
 * ``MambaForCausalLM`` (transformers, pure-torch path: the mixer's sequential scan): hidden 32,
   2 layers, a copy task (batch 8, length 32).
 
-Besides the uncut model (128) and the cut one (``r``), copies cut to 64, 32 and 16 states (``rank=``) show how
+Besides the uncut model (128) and the cut one (``r``), copies cut to 64, 32, 16 and 4 states (``rank=``) show how
 the step time scales with the state. All copies of a model are timed interleaved in one run (one
 forward + backward + Adam step each, in turn, ``--repeats`` rounds after two warm-up rounds); reported are
 median milliseconds per step and the ratio to the 128-state model.
 
-``--models text_mamba,text_mamba2`` times the text task's models instead (``lti-reduce sweep --task text``:
-Mamba d_model 32 on 64-byte windows, Mamba2 d_model 64 on 128-byte windows with ``chunk_size`` 128, batch 8,
-standard-library bytes); ``--profile`` prints the operators that take a step's time at 128 and at 16 states.
+``--models text_default,text_mamba,text_mamba2`` times text-task models instead: ``text_default`` is the
+default of ``lti-reduce sweep --task text`` (Mamba2, d_model 16, heads of 8, 256-byte windows, ``chunk_size``
+64), ``text_mamba`` Mamba d_model 32 on 64-byte windows, ``text_mamba2`` Mamba2 d_model 64 (heads of 16) on
+128-byte windows with ``chunk_size`` 128; batch 8, standard-library bytes. ``--profile`` prints the operators
+that take a step's time at 128 states and at the smallest size.
 transformers' Mamba takes ``mambapy``'s parallel scan on a CPU where that package is installed (``use_mambapy``),
 else a Python loop over time steps whose backward materializes a ``(batch, d_inner, length, d_state)`` zero tensor
 per step (``SelectBackward``): quadratic in the length and linear in the state.
@@ -98,13 +100,13 @@ def hf_mamba_setup(seed):
     return model, batch, loss_fn, tokens(32, torch.Generator().manual_seed(99)), tokens(32, torch.Generator().manual_seed(98))
 
 
-def text_setup(model_name, d_model, seq_len, batch_size=8):
-    """The text task's model (``lti-reduce sweep --task text``) on its standard-library bytes."""
+def text_setup(model_name, d_model, seq_len, batch_size=8, head_dim=16):
+    """A text-task model (:func:`adapters.torch.experiment.text.build_text_model`) on its standard-library bytes."""
     from adapters.torch.experiment.text import TextConfig, _loss, _windows, build_text_model, load_corpus
 
     def setup(seed):
         config = TextConfig(model=model_name, d_model=d_model, seq_len=seq_len, batch_size=batch_size,
-                            d_state=STATE)
+                            head_dim=head_dim, d_state=STATE)
         corpus = load_corpus()
         model = build_text_model(config, seed=seed)
         g = torch.Generator().manual_seed(seed)
@@ -125,7 +127,8 @@ def text_setup(model_name, d_model, seq_len, batch_size=8):
 
 SETUPS = {"selective": ("SelectiveSSM", selective_ssm_setup), "hf_mamba": ("MambaForCausalLM", hf_mamba_setup),
           "text_mamba": ("Mamba text (d 32, T 64)", text_setup("mamba", 32, 64)),
-          "text_mamba2": ("Mamba2 text (d 64, T 128)", text_setup("mamba2", 64, 128))}
+          "text_mamba2": ("Mamba2 text (d 64, T 128)", text_setup("mamba2", 64, 128)),
+          "text_default": ("Mamba2 text default (d 16, T 256)", text_setup("mamba2", 16, 256, head_dim=8))}
 
 
 def profile_step(name, model, batch, loss_fn, rows=8):
@@ -159,7 +162,7 @@ def bench(name, setup, train_steps, repeats, seed=0, profile=False):
     report = compress_selective_(cut, calibration_inputs=calib, tol=0.05, held_out_inputs=held, optimizer=None)
     r = max(x.after for x in report)
     variants = {STATE: model, r: cut}
-    for size in (64, 32, 16):
+    for size in (64, 32, 16, 4):
         if size not in variants:
             m = copy.deepcopy(model)
             compress_selective_(m, calibration_inputs=calib, rank=size, min_shrink=0.0, optimizer=None)

@@ -93,12 +93,14 @@ def test_train_task_text_end_to_end(tmp_path, capsys):
 
     out = tmp_path / "text"
     code = main(["train", "--task", "text", "--model", "mamba2", "--quick", "--steps", "6", "--d-state", "8",
-                 "--rank", "4", "--seq-len", "12", "--d-model", "8", "--no-progress", "--out", str(out)])
+                 "--rank", "4", "--seq-len", "12", "--d-model", "8", "--head-dim", "4", "--no-progress",
+                 "--out", str(out)])
     stdout = capsys.readouterr().out
     assert code == 0 and "compressed - scratch" in stdout and "bits/byte" in stdout
     saved = json.loads((out / "results.json").read_text())
     assert saved["dataset"]["sha256"] == load_corpus().sha256
     assert [r["d_state"] for r in saved["summary"]] == [8, 4, 4]
+    assert saved["config"]["head_dim"] == 4 and saved["config"]["d_model"] == 8
     assert set(saved["timing"]["0"]) == {"full", "compressed", "scratch"}
 
 

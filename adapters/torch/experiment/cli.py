@@ -115,9 +115,11 @@ _TASK_HELP = ("classify (default): an SSM classifier on --dataset; delay: recall
 def _text_options(p) -> None:
     p.add_argument("--task", choices=("classify", "delay", "text"), default="classify", help=_TASK_HELP)
     p.add_argument("--rank", type=_positive_int, metavar="R",
-                   help="--task text: states per layer the compressed run keeps (default 16)")
+                   help="--task text: states per layer the compressed run keeps (default 4)")
     p.add_argument("--seq-len", type=_positive_int, metavar="T",
-                   help="--task text: bytes per training window, the context (default 128)")
+                   help="--task text: bytes per training window, the context (default 256)")
+    p.add_argument("--head-dim", type=_positive_int, metavar="P",
+                   help="--task text, Mamba2: channels per head, dividing 2 * --d-model (default 8)")
 
 
 def _text_config(args):
@@ -143,7 +145,8 @@ def _text_config(args):
                         "states, after 10% of --steps.")
     fields = {"model": model, "steps": args.steps, "d_state": args.d_state, "d_model": args.d_model,
               "n_layers": args.layers, "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
-              "rank": args.rank, "seq_len": args.seq_len, "seed": getattr(args, "seed", None),
+              "rank": args.rank, "seq_len": args.seq_len, "head_dim": args.head_dim,
+              "seed": getattr(args, "seed", None),
               "progress": not args.no_progress}
     fields = {k: v for k, v in fields.items() if v is not None}
     out = args.out if args.out not in ("lti_reduce_run", "lti_reduce_sweep") else "lti_reduce_text"
