@@ -160,7 +160,7 @@ class SSMSequenceRegressor(SSMClassifier):
 def build_regressor(config: ExperimentConfig, data: SequenceDataset, d_state=None, *,
                     device: torch.device | str = "cpu") -> SSMSequenceRegressor:
     """The regressor of ``config`` for ``data`` (``d_state``: one size, or one per layer, overriding the config)."""
-    from ..lru import LRU
+    from ..layers.lru import LRU
 
     cls = layer_class(config.model)
     kwargs = {}

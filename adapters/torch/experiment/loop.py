@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import SequenceDataset
-from ..protocol import compressible_layers
+from ..layers.protocol import compressible_layers
 from ..schedule import CompressionSchedule
 from .config import ExperimentConfig
 
@@ -122,7 +122,7 @@ def equalize_mode_scales_(model: nn.Module) -> int:
     Parameters are changed in place (the ``nn.Parameter`` objects stay). Returns the number of
     layers rescaled.
     """
-    from ..lru import LRU
+    from ..layers.lru import LRU
 
     count = 0
     for module in model.modules():
