@@ -35,8 +35,6 @@ MAX_FUNCTION_LINES = 80
 KNOWN_LONG_FILES = {"mamba.py", "experiment/text.py", "experiment/delay.py"}
 KNOWN_LONG_FUNCTIONS = {
     ("mamba.py", "compress_selective_"),
-    ("integrations/fsdp.py", "compress_fsdp_"),
-    ("experiment/report.py", "save_plots"),
     ("experiment/delay.py", "_run"),
 }
 
