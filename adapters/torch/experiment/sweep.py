@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -33,6 +32,7 @@ from .config import ConfigError, ExperimentConfig, check_config, cut_steps, reso
 from .loop import predict, seed_everything, train_run
 from .models import build_model
 from .stats import mean_std, paired_t_interval
+from .tables import format_sweep_table  # noqa: F401 (its public path)
 from .timing import environment, interleaved_step_times, loadavg
 
 __all__ = ["DEFAULT_TOLS", "PAPER_SETTINGS", "SweepConfig", "format_sweep_table", "run_sweep", "save_sweep_plot",
@@ -162,19 +162,7 @@ def run_sweep(sweep: SweepConfig, *, data: SequenceDataset | None = None, log=No
 def _run_sweep(sweep: SweepConfig, data, device, log) -> dict:
     wall_start = time.perf_counter()
     base = sweep.base
-    out = prepare_output(base.out)
-    runs_dir = out / "runs"
-    runs_dir.mkdir(exist_ok=True)
-    stamp = out / "sweep.json"
-    fingerprint = sweep.fingerprint()
-    if stamp.is_file():
-        held = json.loads(stamp.read_text())
-        if held.get("fingerprint") != fingerprint:
-            raise ConfigError(f"'{out}' holds a sweep of another configuration (fingerprint {held.get('fingerprint')}, "
-                              f"this one {fingerprint}); choose another --out, or delete '{out}' to start over.")
-    else:
-        stamp.write_text(json.dumps({"fingerprint": fingerprint, "config": base.to_dict()}, indent=1))
-
+    out, runs_dir = _open_output(base.out, sweep.fingerprint(), {"config": base.to_dict()})
     data = prepare_data(base, data, device)
     steps = total_steps(base, len(data.y_train))
     if steps < 2:
@@ -197,9 +185,7 @@ def _run_sweep(sweep: SweepConfig, data, device, log) -> dict:
                        "total_state": sum(model.state_dims), "cuts": _compact_cuts(record["cuts"]),
                        "loss": record["loss"][:: max(1, steps // 200)], "loadavg_end": loadavg()})
         torch.save(model.state_dict(), runs_dir / f"{key}.pt")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)  # a run is either recorded whole or not at all
+        _save_record(path, record)
         log(f"{key}: test accuracy {100 * record['test_accuracy']:.2f}%, state {record['total_state']}, "
             f"{record['train_time_s']:.0f}s")
         return record
@@ -230,8 +216,39 @@ def _run_sweep(sweep: SweepConfig, data, device, log) -> dict:
     return results
 
 
-def _seed_timing(sweep, data, device, runs_dir: Path, seed: int, records: dict) -> dict:
-    """Interleaved step times of one seed's trained models (cached in ``runs/timing-seed{seed}.json``)."""
+def _open_output(out, fingerprint: str, stamp: dict) -> tuple[Path, Path]:
+    """``out`` and its ``runs/`` folder, made if missing; refused if it holds a sweep of another configuration.
+
+    The first call writes ``{"fingerprint": fingerprint, **stamp}`` to ``out/sweep.json``; later calls compare
+    the fingerprint held there with ``fingerprint`` (a resumed sweep must be the same sweep).
+    """
+    out = prepare_output(out)
+    runs_dir = out / "runs"
+    runs_dir.mkdir(exist_ok=True)
+    path = out / "sweep.json"
+    if path.is_file():
+        held = json.loads(path.read_text()).get("fingerprint")
+        if held != fingerprint:
+            raise ConfigError(f"'{out}' holds a sweep of another configuration (fingerprint {held}, this one "
+                              f"{fingerprint}); choose another --out, or delete '{out}' to start over.")
+    else:
+        path.write_text(json.dumps({"fingerprint": fingerprint, **stamp}, indent=1))
+    return out, runs_dir
+
+
+def _save_record(path: Path, record: dict) -> None:
+    """Write a run's record as JSON to ``path``: whole or not at all (a temporary file renamed)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
+
+
+def _seed_timing(sweep, data, device, runs_dir: Path, seed: int, records: dict, build=build_model) -> dict:
+    """Interleaved step times of one seed's trained models (cached in ``runs/timing-seed{seed}.json``).
+
+    ``build(config, data, state_dims, device=...)`` rebuilds a model of the sizes a run reached (default
+    :func:`~adapters.torch.experiment.models.build_model`).
+    """
     path = runs_dir / f"timing-seed{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -240,7 +257,7 @@ def _seed_timing(sweep, data, device, runs_dir: Path, seed: int, records: dict) 
     for key, record in records.items():
         if record["seed"] != seed:
             continue
-        model = build_model(base, data, record["state_dims"], device=device).to(device)
+        model = build(base, data, record["state_dims"], device=device).to(device)
         model.load_state_dict(torch.load(runs_dir / f"{key}.pt", map_location=device))
         models[key] = model
     ms = interleaved_step_times(models, data, base, rounds=sweep.timing_rounds, steps_per_round=sweep.timing_steps,
@@ -309,51 +326,6 @@ def summarize(records: list[dict], timing: dict, tols) -> dict:
         paired.append({"tol": tol, "diff_mean": mean, "diff_ci95": ci, "n_seeds": len(both), "diffs": diffs,
                        "vs_full_mean": vs_mean, "vs_full_ci95": vs_ci})
     return {"summary": summary, "paired": paired}
-
-
-def _pts(x) -> str:
-    return "-" if x is None else f"{100 * x:+.2f}"
-
-
-def format_sweep_table(results: dict) -> str:
-    """The sweep as text: the summary table, the paired differences, and what the noise is."""
-    ds, cfg = results["dataset"], results["config"]
-    acc_full = next((r["acc_mean"] for r in results["summary"] if r["method"] == "full"), 0.97)
-    sd = 100 * math.sqrt(acc_full * (1 - acc_full) / ds["n_test"])
-    lines = [f"sweep: {ds['name']} ({ds['n_train']} train / {ds['n_test']} test examples; binomial sd of one "
-             f"accuracy about {sd:.2f} points), {cfg['model'].upper()} {cfg['n_layers']} x {cfg['d_state']} modes, "
-             f"d_model {cfg['d_model']}, {results['steps']} steps, cuts at {results['cut_steps']}, seeds "
-             f"{', '.join(map(str, results['seeds']))}"]
-    head = (f"{'method':<11} {'tol':>5} {'state (mean)':>12} {'test acc (mean +- std)':>23} {'wall speed-up':>14} "
-            f"{'step speed-up':>14}")
-    lines += [head, "-" * len(head)]
-    for r in results["summary"]:
-        std = "" if r["acc_std"] is None else f" +- {100 * r['acc_std']:.2f}"
-        tol = "-" if r["tol"] is None else f"{r['tol']:g}"
-        wall = "-" if r["wall_speedup_mean"] is None else f"{r['wall_speedup_mean']:.2f}x"
-        step = "-" if r["step_speedup_mean"] is None else f"{r['step_speedup_mean']:.2f}x"
-        lines.append(f"{r['method']:<11} {tol:>5} {r['state_mean']:>12.1f} {100 * r['acc_mean']:>14.2f}%{std:<8} "
-                     f"{wall:>14} {step:>14}")
-    lines.append("")
-    lines.append("paired per-seed differences in points (mean, 95% t-interval over seeds):")
-    for p in results["paired"]:
-        ci = p["diff_ci95"]
-        if ci is None:
-            verdict = "one seed: no interval"
-        elif ci[0] > 0:
-            verdict = "compressed better"
-        elif ci[1] < 0:
-            verdict = "compressed WORSE"
-        else:
-            verdict = "inside the noise"
-        vs = p["vs_full_ci95"]
-        vs_text = (f"; compressed - full {_pts(p['vs_full_mean'])} [{_pts(vs[0])}, {_pts(vs[1])}]" if vs else "")
-        ci_text = f" [{_pts(ci[0])}, {_pts(ci[1])}]" if ci else ""
-        lines.append(f"  tol {p['tol']:<5g} compressed - scratch {_pts(p['diff_mean'])}{ci_text} ({verdict}){vs_text}")
-    lines.append("")
-    lines.append("speed-ups over the full model: wall clock of whole runs, and step time at the final size timed "
-                 "interleaved (valid on a shared machine; the wall clock is not).")
-    return "\n".join(lines)
 
 
 def save_sweep_plot(results: dict, path: Path) -> str | None:
