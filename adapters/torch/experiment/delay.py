@@ -36,7 +36,7 @@ from .config import ConfigError, ExperimentConfig, check_config, cut_steps, reso
 from .loop import seed_everything, train_run
 from .models import SSMClassifier, default_chunk_size, layer_class
 from .stats import mean_std, paired_t_interval
-from .sweep import _compact_cuts, _key, _open_output, _save_record, _seed_timing
+from .sweep import _compact_cuts, _key, _open_output, _save_record, _seed_runs, _seed_timing, _torch_threads
 from .tables import format_delay_table
 from .timing import environment, loadavg
 
@@ -267,13 +267,8 @@ def run_delay_sweep(sweep: DelaySweepConfig, *, log=None) -> dict:
     sweep.check()
     log = log or (lambda line: print(line, flush=True))
     device = resolve_device(sweep.base.device)
-    threads = torch.get_num_threads()
-    if sweep.base.threads is not None:
-        torch.set_num_threads(int(sweep.base.threads))
-    try:
+    with _torch_threads(sweep.base.threads):
         return _run(sweep, device, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(sweep: DelaySweepConfig, device, log) -> dict:
@@ -311,14 +306,8 @@ def _run(sweep: DelaySweepConfig, device, log) -> dict:
             f"{record['train_time_s']:.0f}s")
         return record
 
-    records, timing = {}, {}
-    for seed in sweep.seeds:
-        records[_key("full", None, seed)] = run("full", None, seed)
-        for tol in sweep.tols:
-            comp = run("compressed", tol, seed)
-            records[_key("compressed", tol, seed)] = comp
-            records[_key("scratch", tol, seed)] = run("scratch", tol, seed, d_state=comp["state_dims"])
-        timing[str(seed)] = _seed_timing(sweep, data, device, runs_dir, seed, records, build=build_regressor)
+    records, timing = _seed_runs(sweep, run, lambda seed, done: _seed_timing(sweep, data, device, runs_dir, seed, done,
+                                                                            build=build_regressor))
     if sweep.watch:
         for seed in sweep.seeds:
             for tol in sweep.tols:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -150,13 +151,8 @@ def run_sweep(sweep: SweepConfig, *, data: SequenceDataset | None = None, log=No
     log = log or (lambda line: print(line, flush=True))
     base = sweep.base
     device = resolve_device(base.device)
-    threads = torch.get_num_threads()
-    if base.threads is not None:
-        torch.set_num_threads(int(base.threads))
-    try:
+    with _torch_threads(base.threads):
         return _run_sweep(sweep, data, device, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run_sweep(sweep: SweepConfig, data, device, log) -> dict:
@@ -190,15 +186,7 @@ def _run_sweep(sweep: SweepConfig, data, device, log) -> dict:
             f"{record['train_time_s']:.0f}s")
         return record
 
-    records: dict[str, dict] = {}
-    timing: dict[str, dict] = {}
-    for seed in sweep.seeds:
-        records[_key("full", None, seed)] = run("full", None, seed)
-        for tol in sweep.tols:
-            comp = run("compressed", tol, seed)
-            records[_key("compressed", tol, seed)] = comp
-            records[_key("scratch", tol, seed)] = run("scratch", tol, seed, d_state=comp["state_dims"])
-        timing[str(seed)] = _seed_timing(sweep, data, device, runs_dir, seed, records)
+    records, timing = _seed_runs(sweep, run, lambda seed, done: _seed_timing(sweep, data, device, runs_dir, seed, done))
 
     results = {"config": base.to_dict(), "fingerprint": sweep.fingerprint(), "tols": list(sweep.tols),
                "seeds": list(sweep.seeds), "dataset": describe_dataset(data), "environment": environment(device),
@@ -214,6 +202,36 @@ def _run_sweep(sweep: SweepConfig, data, device, log) -> dict:
     with open(out / "results.json", "w") as f:
         json.dump(results, f, indent=1)
     return results
+
+
+@contextmanager
+def _torch_threads(threads: int | None):
+    """Run the block with ``threads`` torch threads (``None``: as set), the number before restored after it."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _seed_runs(sweep, run, seed_timing) -> tuple[dict, dict]:
+    """Per seed: the full model, per tolerance the compressed one and the one from scratch at its sizes; timed.
+
+    ``run(method, tol, seed, d_state=None)`` trains (or reloads) one run and returns its record;
+    ``seed_timing(seed, records)`` times the seed's models. Returns ``(records by run key, timing by seed)``.
+    """
+    records: dict[str, dict] = {}
+    timing: dict[str, dict] = {}
+    for seed in sweep.seeds:
+        records[_key("full", None, seed)] = run("full", None, seed)
+        for tol in sweep.tols:
+            comp = run("compressed", tol, seed)
+            records[_key("compressed", tol, seed)] = comp
+            records[_key("scratch", tol, seed)] = run("scratch", tol, seed, d_state=comp["state_dims"])
+        timing[str(seed)] = seed_timing(seed, records)
+    return records, timing
 
 
 def _open_output(out, fingerprint: str, stamp: dict) -> tuple[Path, Path]:
