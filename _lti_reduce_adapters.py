@@ -9,7 +9,7 @@ This module adds one finder at the *end* of ``sys.meta_path`` (it is imported at
 by the ``lti_reduce_adapters.pth`` file that a regular install puts in site-packages).
 Being last, it is asked only after every normal finder has failed, so it changes nothing
 when there is no conflict, and it answers only for the name ``adapters.torch``: it returns
-the package that lies beside this file. Submodules (``adapters.torch.lru``, ...) are then
+the package that lies beside this file. Submodules (``adapters.torch.layers``, ...) are then
 found through that package's ``__path__`` as usual, and AdapterHub's own ``adapters``
 keeps working. Import it by hand (``import _lti_reduce_adapters``) where ``.pth`` files are
 not processed (``python -S``).

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import lti_reduce as lr
-from adapters.torch.compress import _reduce_layer, _working
+from adapters.torch.cut.compute import _reduce_layer, _working
 from adapters.torch.experiment.delay import DelaySweepConfig, _predict, build_regressor, delay_scores, make_delay_data
 from adapters.torch.experiment import loop
 from adapters.torch.experiment.loop import seed_everything, train_run

@@ -32,12 +32,9 @@ KNOWN_UPWARD = {
 # goes when its file or function is split (test_a_known_long_file_or_function_is_still_long).
 MAX_FILE_LINES = 500
 MAX_FUNCTION_LINES = 80
-KNOWN_LONG_FILES = {"mamba.py", "experiment/text.py", "experiment/delay.py"}
+KNOWN_LONG_FILES = {"mamba.py", "experiment/text.py"}
 KNOWN_LONG_FUNCTIONS = {
     ("mamba.py", "compress_selective_"),
-    ("integrations/fsdp.py", "compress_fsdp_"),
-    ("experiment/report.py", "save_plots"),
-    ("experiment/delay.py", "_run"),
 }
 
 

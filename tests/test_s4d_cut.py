@@ -7,7 +7,7 @@ import lti_reduce as lr
 
 torch = pytest.importorskip("torch")
 at = pytest.importorskip("adapters.torch")
-from adapters.torch.compress import _layer_order  # noqa: E402
+from adapters.torch.cut.plan import _layer_order  # noqa: E402
 
 
 def _stable_batch(count=8, r=7, m=1, p=1, seed=0, complex_=False):
@@ -113,7 +113,7 @@ def test_a_briefly_trained_s4d_layer_shrinks_and_reports_each_channels_bound():
     own = 2 * hsv[:, r:].sum(-1)
     assert entry.error_bound == pytest.approx(own.max(), rel=1e-6)
     after = layer.to_system()
-    from adapters.torch.compress import _difference
+    from adapters.torch.cut.certify import _difference
 
     errors = lr.hinf_norm(_difference(system, after))
     assert bool((errors.numpy() <= own * (1 + 1e-6)).all())

@@ -1,5 +1,6 @@
 """The report's notes, at their old import path: they live in :mod:`adapters.torch.cut.report`."""
 
-from .cut.report import gate_lines, selective_legend, warn_if_gated
+# for mamba.py until its split
+from .cut.report import warn_if_gated
 
-__all__ = ["gate_lines", "selective_legend", "warn_if_gated"]
+__all__ = ["warn_if_gated"]

@@ -18,12 +18,9 @@ from .cut.plan import _REQUIRED, check_call, find_layers, plan_kept_states, plan
 from .cut.progress import Progress
 from .cut.report import CompressionReport, LayerReport, _selective_entry, warn_if_gated
 
-# Private names other modules and tests import from here (their home is the cut package).
-from .cut.apply import _Snapshot  # noqa: F401
-from .cut.certify import _difference  # noqa: F401
-from .cut.compute import _stack, _working  # noqa: F401
-from .cut.plan import _check_hinf_method, _check_optimizer_argument, _check_options, _check_tol  # noqa: F401
-from .cut.plan import _layer_order  # noqa: F401
+# for mamba.py until its split (it imports _REQUIRED, _selective_entry, _check_optimizer_argument and _check_tol
+# from here; their home is the cut package)
+from .cut.plan import _check_optimizer_argument, _check_tol  # noqa: F401
 
 __all__ = ["compress_", "CompressionReport", "LayerReport"]
 

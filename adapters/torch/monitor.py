@@ -23,8 +23,10 @@ import torch.nn as nn
 
 from lti_reduce._watch import _diagonal_hankel_frobenius_norm, _diagonal_hsv_values
 
-from .compress import _difference, _layer_order, _stack, _working
-from .protocol import compressible_layers
+from .cut.certify import _difference
+from .cut.compute import _stack, _working
+from .cut.plan import _layer_order
+from .layers.protocol import compressible_layers
 from .schedule import CompressionSchedule
 
 __all__ = ["HSVTimedSchedule", "Settled", "kept_set_settled", "save_hsv_trajectory_plot"]

@@ -1,7 +1,7 @@
 """Keeping an optimizer consistent after a cut re-based parameters.
 
 After a cut, a layer's state-shaped parameters have new shapes and live in a new
-(balanced) basis. Layers resize them in place (:mod:`adapters.torch._params`), so every
+(balanced) basis. Layers resize them in place (:mod:`adapters.torch.layers._params`), so every
 optimizer still holds the live ``nn.Parameter`` objects, in the same group and position
 (group hyper-parameters and LR schedulers are untouched). What is stale is the
 per-parameter state of the re-based parameters (Adam moments, momentum buffers,

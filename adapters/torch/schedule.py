@@ -13,8 +13,9 @@ import copy
 import torch.nn as nn
 
 from .cut.certify import check_certify
-from .compress import (_REQUIRED, CompressionReport, _check_hinf_method, _check_optimizer_argument, _check_options,
-                       compress_)
+from .compress import compress_
+from .cut.plan import _REQUIRED, _check_hinf_method, _check_optimizer_argument, _check_options
+from .cut.report import CompressionReport
 from .optim import check_rewarm_steps
 
 __all__ = ["CompressionSchedule", "RollbackGuard"]
@@ -131,7 +132,7 @@ class CompressionSchedule:
         if self._checked == id(model):
             return
         from .mamba import _selective_layers
-        from .protocol import compressible_layers
+        from .layers.protocol import compressible_layers
 
         if not compressible_layers(model) and not _selective_layers(model):
             raise ValueError(f"CompressionSchedule: {type(model).__name__} has no compressible layer (nothing "

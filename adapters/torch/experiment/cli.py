@@ -158,19 +158,31 @@ def _text_config(args):
     return config
 
 
-def _cmd_text(args, seeds) -> int:
+def run_and_print(run, format_table, out, *, errors: tuple = ()) -> int:
+    """Run a command's experiment (``run()``), print its table, the files it wrote and its wall time.
+
+    The experiment's errors for bad options (``ConfigError``, a diverged loss, and ``errors``) become a
+    ``UserError``: the command line prints the message without a traceback.
+    """
     from .config import ConfigError
+
+    try:
+        results = run()
+    except (ConfigError, FloatingPointError, *errors) as exc:
+        raise UserError(str(exc)) from None
+    print(format_table(results))
+    files = results.get("files", {})
+    print(f"\nwrote {', '.join(Path(f).name for f in files.values())} to {Path(out)}")
+    print(f"total wall time {results['wall_time_s']:.1f}s")
+    return 0
+
+
+def _cmd_text(args, seeds) -> int:
     from .text import format_text_table, run_text_sweep
 
     config = _text_config(args)
-    try:
-        results = run_text_sweep(config, seeds=seeds if seeds else (config.seed,))
-    except (ConfigError, FloatingPointError) as exc:
-        raise UserError(str(exc)) from None
-    print(format_text_table(results))
-    print(f"\nwrote {', '.join(Path(f).name for f in results['files'].values())} to {Path(config.out)}")
-    print(f"total wall time {results['wall_time_s']:.1f}s")
-    return 0
+    return run_and_print(lambda: run_text_sweep(config, seeds=seeds if seeds else (config.seed,)), format_text_table,
+                         config.out)
 
 
 def _overrides(args) -> dict:
@@ -234,7 +246,7 @@ def _cmd_train(args) -> int:
         raise UserError("--model mamba/mamba2 trains the text task: add --task text.")
     from ..data import DatasetError
     from .comparison import run_comparison
-    from .config import ConfigError, ExperimentConfig
+    from .config import ExperimentConfig
     from .report import format_table
 
     if args.task == "delay":
@@ -242,15 +254,7 @@ def _cmd_train(args) -> int:
         return delay_command(args, _overrides(args), train=True)
     overrides = _overrides(args)
     config = ExperimentConfig.quick(**overrides) if args.quick else ExperimentConfig(**overrides)
-    try:
-        results = run_comparison(config)
-    except (ConfigError, DatasetError, FloatingPointError) as exc:  # FloatingPointError: the loss diverged
-        raise UserError(str(exc)) from None
-    print(format_table(results))
-    files = results.get("files", {})
-    print(f"\nwrote {', '.join(Path(f).name for f in files.values())} to {Path(config.out)}")
-    print(f"total wall time {results['wall_time_s']:.1f}s")
-    return 0
+    return run_and_print(lambda: run_comparison(config), format_table, config.out, errors=(DatasetError,))
 
 
 # --------------------------------------------------------------------------------------------------- sweep
@@ -302,7 +306,6 @@ def _cmd_sweep(args) -> int:
         raise UserError(f"--model {args.model} trains the text task: add --task text.")
 
     from ..data import DatasetError
-    from .config import ConfigError
     from .sweep import PAPER_SETTINGS, SweepConfig, format_sweep_table, run_sweep
 
     if args.task == "delay":
@@ -314,14 +317,7 @@ def _cmd_sweep(args) -> int:
     base = replace(base, **_overrides(args))
     tols = args.tols or (preset["tols"] if preset else sweep.tols)
     sweep = replace(sweep, base=base, tols=tols, seeds=args.seeds or sweep.seeds)
-    try:
-        results = run_sweep(sweep)
-    except (ConfigError, DatasetError, FloatingPointError) as exc:
-        raise UserError(str(exc)) from None
-    print(format_sweep_table(results))
-    print(f"\nwrote {', '.join(Path(f).name for f in results['files'].values())} to {Path(base.out)}")
-    print(f"total wall time {results['wall_time_s']:.1f}s")
-    return 0
+    return run_and_print(lambda: run_sweep(sweep), format_sweep_table, base.out, errors=(DatasetError,))
 
 
 def main(argv=None) -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -33,12 +32,13 @@ import numpy as np
 import torch
 
 from ..data import SequenceDataset
-from .comparison import prepare_output
 from .config import ConfigError, ExperimentConfig, check_config, cut_steps, resolve_device, total_steps
 from .loop import seed_everything, train_run
 from .models import SSMClassifier, default_chunk_size, layer_class
 from .stats import mean_std, paired_t_interval
-from .timing import environment, interleaved_step_times, loadavg
+from .sweep import _compact_cuts, _key, _open_output, _save_record, _seed_runs, _seed_timing, _torch_threads
+from .tables import format_delay_table
+from .timing import environment, loadavg
 
 __all__ = ["DelayConfig", "DelaySweepConfig", "SSMSequenceRegressor", "build_regressor", "delay_scores",
            "delay_targets", "format_delay_table", "make_delay_data", "run_delay_sweep"]
@@ -160,7 +160,7 @@ class SSMSequenceRegressor(SSMClassifier):
 def build_regressor(config: ExperimentConfig, data: SequenceDataset, d_state=None, *,
                     device: torch.device | str = "cpu") -> SSMSequenceRegressor:
     """The regressor of ``config`` for ``data`` (``d_state``: one size, or one per layer, overriding the config)."""
-    from ..lru import LRU
+    from ..layers.lru import LRU
 
     cls = layer_class(config.model)
     kwargs = {}
@@ -240,10 +240,6 @@ class DelaySweepConfig:
         return hashlib.sha1(json.dumps(spec, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
-def _key(method: str, tol, seed: int) -> str:
-    return f"{method}-seed{seed}" if tol is None else f"{method}-tol{tol:g}-seed{seed}"
-
-
 def run_delay_sweep(sweep: DelaySweepConfig, *, log=None) -> dict:
     """Run (or resume) a delay sweep into ``sweep.base.out``; return what ``results.json`` holds.
 
@@ -271,30 +267,15 @@ def run_delay_sweep(sweep: DelaySweepConfig, *, log=None) -> dict:
     sweep.check()
     log = log or (lambda line: print(line, flush=True))
     device = resolve_device(sweep.base.device)
-    threads = torch.get_num_threads()
-    if sweep.base.threads is not None:
-        torch.set_num_threads(int(sweep.base.threads))
-    try:
+    with _torch_threads(sweep.base.threads):
         return _run(sweep, device, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(sweep: DelaySweepConfig, device, log) -> dict:
     wall_start = time.perf_counter()
     base = sweep.base
-    out = prepare_output(base.out)
-    runs_dir = out / "runs"
-    runs_dir.mkdir(exist_ok=True)
-    stamp, fingerprint = out / "sweep.json", sweep.fingerprint()
-    if stamp.is_file():
-        held = json.loads(stamp.read_text()).get("fingerprint")
-        if held != fingerprint:
-            raise ConfigError(f"'{out}' holds a sweep of another configuration (fingerprint {held}, this one "
-                              f"{fingerprint}); choose another --out, or delete '{out}' to start over.")
-    else:
-        stamp.write_text(json.dumps({"fingerprint": fingerprint, "config": base.to_dict(),
-                                     "task": asdict(sweep.task)}, indent=1))
+    fingerprint = sweep.fingerprint()
+    out, runs_dir = _open_output(base.out, fingerprint, {"config": base.to_dict(), "task": asdict(sweep.task)})
     data = make_delay_data(sweep.task)
     data = SequenceDataset(data.x_train.to(device), data.y_train.to(device), data.x_test.to(device),
                            data.y_test.to(device), data.name)
@@ -309,51 +290,24 @@ def _run(sweep: DelaySweepConfig, device, log) -> dict:
         config = replace(base, seed=seed, tol=tol if tol is not None else base.tol)
         seed_everything(seed)
         model = build_regressor(config, data, d_state, device=device).to(device)
-        schedule = None
-        if method.startswith("timed"):
-            from ..monitor import HSVTimedSchedule
-
-            schedule = HSVTimedSchedule(model, steps, tol=config.tol, every=sweep.watch_every,
-                                        budget=sweep.watch_budget, patience=sweep.watch_patience,
-                                        deadline=sweep.watch_deadline,
-                                        min_step=max(1, int(round(config.warmup_frac * steps))),
-                                        rule=sweep.watch, min_shrink=config.min_shrink, rewarm_steps=0)
+        schedule = _timed_schedule(sweep, model, config, steps) if method.startswith("timed") else None
         record = train_run(model, data, config, steps=steps, cuts=cuts if method == "compressed" else [],
                            label=key, device=device, schedule=schedule)
         if schedule is not None:
-            from ..monitor import save_hsv_trajectory_plot
-
-            record.update({"cut_step": schedule.cut_step, "cut_reason": schedule.reason,
-                           "watch_time_s": schedule.watch_time_s, "watch_looks": len(schedule.trace),
-                           "watch": [{"step": t["step"], "kept": t["kept"], "certified": t["certified"],
-                                      "observed": t["observed"], "cost_s": t["cost_s"],
-                                      "bound_max": [None if b is None else float(np.max(b)) for b in t["bound"]],
-                                      "hsv_top": [np.asarray(h).reshape(-1, np.asarray(h).shape[-1]).max(0)[:16]
-                                                  .tolist() for h in t["hsv"]]} for t in schedule.trace]})
-            save_hsv_trajectory_plot(schedule.trace, out / f"hsv_trajectories-{key}.png",
-                                     cut_step=schedule.cut_step, fixed_step=cuts[0] if cuts else None,
-                                     title=f"{key}: cut {schedule.reason} at step {schedule.cut_step}")
+            record.update(_watch_record(schedule))
+            _save_watch_plot(schedule, out / f"hsv_trajectories-{key}.png", key, cuts)
         record.update(delay_scores(_predict(model, data.x_test), data.y_test, sweep.task.lags))
         record.update({"method": method, "tol": tol, "seed": seed, "state_dims": model.state_dims,
                        "total_state": sum(model.state_dims), "loss": record["loss"][:: max(1, steps // 200)],
-                       "cuts": [{**c, "layers": [{k: v for k, v in x.items() if k != "hsv"} for x in c["layers"]]}
-                                for c in record["cuts"]], "loadavg_end": loadavg()})
+                       "cuts": _compact_cuts(record["cuts"]), "loadavg_end": loadavg()})
         torch.save(model.state_dict(), runs_dir / f"{key}.pt")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
+        _save_record(path, record)
         log(f"{key}: R^2 {record['r2']:.4f}, MSE {record['mse']:.4g}, state {record['total_state']}, "
             f"{record['train_time_s']:.0f}s")
         return record
 
-    records, timing = {}, {}
-    for seed in sweep.seeds:
-        records[_key("full", None, seed)] = run("full", None, seed)
-        for tol in sweep.tols:
-            comp = run("compressed", tol, seed)
-            records[_key("compressed", tol, seed)] = comp
-            records[_key("scratch", tol, seed)] = run("scratch", tol, seed, d_state=comp["state_dims"])
-        timing[str(seed)] = _seed_timing(sweep, data, device, runs_dir, seed, records)
+    records, timing = _seed_runs(sweep, run, lambda seed, done: _seed_timing(sweep, data, device, runs_dir, seed, done,
+                                                                            build=build_regressor))
     if sweep.watch:
         for seed in sweep.seeds:
             for tol in sweep.tols:
@@ -372,21 +326,33 @@ def _run(sweep: DelaySweepConfig, device, log) -> dict:
     return results
 
 
-def _seed_timing(sweep, data, device, runs_dir, seed: int, records: dict) -> dict:
-    path = runs_dir / f"timing-seed{seed}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    config = replace(sweep.base, seed=seed)
-    models = {}
-    for key, record in records.items():
-        if record["seed"] == seed:
-            model = build_regressor(config, data, record["state_dims"], device=device).to(device)
-            model.load_state_dict(torch.load(runs_dir / f"{key}.pt", map_location=device))
-            models[key] = model
-    ms = interleaved_step_times(models, data, config, rounds=sweep.timing_rounds,
-                                steps_per_round=sweep.timing_steps, device=device)
-    path.write_text(json.dumps(ms))
-    return ms
+def _timed_schedule(sweep: DelaySweepConfig, model, config: ExperimentConfig, steps: int):
+    """The schedule of a model-timed run: one cut, when the model's HSVs say (``sweep.watch`` rule)."""
+    from ..monitor import HSVTimedSchedule
+
+    return HSVTimedSchedule(model, steps, tol=config.tol, every=sweep.watch_every, budget=sweep.watch_budget,
+                            patience=sweep.watch_patience, deadline=sweep.watch_deadline,
+                            min_step=max(1, int(round(config.warmup_frac * steps))), rule=sweep.watch,
+                            min_shrink=config.min_shrink, rewarm_steps=0)
+
+
+def _watch_record(schedule) -> dict:
+    """What a model-timed run records of its watching: the cut's step and reason, its cost, and every look."""
+    return {"cut_step": schedule.cut_step, "cut_reason": schedule.reason, "watch_time_s": schedule.watch_time_s,
+            "watch_looks": len(schedule.trace),
+            "watch": [{"step": t["step"], "kept": t["kept"], "certified": t["certified"], "observed": t["observed"],
+                       "cost_s": t["cost_s"],
+                       "bound_max": [None if b is None else float(np.max(b)) for b in t["bound"]],
+                       "hsv_top": [np.asarray(h).reshape(-1, np.asarray(h).shape[-1]).max(0)[:16].tolist()
+                                   for h in t["hsv"]]} for t in schedule.trace]}
+
+
+def _save_watch_plot(schedule, path, key: str, cuts: list) -> None:
+    """The HSV trajectories the model-timed run watched, its cut and the fixed cut's step marked."""
+    from ..monitor import save_hsv_trajectory_plot
+
+    save_hsv_trajectory_plot(schedule.trace, path, cut_step=schedule.cut_step, fixed_step=cuts[0] if cuts else None,
+                             title=f"{key}: cut {schedule.reason} at step {schedule.cut_step}")
 
 
 def summarize_delay(records: list[dict], timing: dict, tols, *, timed: str | None = None) -> dict:
@@ -438,57 +404,6 @@ def summarize_delay(records: list[dict], timing: dict, tols, *, timed: str | Non
     return {"summary": summary, "paired": paired}
 
 
-def _verdict(ci, higher_is_better: bool) -> str:
-    if ci is None:
-        return "one seed: no interval"
-    if ci[0] > 0:
-        return "compressed better" if higher_is_better else "compressed WORSE"
-    if ci[1] < 0:
-        return "compressed WORSE" if higher_is_better else "compressed better"
-    return "inside the noise"
-
-
-def format_delay_table(results: dict) -> str:
-    """The delay sweep as text: summary (mean +- std over seeds), paired differences, what the noise is."""
-    cfg, task = results["config"], results["task"]
-    lines = [f"delay task: length {task['seq_len']}, lags {', '.join(map(str, task['lags']))}, "
-             f"{task['n_train']} train / {task['n_test']} test sequences; {cfg['model'].upper()} "
-             f"{cfg['n_layers']} x {cfg['d_state']} modes, d_model {cfg['d_model']}, {results['steps']} steps, cuts at "
-             f"{results['cut_steps']}, seeds {', '.join(map(str, results['seeds']))}"]
-    head = (f"{'method':<16} {'tol':>5} {'state (min-max)':>16} {'test R^2 (mean +- std)':>24} "
-            f"{'test MSE (mean +- std)':>24} {'step speed-up':>14}")
-    lines += [head, "-" * len(head)]
-    for r in results["summary"]:
-        tol = "-" if r["tol"] is None else f"{r['tol']:g}"
-        state = f"{r['state_min']}" if r["state_min"] == r["state_max"] else f"{r['state_min']}-{r['state_max']}"
-        r2 = f"{r['r2_mean']:.4f}" + ("" if r["r2_std"] is None else f" +- {r['r2_std']:.4f}")
-        mse = f"{r['mse_mean']:.4g}" + ("" if r["mse_std"] is None else f" +- {r['mse_std']:.2g}")
-        step = "-" if r["step_speedup_mean"] is None else f"{r['step_speedup_mean']:.2f}x"
-        lines.append(f"{r['method']:<16} {tol:>5} {state:>16} {r2:>24} {mse:>24} {step:>14}")
-    lines.append("")
-    lines.append("paired per-seed differences (mean, 95% t-interval over seeds):")
-    for p in results["paired"]:
-        for name, label in (("vs_scratch", "compressed - scratch"), ("vs_full", "compressed - full"),
-                            ("timed_vs_fixed", "timed - fixed cut")):
-            r2, mse = p.get(f"{name}_r2"), p.get(f"{name}_mse")
-            if r2 is None:
-                continue
-            ci = "" if r2["ci95"] is None else f" [{r2['ci95'][0]:+.4f}, {r2['ci95'][1]:+.4f}]"
-            cm = "" if mse["ci95"] is None else f" [{mse['ci95'][0]:+.3g}, {mse['ci95'][1]:+.3g}]"
-            verdict = _verdict(r2["ci95"], True).replace("compressed", "first")
-            lines.append(f"  tol {p['tol']:<5g} {label:<20} R^2 {r2['mean']:+.4f}{ci} ({verdict}); "
-                         f"MSE {mse['mean']:+.3g}{cm}")
-    for r in results["summary"]:
-        if "cut_steps" in r:
-            lines.append(f"  {r['method']} tol {r['tol']:g}: cut at steps {r['cut_steps']} "
-                         f"({', '.join(r['cut_reasons'])}); watching took "
-                         f"{100 * min(r['watch_share']):.1f}-{100 * max(r['watch_share']):.1f}% of the training time")
-    lines.append("")
-    lines.append("R^2: mean over lags of 1 - SSE/SST on the defined targets (t >= lag); step speed-up: full "
-                 "model's step time over the run's, the seed's models timed interleaved.")
-    return "\n".join(lines)
-
-
 def delay_command(args, overrides: dict, *, train: bool) -> int:
     """``lti-reduce train|sweep --task delay``: build the sweep from the parsed options, run it, print the table.
 
@@ -496,9 +411,9 @@ def delay_command(args, overrides: dict, *, train: bool) -> int:
     from-scratch models of that seed. The dataset options (``--dataset``, ``--data-dir``,
     ``--mnist1d-test``) do not apply and are refused when given.
     """
-    from pathlib import Path
-
     from lti_reduce._cli import UserError
+
+    from .cli import run_and_print
 
     if args.dataset != "mnist1d" or args.data_dir is not None or "mnist1d_test" in overrides:
         raise UserError("--task delay generates its own data: drop --dataset, --data-dir and --mnist1d-test.")
@@ -511,11 +426,4 @@ def delay_command(args, overrides: dict, *, train: bool) -> int:
     else:
         seeds, tols = args.seeds or sweep.seeds, args.tols or sweep.tols
     sweep = replace(sweep, base=base, seeds=seeds, tols=tols)
-    try:
-        results = run_delay_sweep(sweep)
-    except (ConfigError, FloatingPointError) as exc:
-        raise UserError(str(exc)) from None
-    print(format_delay_table(results))
-    print(f"\nwrote results.json to {Path(base.out)}")
-    print(f"total wall time {results['wall_time_s']:.1f}s")
-    return 0
+    return run_and_print(lambda: run_delay_sweep(sweep), format_delay_table, base.out)

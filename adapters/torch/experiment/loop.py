@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import SequenceDataset
-from ..protocol import compressible_layers
+from ..layers.protocol import compressible_layers
 from ..schedule import CompressionSchedule
 from .config import ExperimentConfig
 
@@ -122,7 +122,7 @@ def equalize_mode_scales_(model: nn.Module) -> int:
     Parameters are changed in place (the ``nn.Parameter`` objects stay). Returns the number of
     layers rescaled.
     """
-    from ..lru import LRU
+    from ..layers.lru import LRU
 
     count = 0
     for module in model.modules():
@@ -181,6 +181,34 @@ def _layer_record(x) -> dict:
     return record
 
 
+def _progress_bar(steps: int, label: str, progress: bool):
+    """A tqdm bar over the steps on stderr, or ``None`` without tqdm (progress bars are optional)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=steps, desc=label, unit="step", leave=True, dynamic_ncols=True, file=sys.stderr,
+                disable=None if progress else True)  # None: off unless a terminal
+
+
+def _cut_(step: int, schedule, model: nn.Module, optimizer, scheduler, timed_cuts: list | None,
+          equalize_modes: bool):
+    """The schedule's cut after ``step`` updates; returns its report.
+
+    ``timed_cuts``: the cut steps :func:`lr_lambdas` reads, for a schedule that decides during the run
+    (``None`` for fixed steps). This step's learning rate was set before the cut was known, so the
+    re-warm-up is applied to it now.
+    """
+    report = schedule.step(step, model, optimizer)
+    if timed_cuts is not None:
+        timed_cuts.append(step)
+        for group, factor, base in zip(optimizer.param_groups, scheduler.lr_lambdas, scheduler.base_lrs):
+            group["lr"] = base * factor(step)
+    if equalize_modes:
+        equalize_mode_scales_(model)
+    return report
+
+
 def train_run(model: nn.Module, data: SequenceDataset, config: ExperimentConfig, *, steps: int,
               cuts: list[int] = (), label: str = "", device: torch.device | None = None, schedule=None) -> dict:
     """Train ``model`` for ``steps`` AdamW steps, cutting with ``compress_`` at ``cuts``.
@@ -232,12 +260,7 @@ def train_run(model: nn.Module, data: SequenceDataset, config: ExperimentConfig,
     state_history = [[0, dims()]]
     compress_time = 0.0
 
-    try:
-        from tqdm import tqdm
-    except ImportError:  # progress bars are optional
-        tqdm = None
-    bar = tqdm(total=steps, desc=label, unit="step", leave=True, dynamic_ncols=True, file=sys.stderr,
-               disable=None if config.progress else True) if tqdm is not None else None  # None: off unless a terminal
+    bar = _progress_bar(steps, label, config.progress)
 
     model.train()
     sync(device)
@@ -251,13 +274,7 @@ def train_run(model: nn.Module, data: SequenceDataset, config: ExperimentConfig,
             now = time.perf_counter()
             phases.append({"start_step": phase_step, "end_step": step, "state_dims": dims(),
                            "time_s": now - phase_start})
-            report = schedule.step(step, model, optimizer)
-            if timed:  # this step's rate was set before the cut was known: apply the re-warm-up now
-                cuts.append(step)
-                for group, factor, base in zip(optimizer.param_groups, scheduler.lr_lambdas, scheduler.base_lrs):
-                    group["lr"] = base * factor(step)
-            if config.equalize_modes:
-                equalize_mode_scales_(model)
+            report = _cut_(step, schedule, model, optimizer, scheduler, cuts if timed else None, config.equalize_modes)
             sync(device)
             took = time.perf_counter() - now
             compress_time += took

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import SequenceDataset
-from ..lru import LRU
+from ..layers.lru import LRU
 from .config import MODELS, ConfigError, ExperimentConfig
 
 __all__ = ["LRUBlock", "LRUClassifier", "SSMBlock", "SSMClassifier", "build_model", "default_chunk_size",

@@ -84,6 +84,9 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+_COLORS = {"baseline": "tab:blue", "compressed": "tab:red", "scratch": "tab:green"}
+
+
 def save_plots(results: dict, out: Path) -> dict:
     """Write ``hsv_spectra.png``, ``state_size.png`` and ``accuracy_vs_state.png``; return their paths.
 
@@ -92,65 +95,82 @@ def save_plots(results: dict, out: Path) -> dict:
     """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
     except ImportError:
         return {}
     out = Path(out)
     files = {}
-    runs = results["runs"]
-    colors = {"baseline": "tab:blue", "compressed": "tab:red", "scratch": "tab:green"}
 
     def save(fig, name):
         FigureCanvasAgg(fig)
         fig.savefig(out / name, dpi=110, bbox_inches="tight")
         files[name.removesuffix(".png")] = str(out / name)
 
-    cuts = runs.get("compressed", {}).get("cuts", [])
+    cuts = results["runs"].get("compressed", {}).get("cuts", [])
     if cuts:
-        n_layers = len(cuts[0]["layers"])
-        cols = min(n_layers, 4)
-        rows = math.ceil(n_layers / cols)
-        fig = Figure(figsize=(3.6 * cols, 3.0 * rows), layout="constrained")
-        axes = fig.subplots(rows, cols, squeeze=False).ravel()
-        cmap = __import__("matplotlib").colormaps["viridis"]
-        for li in range(n_layers):
-            ax = axes[li]
-            for ci, cut in enumerate(cuts):
-                layer = cut["layers"][li]
-                h = np.asarray(layer["hsv"])
-                h = h / h[0] if len(h) and h[0] > 0 else h
-                color = cmap(ci / max(1, len(cuts) - 1))
-                ax.semilogy(np.arange(1, len(h) + 1), np.maximum(h, 1e-16), color=color,
-                            label=f"step {cut['step']}: {layer['before']}->{layer['after']}")
-                if layer["compressed"]:
-                    ax.axvline(2 * layer["after"], color=color, lw=0.8, ls="--")
-            ax.set_title(cuts[0]["layers"][li]["name"], fontsize=9)
-            ax.set_xlabel("balanced state (real order)")
-            ax.set_ylabel("HSV / max HSV")
-            ax.legend(fontsize=7, loc="upper right")
-        for ax in axes[n_layers:]:
-            ax.set_visible(False)
-        fig.suptitle(f"Hankel singular values at each cut (tol={results['config']['tol']:g}; dashed: kept order)")
-        save(fig, "hsv_spectra.png")
+        save(_hsv_spectra_figure(cuts, results["config"]["tol"]), "hsv_spectra.png")
+    save(_state_size_figure(results), "state_size.png")
+    save(_accuracy_vs_state_figure(results), "accuracy_vs_state.png")
+    return files
+
+
+def _hsv_spectra_figure(cuts: list, tol: float):
+    """One panel per layer: its normalized HSVs at each cut, the kept order dashed."""
+    from matplotlib.figure import Figure
+
+    n_layers = len(cuts[0]["layers"])
+    cols = min(n_layers, 4)
+    rows = math.ceil(n_layers / cols)
+    fig = Figure(figsize=(3.6 * cols, 3.0 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    cmap = __import__("matplotlib").colormaps["viridis"]
+    for li in range(n_layers):
+        ax = axes[li]
+        for ci, cut in enumerate(cuts):
+            layer = cut["layers"][li]
+            h = np.asarray(layer["hsv"])
+            h = h / h[0] if len(h) and h[0] > 0 else h
+            color = cmap(ci / max(1, len(cuts) - 1))
+            ax.semilogy(np.arange(1, len(h) + 1), np.maximum(h, 1e-16), color=color,
+                        label=f"step {cut['step']}: {layer['before']}->{layer['after']}")
+            if layer["compressed"]:
+                ax.axvline(2 * layer["after"], color=color, lw=0.8, ls="--")
+        ax.set_title(cuts[0]["layers"][li]["name"], fontsize=9)
+        ax.set_xlabel("balanced state (real order)")
+        ax.set_ylabel("HSV / max HSV")
+        ax.legend(fontsize=7, loc="upper right")
+    for ax in axes[n_layers:]:
+        ax.set_visible(False)
+    fig.suptitle(f"Hankel singular values at each cut (tol={tol:g}; dashed: kept order)")
+    return fig
+
+
+def _wall_clock(r: dict, n: int) -> np.ndarray:
+    """Wall-clock time at each of the ``n`` steps of run ``r``: each phase's time spread evenly over its steps."""
+    t = np.zeros(n)
+    for p in r["phases"]:
+        a, b = p["start_step"], p["end_step"]
+        if b > a:
+            offset = t[a - 1] if a > 0 else 0.0
+            t[a:b] = offset + p["time_s"] * (np.arange(1, b - a + 1) / (b - a))
+    return t
+
+
+def _state_size_figure(results: dict):
+    """Total state size against the training step, and the training loss against wall-clock time."""
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 3.8), layout="constrained")
     ax_state, ax_loss = fig.subplots(1, 2)
-    for name, r in runs.items():
+    for name, r in results["runs"].items():
         history = r["state_history"] + [[r["steps"], r["state_dims"]]]
         steps_ = [h[0] for h in history]
         totals = [sum(h[1]) for h in history]
-        ax_state.step(steps_, totals, where="post", color=colors[name], label=RUN_TITLES[name])
+        ax_state.step(steps_, totals, where="post", color=_COLORS[name], label=RUN_TITLES[name])
         loss = np.asarray(r["loss"])
         k = max(1, len(loss) // 100)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-        # Wall-clock axis: spread each phase's time evenly over its steps.
-        t = np.zeros(len(loss))
-        for p in r["phases"]:
-            a, b = p["start_step"], p["end_step"]
-            if b > a:
-                offset = t[a - 1] if a > 0 else 0.0
-                t[a:b] = offset + p["time_s"] * (np.arange(1, b - a + 1) / (b - a))
-        ax_loss.plot(t[k - 1:], smooth, color=colors[name], label=RUN_TITLES[name])
+        t = _wall_clock(r, len(loss))
+        ax_loss.plot(t[k - 1:], smooth, color=_COLORS[name], label=RUN_TITLES[name])
     for c in results.get("cut_steps", []):
         ax_state.axvline(c, color="0.8", lw=0.8, zorder=0)
     ax_state.set_yscale("log")
@@ -162,12 +182,17 @@ def save_plots(results: dict, out: Path) -> dict:
     ax_loss.set_ylabel("training loss (moving average)")
     ax_loss.set_title("loss against time")
     ax_loss.legend(fontsize=8)
-    save(fig, "state_size.png")
+    return fig
+
+
+def _accuracy_vs_state_figure(results: dict):
+    """Each run's test accuracy against its total state size."""
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.5, 4.0), layout="constrained")
     ax = fig.subplots()
-    for name, r in runs.items():
-        ax.scatter([r["total_state"]], [100 * r["test_accuracy"]], color=colors[name], s=60, label=RUN_TITLES[name],
+    for name, r in results["runs"].items():
+        ax.scatter([r["total_state"]], [100 * r["test_accuracy"]], color=_COLORS[name], s=60, label=RUN_TITLES[name],
                    marker="o" if name != "scratch" else "s", zorder=3)
         ax.annotate(f"{100 * r['test_accuracy']:.1f}%, {r['train_time_s']:.0f}s", (r["total_state"],
                     100 * r["test_accuracy"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
@@ -177,5 +202,4 @@ def save_plots(results: dict, out: Path) -> dict:
     ax.set_title(f"{results['dataset']['name']}: accuracy vs state size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    save(fig, "accuracy_vs_state.png")
-    return files
+    return fig

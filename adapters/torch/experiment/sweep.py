@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from .config import ConfigError, ExperimentConfig, check_config, cut_steps, reso
 from .loop import predict, seed_everything, train_run
 from .models import build_model
 from .stats import mean_std, paired_t_interval
+from .tables import format_sweep_table  # noqa: F401 (its public path)
 from .timing import environment, interleaved_step_times, loadavg
 
 __all__ = ["DEFAULT_TOLS", "PAPER_SETTINGS", "SweepConfig", "format_sweep_table", "run_sweep", "save_sweep_plot",
@@ -150,31 +151,14 @@ def run_sweep(sweep: SweepConfig, *, data: SequenceDataset | None = None, log=No
     log = log or (lambda line: print(line, flush=True))
     base = sweep.base
     device = resolve_device(base.device)
-    threads = torch.get_num_threads()
-    if base.threads is not None:
-        torch.set_num_threads(int(base.threads))
-    try:
+    with _torch_threads(base.threads):
         return _run_sweep(sweep, data, device, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run_sweep(sweep: SweepConfig, data, device, log) -> dict:
     wall_start = time.perf_counter()
     base = sweep.base
-    out = prepare_output(base.out)
-    runs_dir = out / "runs"
-    runs_dir.mkdir(exist_ok=True)
-    stamp = out / "sweep.json"
-    fingerprint = sweep.fingerprint()
-    if stamp.is_file():
-        held = json.loads(stamp.read_text())
-        if held.get("fingerprint") != fingerprint:
-            raise ConfigError(f"'{out}' holds a sweep of another configuration (fingerprint {held.get('fingerprint')}, "
-                              f"this one {fingerprint}); choose another --out, or delete '{out}' to start over.")
-    else:
-        stamp.write_text(json.dumps({"fingerprint": fingerprint, "config": base.to_dict()}, indent=1))
-
+    out, runs_dir = _open_output(base.out, sweep.fingerprint(), {"config": base.to_dict()})
     data = prepare_data(base, data, device)
     steps = total_steps(base, len(data.y_train))
     if steps < 2:
@@ -197,22 +181,12 @@ def _run_sweep(sweep: SweepConfig, data, device, log) -> dict:
                        "total_state": sum(model.state_dims), "cuts": _compact_cuts(record["cuts"]),
                        "loss": record["loss"][:: max(1, steps // 200)], "loadavg_end": loadavg()})
         torch.save(model.state_dict(), runs_dir / f"{key}.pt")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)  # a run is either recorded whole or not at all
+        _save_record(path, record)
         log(f"{key}: test accuracy {100 * record['test_accuracy']:.2f}%, state {record['total_state']}, "
             f"{record['train_time_s']:.0f}s")
         return record
 
-    records: dict[str, dict] = {}
-    timing: dict[str, dict] = {}
-    for seed in sweep.seeds:
-        records[_key("full", None, seed)] = run("full", None, seed)
-        for tol in sweep.tols:
-            comp = run("compressed", tol, seed)
-            records[_key("compressed", tol, seed)] = comp
-            records[_key("scratch", tol, seed)] = run("scratch", tol, seed, d_state=comp["state_dims"])
-        timing[str(seed)] = _seed_timing(sweep, data, device, runs_dir, seed, records)
+    records, timing = _seed_runs(sweep, run, lambda seed, done: _seed_timing(sweep, data, device, runs_dir, seed, done))
 
     results = {"config": base.to_dict(), "fingerprint": sweep.fingerprint(), "tols": list(sweep.tols),
                "seeds": list(sweep.seeds), "dataset": describe_dataset(data), "environment": environment(device),
@@ -230,8 +204,69 @@ def _run_sweep(sweep: SweepConfig, data, device, log) -> dict:
     return results
 
 
-def _seed_timing(sweep, data, device, runs_dir: Path, seed: int, records: dict) -> dict:
-    """Interleaved step times of one seed's trained models (cached in ``runs/timing-seed{seed}.json``)."""
+@contextmanager
+def _torch_threads(threads: int | None):
+    """Run the block with ``threads`` torch threads (``None``: as set), the number before restored after it."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _seed_runs(sweep, run, seed_timing) -> tuple[dict, dict]:
+    """Per seed: the full model, per tolerance the compressed one and the one from scratch at its sizes; timed.
+
+    ``run(method, tol, seed, d_state=None)`` trains (or reloads) one run and returns its record;
+    ``seed_timing(seed, records)`` times the seed's models. Returns ``(records by run key, timing by seed)``.
+    """
+    records: dict[str, dict] = {}
+    timing: dict[str, dict] = {}
+    for seed in sweep.seeds:
+        records[_key("full", None, seed)] = run("full", None, seed)
+        for tol in sweep.tols:
+            comp = run("compressed", tol, seed)
+            records[_key("compressed", tol, seed)] = comp
+            records[_key("scratch", tol, seed)] = run("scratch", tol, seed, d_state=comp["state_dims"])
+        timing[str(seed)] = seed_timing(seed, records)
+    return records, timing
+
+
+def _open_output(out, fingerprint: str, stamp: dict) -> tuple[Path, Path]:
+    """``out`` and its ``runs/`` folder, made if missing; refused if it holds a sweep of another configuration.
+
+    The first call writes ``{"fingerprint": fingerprint, **stamp}`` to ``out/sweep.json``; later calls compare
+    the fingerprint held there with ``fingerprint`` (a resumed sweep must be the same sweep).
+    """
+    out = prepare_output(out)
+    runs_dir = out / "runs"
+    runs_dir.mkdir(exist_ok=True)
+    path = out / "sweep.json"
+    if path.is_file():
+        held = json.loads(path.read_text()).get("fingerprint")
+        if held != fingerprint:
+            raise ConfigError(f"'{out}' holds a sweep of another configuration (fingerprint {held}, this one "
+                              f"{fingerprint}); choose another --out, or delete '{out}' to start over.")
+    else:
+        path.write_text(json.dumps({"fingerprint": fingerprint, **stamp}, indent=1))
+    return out, runs_dir
+
+
+def _save_record(path: Path, record: dict) -> None:
+    """Write a run's record as JSON to ``path``: whole or not at all (a temporary file renamed)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
+
+
+def _seed_timing(sweep, data, device, runs_dir: Path, seed: int, records: dict, build=build_model) -> dict:
+    """Interleaved step times of one seed's trained models (cached in ``runs/timing-seed{seed}.json``).
+
+    ``build(config, data, state_dims, device=...)`` rebuilds a model of the sizes a run reached (default
+    :func:`~adapters.torch.experiment.models.build_model`).
+    """
     path = runs_dir / f"timing-seed{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -240,7 +275,7 @@ def _seed_timing(sweep, data, device, runs_dir: Path, seed: int, records: dict) 
     for key, record in records.items():
         if record["seed"] != seed:
             continue
-        model = build_model(base, data, record["state_dims"], device=device).to(device)
+        model = build(base, data, record["state_dims"], device=device).to(device)
         model.load_state_dict(torch.load(runs_dir / f"{key}.pt", map_location=device))
         models[key] = model
     ms = interleaved_step_times(models, data, base, rounds=sweep.timing_rounds, steps_per_round=sweep.timing_steps,
@@ -309,51 +344,6 @@ def summarize(records: list[dict], timing: dict, tols) -> dict:
         paired.append({"tol": tol, "diff_mean": mean, "diff_ci95": ci, "n_seeds": len(both), "diffs": diffs,
                        "vs_full_mean": vs_mean, "vs_full_ci95": vs_ci})
     return {"summary": summary, "paired": paired}
-
-
-def _pts(x) -> str:
-    return "-" if x is None else f"{100 * x:+.2f}"
-
-
-def format_sweep_table(results: dict) -> str:
-    """The sweep as text: the summary table, the paired differences, and what the noise is."""
-    ds, cfg = results["dataset"], results["config"]
-    acc_full = next((r["acc_mean"] for r in results["summary"] if r["method"] == "full"), 0.97)
-    sd = 100 * math.sqrt(acc_full * (1 - acc_full) / ds["n_test"])
-    lines = [f"sweep: {ds['name']} ({ds['n_train']} train / {ds['n_test']} test examples; binomial sd of one "
-             f"accuracy about {sd:.2f} points), {cfg['model'].upper()} {cfg['n_layers']} x {cfg['d_state']} modes, "
-             f"d_model {cfg['d_model']}, {results['steps']} steps, cuts at {results['cut_steps']}, seeds "
-             f"{', '.join(map(str, results['seeds']))}"]
-    head = (f"{'method':<11} {'tol':>5} {'state (mean)':>12} {'test acc (mean +- std)':>23} {'wall speed-up':>14} "
-            f"{'step speed-up':>14}")
-    lines += [head, "-" * len(head)]
-    for r in results["summary"]:
-        std = "" if r["acc_std"] is None else f" +- {100 * r['acc_std']:.2f}"
-        tol = "-" if r["tol"] is None else f"{r['tol']:g}"
-        wall = "-" if r["wall_speedup_mean"] is None else f"{r['wall_speedup_mean']:.2f}x"
-        step = "-" if r["step_speedup_mean"] is None else f"{r['step_speedup_mean']:.2f}x"
-        lines.append(f"{r['method']:<11} {tol:>5} {r['state_mean']:>12.1f} {100 * r['acc_mean']:>14.2f}%{std:<8} "
-                     f"{wall:>14} {step:>14}")
-    lines.append("")
-    lines.append("paired per-seed differences in points (mean, 95% t-interval over seeds):")
-    for p in results["paired"]:
-        ci = p["diff_ci95"]
-        if ci is None:
-            verdict = "one seed: no interval"
-        elif ci[0] > 0:
-            verdict = "compressed better"
-        elif ci[1] < 0:
-            verdict = "compressed WORSE"
-        else:
-            verdict = "inside the noise"
-        vs = p["vs_full_ci95"]
-        vs_text = (f"; compressed - full {_pts(p['vs_full_mean'])} [{_pts(vs[0])}, {_pts(vs[1])}]" if vs else "")
-        ci_text = f" [{_pts(ci[0])}, {_pts(ci[1])}]" if ci else ""
-        lines.append(f"  tol {p['tol']:<5g} compressed - scratch {_pts(p['diff_mean'])}{ci_text} ({verdict}){vs_text}")
-    lines.append("")
-    lines.append("speed-ups over the full model: wall clock of whole runs, and step time at the final size timed "
-                 "interleaved (valid on a shared machine; the wall clock is not).")
-    return "\n".join(lines)
 
 
 def save_sweep_plot(results: dict, path: Path) -> str | None:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..compress import _REQUIRED
+from ..cut.plan import _REQUIRED
 
 __all__ = ["compress_ddp_"]
 
@@ -186,7 +186,9 @@ def compress_ddp_(ddp_model, *, optimizer=_REQUIRED, ddp_kwargs: dict | None = N
     The module is restored from a snapshot on failure, so a copy of the compressible layers' tensors and
     of the optimizer's state references is held during the call. See the module docstring for the design.
     """
-    from ..compress import _check_optimizer_argument, _Snapshot, compress_
+    from ..compress import compress_
+    from ..cut.apply import _Snapshot
+    from ..cut.plan import _check_optimizer_argument
 
     _check_optimizer_argument(optimizer, "compress_ddp_")
     compress_fn = compress_fn or compress_

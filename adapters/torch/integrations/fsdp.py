@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..compress import _REQUIRED
+from ..cut.plan import _REQUIRED
 
 __all__ = ["compress_fsdp_"]
 
@@ -146,21 +146,35 @@ def compress_fsdp_(model: nn.Module, *, optimizer=_REQUIRED, src: int = 0, compr
         ...
         report = at.compress_fsdp_(model, optimizer=optimizer, rank=16)   # every rank, same step
     """
-    from ..cut import _guards
-    from ..compress import _check_optimizer_argument, compress_
-    from .distributed import _all_agree, _broadcast_, _distributed
-    from ..mamba import _selective_layers
-    from ..optim import check_optimizer_owns, check_rewarm_steps, mark_rebased_, rebind_parameters_, rewarm_
-    from ..layers.protocol import compressible_layers
+    from ..compress import compress_
+    from ..cut.plan import _check_optimizer_argument
+    from .distributed import _distributed
 
     _check_optimizer_argument(optimizer, "compress_fsdp_")
     compress_fn = compress_fn or compress_
     if not _distributed():
         return compress_fn(model, optimizer=optimizer, **compress_kwargs)
+    rewarm_steps = compress_kwargs.pop("rewarm_steps", 20)
+    table, entries = _check_sharded_model(model, optimizer, rewarm_steps)
+    full, new, report = _cut_full_values(model, entries, src, compress_fn, compress_kwargs)
+    _reshard_changed_(entries, table, full, new, optimizer, rewarm_steps, report)
+    return report
+
+
+def _check_sharded_model(model: nn.Module, optimizer, rewarm_steps) -> tuple[dict, list]:
+    """Every check of :func:`compress_fsdp_` before anything changes; returns ``(table, entries)``.
+
+    ``table`` is :func:`_fsdp_params` of ``model``, ``entries`` is :func:`_entries` of its compressible layers.
+    Frees the unsharded parameters a forward left behind (the root keeps them).
+    """
+    from ..cut import _guards
+    from ..mamba import _selective_layers
+    from ..optim import check_optimizer_owns, check_rewarm_steps
+    from ..layers.protocol import compressible_layers
+
     _check_fsdp1(model)
     with _guards.inside_fsdp_cut():
         _guards.check_model(model, "compress_fsdp_")
-    rewarm_steps = compress_kwargs.pop("rewarm_steps", 20)
     check_rewarm_steps(rewarm_steps)
     if _selective_layers(model):
         raise ValueError("compress_fsdp_ cuts LTI layers (LRU, S5, S4D, the layer protocol); this model has selective "
@@ -190,6 +204,18 @@ def compress_fsdp_(model: nn.Module, *, optimizer=_REQUIRED, src: int = 0, compr
     if optimizer is not None:
         check_optimizer_owns(optimizer, [(name, p) for name, _, _, p, _ in entries], "the compressible layers")
     _guards.check_no_pending_gradients(model, "compress_fsdp_")
+    return table, entries
+
+
+def _cut_full_values(model: nn.Module, entries, src: int, compress_fn, compress_kwargs) -> tuple[list, list, object]:
+    """Steps 1-3: full values in place of the shards, the cut on every rank, ``src``'s values adopted.
+
+    Returns ``(full, new, report)``: each entry's full value before the cut, its parameter after it (``src``'s
+    values on every rank) and this rank's report. On a failure on any rank, or shapes that differ between ranks,
+    every rank puts its sharded parameters back and raises ``RuntimeError``.
+    """
+    from ..cut import _guards
+    from .distributed import _all_agree, _broadcast_
 
     # 1. Full values in place of the shards (a collective per parameter, in the same order on every rank).
     originals = [(owner, leaf, p) for _, owner, leaf, p, _ in entries]
@@ -224,8 +250,13 @@ def compress_fsdp_(model: nn.Module, *, optimizer=_REQUIRED, src: int = 0, compr
                            "tol= threshold decided differently). Every rank was restored. Pass rank= for sizes that "
                            "cannot differ.")
     _broadcast_([(None, t) for t in new], src, None)
+    return full, new, report
 
-    # 4-5. Re-shard what changed; the optimizer follows.
+
+def _reshard_changed_(entries, table, full, new, optimizer, rewarm_steps, report) -> None:
+    """Steps 4-5: re-shard every parameter the cut changed; the optimizer follows (state reset, re-warm-up)."""
+    from ..optim import mark_rebased_, rebind_parameters_, rewarm_
+
     replaced, trained, dropped = {}, [], []
     for (name, owner, leaf, old, fp), before, value in zip(entries, full, new):
         if value.shape == before.shape and torch.equal(value.detach(), before):
@@ -241,4 +272,3 @@ def compress_fsdp_(model: nn.Module, *, optimizer=_REQUIRED, src: int = 0, compr
             rewarm_(optimizer, trained, rewarm_steps)
             report.rewarm_steps = rewarm_steps
     mark_rebased_([], dropped)  # an optimizer not passed here that still steps the old shards is caught
-    return report
