@@ -21,20 +21,16 @@ CORE, KERNELS, LAYERS, CUT, INTEGRATIONS, TOP = range(6)
 TIER_NAMES = ["core", "kernels", "layers", "cut", "integrations", "top"]
 
 # Known upward imports, each with the part of the layout work that removes it.
-KNOWN_UPWARD = {
-    # The Hugging Face mixers' state selection moves beside the selective layer's (the cut) with the split of
-    # mamba.py; until then mamba.py finds it under the integrations.
-    ("adapters.torch.mamba", "adapters.torch.hf.mamba"),
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 # Sizes a reader takes in at once: a module of at most MAX_FILE_LINES lines, a function of at most
 # MAX_FUNCTION_LINES lines of code (its docstring not counted). Known exceptions, to be split; each entry
 # goes when its file or function is split (test_a_known_long_file_or_function_is_still_long).
 MAX_FILE_LINES = 500
 MAX_FUNCTION_LINES = 80
-KNOWN_LONG_FILES = {"mamba.py", "experiment/text.py", "experiment/delay.py"}
+KNOWN_LONG_FILES = {"experiment/text.py", "experiment/delay.py"}
 KNOWN_LONG_FUNCTIONS = {
-    ("mamba.py", "compress_selective_"),
+    ("cut/selective/selection.py", "compress_selective_"),
     ("integrations/fsdp.py", "compress_fsdp_"),
     ("experiment/report.py", "save_plots"),
     ("experiment/delay.py", "_run"),
