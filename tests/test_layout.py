@@ -30,7 +30,6 @@ MAX_FILE_LINES = 500
 MAX_FUNCTION_LINES = 80
 KNOWN_LONG_FILES = {"experiment/text.py", "experiment/delay.py"}
 KNOWN_LONG_FUNCTIONS = {
-    ("cut/selective/selection.py", "compress_selective_"),
     ("integrations/fsdp.py", "compress_fsdp_"),
     ("experiment/report.py", "save_plots"),
     ("experiment/delay.py", "_run"),
