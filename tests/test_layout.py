@@ -159,6 +159,26 @@ def test_importing_the_adapter_and_the_integrations_package_imports_no_framework
     assert done.stdout.strip() == "[]"
 
 
+def test_the_hugging_face_mixers_register_with_the_cut_when_the_adapter_is_imported():
+    """The cut never imports an integration: the mixers' kinds reach it by registering (CONTRIBUTING.md).
+
+    ``import adapters.torch`` registers them without importing transformers; a reloaded module's kinds replace
+    its earlier ones in place.
+    """
+    pytest.importorskip("torch")
+    code = ("import importlib, sys, adapters.torch\n"
+            "from adapters.torch.cut.selective import kinds\n"
+            "before = [type(k).__name__ for k in kinds._kinds()]\n"
+            "hf = importlib.reload(sys.modules['adapters.torch.integrations.hf.mamba'])\n"
+            "after = kinds._kinds()\n"
+            "print(before, [type(k).__name__ for k in after] == before, after[1:] == hf.HF_KINDS,\n"
+            "      'transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["['_SelectiveSSMKind',", "'_MambaMixerKind',", "'_FalconMambaMixerKind',",
+                                   "'_Mamba2MixerKind']", "True", "True", "False"]
+
+
 def function_lengths(source: str) -> dict[str, int]:
     """Lines of code of every function (also methods and nested ones) in ``source``, its docstring not counted.
 
