@@ -34,16 +34,9 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from adapters.torch.mamba import (
-    RANKINGS,
-    SelectiveSSM,
-    _as_items,
-    _kind_of,
-    _score_pass,
-    _selective_layers,
-    compress_selective_,
-    leave_one_state_out,
-)
+from adapters.torch.cut.selective.analysis import _as_items, _score_pass
+from adapters.torch.cut.selective.kinds import _kind_of, _selective_layers
+from adapters.torch.mamba import RANKINGS, SelectiveSSM, compress_selective_, leave_one_state_out
 
 
 class Classifier(nn.Module):

@@ -41,14 +41,9 @@ from adapters.torch.experiment.text import (
     val_bits_per_byte,
     val_windows,
 )
-from adapters.torch.mamba import (
-    RANKINGS,
-    _capture_inputs,
-    _kind_of,
-    _selective_layers,
-    compress_selective_,
-    selective_state_scores,
-)
+from adapters.torch.cut.selective.analysis import _capture_inputs
+from adapters.torch.cut.selective.kinds import _kind_of, _selective_layers
+from adapters.torch.mamba import RANKINGS, compress_selective_, selective_state_scores
 
 SCORES = (*RANKINGS, "taylor")
 

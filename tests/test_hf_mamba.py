@@ -12,15 +12,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from adapters.torch.mamba import (
-    _contributions,
-    _kind_of,
-    _masked_output,
-    _selective_layers,
-    compress_selective_,
-    leave_one_state_out,
-    selective_state_scores,
-)
+from adapters.torch.cut.selective.analysis import _contributions
+from adapters.torch.cut.selective.kinds import _kind_of, _selective_layers
+from adapters.torch.cut.selective.measure import _masked_output
+from adapters.torch.mamba import compress_selective_, leave_one_state_out, selective_state_scores
 
 VOCAB = 24
 
@@ -117,8 +112,8 @@ def test_the_cut_mixer_computes_the_simulated_cut(kind):
 
 
 def _keep_mask(kind, layer, keep):
-    from adapters.torch.mamba import _check_keep
-    from adapters.torch.mamba import _keep_mask as mask
+    from adapters.torch.cut.selective.measure import _check_keep
+    from adapters.torch.cut.selective.measure import _keep_mask as mask
 
     return mask(kind, layer, _check_keep(kind, layer, keep))
 
@@ -207,7 +202,7 @@ def test_a_failed_swap_restores_model_config_and_optimizer(kind, monkeypatch):
     _train(model, opt, 2, seed=20)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     states = {id(p): {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
-    import adapters.torch.mamba as mamba_module
+    import adapters.torch.cut.selective.apply as mamba_module
 
     real, calls = mamba_module._sliced_state, []
 

@@ -21,21 +21,15 @@ CORE, KERNELS, LAYERS, CUT, INTEGRATIONS, TOP = range(6)
 TIER_NAMES = ["core", "kernels", "layers", "cut", "integrations", "top"]
 
 # Known upward imports, each with the part of the layout work that removes it.
-KNOWN_UPWARD = {
-    # The Hugging Face mixers' state selection moves beside the selective layer's (the cut) with the split of
-    # mamba.py; until then mamba.py finds it under the integrations.
-    ("adapters.torch.mamba", "adapters.torch.hf.mamba"),
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 # Sizes a reader takes in at once: a module of at most MAX_FILE_LINES lines, a function of at most
 # MAX_FUNCTION_LINES lines of code (its docstring not counted). Known exceptions, to be split; each entry
 # goes when its file or function is split (test_a_known_long_file_or_function_is_still_long).
 MAX_FILE_LINES = 500
 MAX_FUNCTION_LINES = 80
-KNOWN_LONG_FILES = {"mamba.py", "experiment/text.py"}
-KNOWN_LONG_FUNCTIONS = {
-    ("mamba.py", "compress_selective_"),
-}
+KNOWN_LONG_FILES: set[str] = set()
+KNOWN_LONG_FUNCTIONS: set[tuple[str, str]] = set()
 
 
 def tier(module: str) -> int | None:
@@ -159,6 +153,26 @@ def test_importing_the_adapter_and_the_integrations_package_imports_no_framework
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_hugging_face_mixers_register_with_the_cut_when_the_adapter_is_imported():
+    """The cut never imports an integration: the mixers' kinds reach it by registering (CONTRIBUTING.md).
+
+    ``import adapters.torch`` registers them without importing transformers; a reloaded module's kinds replace
+    its earlier ones in place.
+    """
+    pytest.importorskip("torch")
+    code = ("import importlib, sys, adapters.torch\n"
+            "from adapters.torch.cut.selective import kinds\n"
+            "before = [type(k).__name__ for k in kinds._kinds()]\n"
+            "hf = importlib.reload(sys.modules['adapters.torch.integrations.hf.mamba'])\n"
+            "after = kinds._kinds()\n"
+            "print(before, [type(k).__name__ for k in after] == before, after[1:] == hf.HF_KINDS,\n"
+            "      'transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["['_SelectiveSSMKind',", "'_MambaMixerKind',", "'_FalconMambaMixerKind',",
+                                   "'_Mamba2MixerKind']", "True", "True", "False"]
 
 
 def function_lengths(source: str) -> dict[str, int]:

@@ -267,7 +267,7 @@ def test_a_failed_swap_leaves_model_and_optimizer_untouched(monkeypatch):
     grads = {n: p.grad.clone() for n, p in block.named_parameters()}
     params = {n: p for n, p in block.named_parameters()}
     moments = {n: opt.state[p]["exp_avg"].clone() for n, p in params.items()}
-    import adapters.torch.mamba as mamba_module
+    import adapters.torch.cut.selective.apply as mamba_module
 
     calls = []
     real = mamba_module._sliced_state
@@ -375,7 +375,8 @@ def test_importing_the_adapter_does_not_import_transformers():
 
 def test_the_change_at_one_size_equals_that_entry_of_the_whole_curve():
     """``compress_selective_(rank=)`` reports the change at its one size without the curve over all sizes."""
-    from adapters.torch.mamba import _as_items, _kind_of, _score_pass, _tail_pass
+    from adapters.torch.cut.selective.analysis import _as_items, _score_pass, _tail_pass
+    from adapters.torch.cut.selective.kinds import _kind_of
 
     torch.manual_seed(3)
     block = SelectiveSSM(4, 8)

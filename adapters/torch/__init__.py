@@ -47,16 +47,18 @@ from .layers import (
     set_parameter_,
 )
 from .optim import StaleOptimizerStateError
-from .mamba import (
+from .cut.selective import (
     CutMeasurement,
     SelectiveCompressionReport,
     SelectiveLayerReport,
-    SelectiveSSM,
     compress_selective_,
     measure_selective_cut,
-    selective_scan,
-    selective_scan_reference,
 )
+from .layers.selective import SelectiveSSM, selective_scan, selective_scan_reference
+
+# The Hugging Face mixers' kinds register with the state selection when their module is imported (the cut
+# never imports an integration); the module does not import transformers.
+from .integrations.hf import mamba as _hf_mamba  # noqa: F401
 from .regularizers import hankel_nuclear_norm
 from .schedule import CompressionSchedule, RollbackGuard
 from .monitor import HSVTimedSchedule

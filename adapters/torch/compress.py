@@ -18,10 +18,6 @@ from .cut.plan import _REQUIRED, check_call, find_layers, plan_kept_states, plan
 from .cut.progress import Progress
 from .cut.report import CompressionReport, LayerReport, _selective_entry, warn_if_gated
 
-# for mamba.py until its split (it imports _REQUIRED, _selective_entry, _check_optimizer_argument and _check_tol
-# from here; their home is the cut package)
-from .cut.plan import _check_optimizer_argument, _check_tol  # noqa: F401
-
 __all__ = ["compress_", "CompressionReport", "LayerReport"]
 
 
@@ -46,7 +42,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
       batched reduction and one batched modal form; each channel's error stays within its own bound
       ``2 sum_{i > r} sigma_i``, the largest of which the report gives.
     * *Selective layers* (:class:`adapters.torch.SelectiveSSM` and the mixers
-      :func:`adapters.torch.mamba._selective_layers` finds): their ``Delta, B, C`` depend on the input, so
+      :func:`adapters.torch.cut.selective.kinds._selective_layers` finds): their ``Delta, B, C`` depend on the input, so
       they are cut by state selection on calibrated, averaged systems
       (:func:`adapters.torch.compress_selective_`); ``calibration_inputs=`` is then required.
 

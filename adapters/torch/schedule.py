@@ -131,7 +131,7 @@ class CompressionSchedule:
     def _check_model(self, model: nn.Module) -> None:
         if self._checked == id(model):
             return
-        from .mamba import _selective_layers
+        from .cut.selective.kinds import _selective_layers
         from .layers.protocol import compressible_layers
 
         if not compressible_layers(model) and not _selective_layers(model):

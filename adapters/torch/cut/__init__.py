@@ -15,5 +15,6 @@
 
 :mod:`.report` holds what the call returns (and its table), :mod:`._guards` the checks for what real
 training stacks hold (DDP, FSDP2, frozen layers, gradient accumulation), :mod:`.progress` the progress of
-slow work. All numerics are in :mod:`lti_reduce`.
+slow work, :mod:`.selective` the state selection of selective (Mamba-style) layers
+(:func:`adapters.torch.compress_selective_`, which step 6 calls). All numerics are in :mod:`lti_reduce`.
 """

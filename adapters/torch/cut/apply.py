@@ -82,7 +82,7 @@ class Changes:
 
 def cut_selective_(model, selective, changes: Changes, *, calibration_inputs, tol, rank, optimizer, min_shrink):
     """State selection of the selective layers (:func:`adapters.torch.compress_selective_`), its changes recorded."""
-    from ..mamba import compress_selective_
+    from .selective import compress_selective_
 
     old_sel = {(n, pn): p for n, m in selective for pn, p in m.named_parameters()}
     shapes = {key: tuple(p.shape) for key, p in old_sel.items()}

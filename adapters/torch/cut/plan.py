@@ -109,7 +109,7 @@ def find_layers(model, optimizer, calibration_inputs):
     Raises when there is nothing to cut, when selective layers come without ``calibration_inputs=``, and when
     the optimizer does not own the layers' parameters.
     """
-    from ..mamba import _selective_layers
+    from .selective.kinds import _selective_layers
 
     selective = _selective_layers(model)
     selective_ids = {id(m) for _, m in selective}

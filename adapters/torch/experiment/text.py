@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import sysconfig
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -42,7 +41,16 @@ from torch.nn import functional as F
 
 from .config import ConfigError
 from .loop import seed_everything
-from .stats import mean_std, paired_t_interval
+from .text_data import (
+    TRAIN_FILES,
+    VAL_FILES,
+    TextCorpus,
+    _windows,
+    load_corpus,
+    train_batches,
+    val_windows,
+)
+from .text_report import RUNS, format_text_table, save_text_plot, summarize_text
 from .timing import environment, loadavg
 
 __all__ = ["TEXT_MODELS", "TRAIN_FILES", "VAL_FILES", "TextConfig", "TextCorpus", "build_text_model",
@@ -51,15 +59,6 @@ __all__ = ["TEXT_MODELS", "TRAIN_FILES", "VAL_FILES", "TextConfig", "TextCorpus"
 #: ``--model`` values of the text task.
 TEXT_MODELS = ("mamba", "mamba2")
 
-#: Standard-library files (relative to ``sysconfig.get_paths()["stdlib"]``) of the training split: the English
-#: documentation of ``pydoc`` and modules present under these names in every CPython since 3.8.
-TRAIN_FILES = ("pydoc_data/topics.py", "argparse.py", "dataclasses.py", "difflib.py", "inspect.py", "typing.py",
-               "functools.py", "enum.py", "ast.py", "tokenize.py", "configparser.py", "shutil.py",
-               "subprocess.py", "threading.py", "random.py", "pickle.py", "logging/__init__.py")
-#: ... and of the validation split (other files: the model never trains on them).
-VAL_FILES = ("textwrap.py", "fractions.py", "statistics.py", "heapq.py", "calendar.py", "csv.py")
-
-RUNS = ("full", "compressed", "scratch")
 _LN2 = math.log(2.0)
 
 
@@ -151,77 +150,6 @@ class TextConfig:
                               f"{self.head_dim}; choose a head_dim that divides it.")
 
 
-# ------------------------------------------------------------------------------------------------- corpus
-@dataclass
-class TextCorpus:
-    """Byte sequences of the two splits, the files they came from and their content hashes.
-
-    ``train`` and ``val`` are ``uint8`` tensors of shape ``(n_bytes,)`` (the files concatenated in the order
-    of :data:`TRAIN_FILES` / :data:`VAL_FILES`, each followed by a newline); ``sha256`` maps split to the
-    hex digest of those bytes.
-    """
-
-    train: torch.Tensor
-    val: torch.Tensor
-    files: dict
-    sha256: dict
-    stdlib: str
-
-    def describe(self) -> dict:
-        return {"name": "stdlib-text", "stdlib": self.stdlib, "files": self.files, "sha256": self.sha256,
-                "train_bytes": int(self.train.numel()), "val_bytes": int(self.val.numel())}
-
-
-def load_corpus(stdlib: str | None = None) -> TextCorpus:
-    """Read the training and validation files from the standard library (no download).
-
-    Parameters
-    ----------
-    stdlib : str, optional
-        Directory of the standard library (default ``sysconfig.get_paths()["stdlib"]``).
-
-    Raises
-    ------
-    ConfigError
-        A file of :data:`TRAIN_FILES` / :data:`VAL_FILES` is missing (a trimmed Python installation).
-    """
-    root = Path(stdlib or sysconfig.get_paths()["stdlib"])
-    splits, hashes = {}, {}
-    for split, names in (("train", TRAIN_FILES), ("val", VAL_FILES)):
-        missing = [n for n in names if not (root / n).is_file()]
-        if missing:
-            raise ConfigError(f"the text task reads standard-library files that this Python does not have under "
-                              f"{root}: {missing}; use a full CPython installation (some distributions ship "
-                              "pydoc_data separately, e.g. a python3-doc package).")
-        data = b"".join((root / n).read_bytes() + b"\n" for n in names)
-        hashes[split] = hashlib.sha256(data).hexdigest()
-        splits[split] = torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
-    return TextCorpus(splits["train"], splits["val"], {"train": list(TRAIN_FILES), "val": list(VAL_FILES)}, hashes,
-                      str(root))
-
-
-def _windows(data: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
-    """``(len(starts), length)`` int64 windows ``data[s : s + length]``."""
-    idx = starts[:, None] + torch.arange(length)[None, :]
-    return data[idx].long()
-
-
-def val_windows(corpus: TextCorpus, config: TextConfig) -> torch.Tensor:
-    """``n_val`` windows of ``seq_len + 1`` bytes, evenly spaced over the validation split (seed-independent)."""
-    last = corpus.val.numel() - (config.seq_len + 1)
-    starts = torch.linspace(0, last, config.n_val).long()
-    return _windows(corpus.val, starts, config.seq_len + 1)
-
-
-def train_batches(corpus: TextCorpus, config: TextConfig, seed: int):
-    """The ``steps`` training batches of a seed: random windows of ``seq_len + 1`` bytes (same for every run)."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    last = corpus.train.numel() - (config.seq_len + 1)
-    for _ in range(config.steps):
-        starts = torch.randint(0, last + 1, (config.batch_size,), generator=gen)
-        yield _windows(corpus.train, starts, config.seq_len + 1)
-
-
 # -------------------------------------------------------------------------------------------------- model
 def build_text_model(config: TextConfig, d_state: int | None = None, *, seed: int | None = None):
     """``MambaForCausalLM`` or ``Mamba2ForCausalLM`` over 256 byte values, built from a configuration.
@@ -308,7 +236,7 @@ def train_text_run(model, corpus: TextCorpus, config: TextConfig, *, seed: int, 
         far, val bits/byte]`` at each evaluation), ``val_bpb`` (final), ``train_bpb`` (mean of the last 5% of
         steps), ``cut`` (step, seconds, sizes, the report's table), ``d_state`` (final).
     """
-    from ..mamba import compress_selective_
+    from ..cut.selective import compress_selective_
 
     val = val_windows(corpus, config)
     opt, sched = _optimizer(model, config)
@@ -349,11 +277,6 @@ def train_text_run(model, corpus: TextCorpus, config: TextConfig, *, seed: int, 
             "train_bpb": float(np.mean(train_losses[-tail:])) / _LN2, "cut": cut_record,
             "d_state": int(model.config.state_size), "steps": config.steps,
             "train_loss": train_losses[:: max(1, config.steps // 100)]}
-
-
-def time_to_reach(curve, target: float) -> float | None:
-    """Training seconds at the first evaluation with validation loss <= ``target`` (``None``: never)."""
-    return next((t for _, t, bpb in curve if bpb <= target), None)
 
 
 def text_step_times(models: dict, corpus: TextCorpus, config: TextConfig, *, rounds: int = 4,
@@ -416,111 +339,6 @@ def _seed_runs(config: TextConfig, corpus: TextCorpus, seed: int, runs_dir: Path
         timing = text_step_times(models, corpus, config)
         timing_path.write_text(json.dumps(timing))
     return records, timing
-
-
-def summarize_text(per_seed: dict) -> dict:
-    """Summary rows (mean +- std over seeds) and paired differences from ``{seed: (records, timing)}``.
-
-    Returns
-    -------
-    dict
-        ``summary``: per run ``val_bpb_mean``, ``val_bpb_std``, ``d_state``, ``step_ms_mean``,
-        ``step_speedup_mean`` (full's interleaved step time over this run's, per seed, averaged),
-        ``time_to_full_s`` (per seed: seconds to reach that seed's full model's final validation loss, ``None``
-        where never reached), ``train_time_s_mean``; ``paired``: for (compressed, scratch), (compressed, full),
-        (scratch, full) the per-seed differences in bits/byte, their mean and 95% t-interval and the relative
-        difference to full in percent.
-    """
-    seeds = sorted(per_seed)
-    summary = []
-    for method in RUNS:
-        vals = [per_seed[s][0][method]["val_bpb"] for s in seeds]
-        mean, std = mean_std(vals)
-        speed = [per_seed[s][1]["full"] / per_seed[s][1][method] for s in seeds]
-        reach = [time_to_reach(per_seed[s][0][method]["curve"], per_seed[s][0]["full"]["val_bpb"]) for s in seeds]
-        summary.append({"method": method, "d_state": per_seed[seeds[0]][0][method]["d_state"], "val_bpb": vals,
-                        "val_bpb_mean": mean, "val_bpb_std": std,
-                        "step_ms_mean": float(np.mean([per_seed[s][1][method] for s in seeds])),
-                        "step_speedup_mean": float(np.mean(speed)), "step_speedups": speed,
-                        "time_to_full_s": reach,
-                        "train_time_s_mean": float(np.mean([per_seed[s][0][method]["train_time_s"] for s in seeds]))})
-    paired = []
-    full = np.array([per_seed[s][0]["full"]["val_bpb"] for s in seeds])
-    for a, b in (("compressed", "scratch"), ("compressed", "full"), ("scratch", "full")):
-        diffs = [per_seed[s][0][a]["val_bpb"] - per_seed[s][0][b]["val_bpb"] for s in seeds]
-        mean, ci = paired_t_interval(diffs)
-        paired.append({"a": a, "b": b, "diffs": diffs, "mean": mean, "ci95": ci,
-                       "relative_to_full_pct": 100.0 * mean / float(full.mean())})
-    return {"summary": summary, "paired": paired}
-
-
-def _verdict(ci) -> str:
-    if ci is None:
-        return "one seed: no interval"
-    if ci[0] > 0:
-        return "first is WORSE (higher loss)"
-    if ci[1] < 0:
-        return "first is better (lower loss)"
-    return "inside the noise"
-
-
-def format_text_table(results: dict) -> str:
-    """The text comparison as text: per run, bits/byte mean +- std, speed, time to the full model's loss."""
-    cfg, ds = results["config"], results["dataset"]
-    seeds = results["seeds"]
-    lines = [f"text: byte-level causal LM on the standard library's text ({ds['train_bytes']} train / "
-             f"{ds['val_bytes']} validation bytes, sha256 {ds['sha256']['train'][:12]} / {ds['sha256']['val'][:12]}), "
-             f"{cfg['model']} {cfg['n_layers']} layers x d_model {cfg['d_model']}, d_state {cfg['d_state']} -> "
-             f"{cfg['rank']} at step {results['cut_step']}, {cfg['steps']} steps of {cfg['batch_size']} x "
-             f"{cfg['seq_len']} bytes, {cfg['n_val']} validation windows, seeds {', '.join(map(str, seeds))}"]
-    head = (f"{'run':<11} {'d_state':>7} {'val bits/byte (mean +- std)':>28} {'step speed-up':>13} "
-            f"{'reaches full final loss after (s, per seed)':>44}")
-    lines += [head, "-" * len(head)]
-    for r in results["summary"]:
-        std = "" if r["val_bpb_std"] is None else f" +- {r['val_bpb_std']:.4f}"
-        reach = ", ".join("never" if t is None else f"{t:.3g}" for t in r["time_to_full_s"])
-        lines.append(f"{r['method']:<11} {r['d_state']:>7} {r['val_bpb_mean']:>17.4f}{std:<11} "
-                     f"{r['step_speedup_mean']:>12.2f}x {reach:>44}")
-    lines.append("")
-    lines.append("paired per-seed differences in bits/byte (mean, 95% t-interval over seeds; % of full's loss):")
-    for p in results["paired"]:
-        ci = "" if p["ci95"] is None else f" [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}]"
-        lines.append(f"  {p['a']} - {p['b']}: {p['mean']:+.4f}{ci} ({p['relative_to_full_pct']:+.2f}%; "
-                     f"{_verdict(p['ci95'])})")
-    lines.append("")
-    lines.append("step speed-up: the full model's training-step time over the run's, the three trained models timed "
-                 "interleaved, one thread. Times to reach the full model's final validation loss count the "
-                 "training loop only (evaluations excluded), at the evaluation points.")
-    return "\n".join(lines)
-
-
-def save_text_plot(results: dict, path: Path) -> str | None:
-    """Validation bits/byte against training wall-clock time, the three runs of every seed."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    colors = {"full": "0.3", "compressed": "tab:red", "scratch": "tab:green"}
-    sizes = {r["method"]: r["d_state"] for r in results["summary"]}
-    labels = {"full": f"full (d_state {sizes['full']})",
-              "compressed": f"compressed in training ({sizes['full']} -> {sizes['compressed']})",
-              "scratch": f"from scratch at {sizes['scratch']}"}
-    for i, (seed, runs) in enumerate(sorted(results["runs"].items())):
-        for method in RUNS:
-            curve = np.array(runs[method]["curve"])
-            ax.plot(curve[:, 1], curve[:, 2], color=colors[method], lw=1, alpha=0.8,
-                    label=labels[method] if i == 0 else None)
-    ax.set_xlabel("training wall-clock time (s; evaluations excluded)")
-    ax.set_ylabel("validation loss (bits per byte)")
-    ax.set_title(f"{results['config']['model']}: {len(results['seeds'])} seed(s), one line per seed and run")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    return str(path)
 
 
 def run_text_sweep(config: TextConfig, seeds=(0, 1, 2), *, log=None) -> dict:

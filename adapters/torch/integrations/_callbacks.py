@@ -43,7 +43,7 @@ def plain_optimizer(optimizer):
 
 def _state_parameters(module: nn.Module) -> set[int]:
     """Ids of the parameters of every layer a cut may resize (protocol layers and selective blocks)."""
-    from ..mamba import _selective_layers
+    from ..cut.selective.kinds import _selective_layers
     from ..layers.protocol import compressible_layers
 
     layers = compressible_layers(module) + _selective_layers(module)

@@ -168,7 +168,7 @@ def _check_sharded_model(model: nn.Module, optimizer, rewarm_steps) -> tuple[dic
     Frees the unsharded parameters a forward left behind (the root keeps them).
     """
     from ..cut import _guards
-    from ..mamba import _selective_layers
+    from ..cut.selective.kinds import _selective_layers
     from ..optim import check_optimizer_owns, check_rewarm_steps
     from ..layers.protocol import compressible_layers
 

@@ -10,6 +10,8 @@ integrations.
 * ``s5``: :class:`~adapters.torch.S5`, one MIMO diagonal system per layer (Smith et al. 2023).
 * ``s4d``: :class:`~adapters.torch.S4D`, ``d_model`` diagonal SISO channels applied as convolutions
   (Gu et al. 2022).
+* ``selective``: :class:`~adapters.torch.SelectiveSSM`, a selective (Mamba-style) block with input-dependent
+  ``Delta, B, C``, and its scans; not LTI, so it is cut by state selection (:mod:`adapters.torch.cut.selective`).
 * ``protocol``: :class:`~adapters.torch.CompressibleLayer`, :func:`~adapters.torch.compressible_layers`,
   :func:`~adapters.torch.is_compressible`.
 * ``resizing``: :class:`~adapters.torch.ResizableStateMixin` and
@@ -23,11 +25,13 @@ from .protocol import CompressibleLayer, compressible_layers, is_compressible
 from .resizing import ResizableStateMixin, resize_state_from_checkpoint_, set_parameter_
 from .s4d import S4D
 from .s5 import S5
+from .selective import SelectiveSSM
 
 __all__ = [
     "LRU",
     "S4D",
     "S5",
+    "SelectiveSSM",
     "CompressibleLayer",
     "ResizableStateMixin",
     "compressible_layers",

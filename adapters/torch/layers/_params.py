@@ -73,3 +73,35 @@ def resize_from_checkpoint_(module: nn.Module, state_dict, prefix: str, names) -
             set_parameter_(module, name, param.new_zeros(target.shape))
             resized.append(name)
     return resized
+
+
+def resize_parameter_(module, name, value, undo=None) -> nn.Parameter:
+    """Give ``module.<name>`` the data ``value`` of another shape; returns the parameter now in the module.
+
+    Normally the ``nn.Parameter`` object is kept: ``torch.utils.swap_tensors`` moves the new data into it
+    together with fresh autograd metadata, so optimizers and user references stay valid. (Assigning
+    ``param.data`` alone would keep the parameter's cached gradient accumulator, which a still-referenced
+    graph of an earlier step keeps alive; the next backward would then fail with "invalid gradient ...
+    expected shape compatible with <old shape>".) Where torch refuses the swap because other owners hold
+    the tensor (a ``DistributedDataParallel`` wrapper's reducer, a live graph that saved it), the module
+    gets a new ``nn.Parameter`` instead, which those owners cannot keep stale; the caller rebinds the
+    optimizer to it (``DistributedDataParallel`` must be rebuilt, as :func:`adapters.torch.compress_ddp_`
+    does).
+    """
+    p = module.get_parameter(name)
+    new = nn.Parameter(value.detach().to(device=p.device, dtype=p.dtype).clone().contiguous(),
+                       requires_grad=p.requires_grad)
+    new.__dict__.update(p.__dict__)
+    try:
+        torch.utils.swap_tensors(p, new)  # ``new`` now holds the old data, gradient and autograd metadata
+    except RuntimeError:
+        owner_name, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
+        if undo is not None:
+            undo.replaced.append((owner, leaf, p))
+        owner._parameters[leaf] = new
+        return new
+    if undo is not None:
+        undo.swapped.append((p, new))
+    return p
+

@@ -1,10 +1,12 @@
 """Hugging Face transformers' Mamba, FalconMamba and Mamba2 mixers, as selective layers to compress.
 
-:func:`adapters.torch.mamba.compress_selective_` finds these mixers in
+:func:`adapters.torch.compress_selective_` (and :func:`adapters.torch.compress_`) find these mixers in
 ``MambaForCausalLM`` / ``MambaModel``, ``FalconMambaForCausalLM`` / ``FalconMambaModel`` and
-``Mamba2ForCausalLM`` / ``Mamba2Model`` through this module, which it imports only once ``transformers`` is
-imported (a model holding such mixers cannot exist before). Nothing here patches transformers: a cut model is
-an ordinary transformers model whose ``config.state_size`` states its new size.
+``Mamba2ForCausalLM`` / ``Mamba2Model`` through the kinds this module registers with the state selection
+(:func:`adapters.torch.cut.selective.kinds.register_kind`) when it is imported; :mod:`adapters.torch` imports
+it. It does not import ``transformers``: a kind matches a mixer only once ``transformers`` has imported the
+mixer's module (a model holding such mixers cannot exist before). Nothing here patches transformers: a cut
+model is an ordinary transformers model whose ``config.state_size`` states its new size.
 
 What each mixer computes (transformers' pure-torch path) and how a state is cut
 -----------------------------------------------------------------------------
@@ -36,7 +38,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from ...mamba import _Scan, _SelectiveKind
+from ...cut.selective.kinds import _Scan, _SelectiveKind, register_kind
 from . import _compat
 
 __all__ = ["HF_KINDS"]
@@ -245,3 +247,5 @@ class _Mamba2MixerKind(_SelectiveKind):
 
 
 HF_KINDS = [_MambaMixerKind(), _FalconMambaMixerKind(), _Mamba2MixerKind()]
+for _kind in HF_KINDS:
+    register_kind(_kind)
