@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .stats import mean_std, paired_t_interval
+from .tables import interval_verdict, results_table
 
 __all__ = ["RUNS", "format_text_table", "save_text_plot", "summarize_text", "time_to_reach"]
 
@@ -59,44 +60,33 @@ def summarize_text(per_seed: dict) -> dict:
     return {"summary": summary, "paired": paired}
 
 
-def _verdict(ci) -> str:
-    if ci is None:
-        return "one seed: no interval"
-    if ci[0] > 0:
-        return "first is WORSE (higher loss)"
-    if ci[1] < 0:
-        return "first is better (lower loss)"
-    return "inside the noise"
-
-
 def format_text_table(results: dict) -> str:
     """The text comparison as text: per run, bits/byte mean +- std, speed, time to the full model's loss."""
     cfg, ds = results["config"], results["dataset"]
     seeds = results["seeds"]
-    lines = [f"text: byte-level causal LM on the standard library's text ({ds['train_bytes']} train / "
+    title = (f"text: byte-level causal LM on the standard library's text ({ds['train_bytes']} train / "
              f"{ds['val_bytes']} validation bytes, sha256 {ds['sha256']['train'][:12]} / {ds['sha256']['val'][:12]}), "
              f"{cfg['model']} {cfg['n_layers']} layers x d_model {cfg['d_model']}, d_state {cfg['d_state']} -> "
              f"{cfg['rank']} at step {results['cut_step']}, {cfg['steps']} steps of {cfg['batch_size']} x "
-             f"{cfg['seq_len']} bytes, {cfg['n_val']} validation windows, seeds {', '.join(map(str, seeds))}"]
-    head = (f"{'run':<11} {'d_state':>7} {'val bits/byte (mean +- std)':>28} {'step speed-up':>13} "
-            f"{'reaches full final loss after (s, per seed)':>44}")
-    lines += [head, "-" * len(head)]
+             f"{cfg['seq_len']} bytes, {cfg['n_val']} validation windows, seeds {', '.join(map(str, seeds))}")
+    columns = [("run", -11), ("d_state", 7), ("val bits/byte (mean +- std)", 28), ("step speed-up", 13),
+               ("reaches full final loss after (s, per seed)", 44)]
+    rows = []
     for r in results["summary"]:
         std = "" if r["val_bpb_std"] is None else f" +- {r['val_bpb_std']:.4f}"
         reach = ", ".join("never" if t is None else f"{t:.3g}" for t in r["time_to_full_s"])
-        lines.append(f"{r['method']:<11} {r['d_state']:>7} {r['val_bpb_mean']:>17.4f}{std:<11} "
-                     f"{r['step_speedup_mean']:>12.2f}x {reach:>44}")
-    lines.append("")
-    lines.append("paired per-seed differences in bits/byte (mean, 95% t-interval over seeds; % of full's loss):")
+        rows.append([r["method"], str(r["d_state"]), f"{r['val_bpb_mean']:>17.4f}{std:<11}",
+                     f"{r['step_speedup_mean']:>12.2f}x", reach])
+    paired = []
     for p in results["paired"]:
         ci = "" if p["ci95"] is None else f" [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}]"
-        lines.append(f"  {p['a']} - {p['b']}: {p['mean']:+.4f}{ci} ({p['relative_to_full_pct']:+.2f}%; "
-                     f"{_verdict(p['ci95'])})")
-    lines.append("")
-    lines.append("step speed-up: the full model's training-step time over the run's, the three trained models timed "
-                 "interleaved, one thread. Times to reach the full model's final validation loss count the "
-                 "training loop only (evaluations excluded), at the evaluation points.")
-    return "\n".join(lines)
+        verdict = interval_verdict(p["ci95"], above="first is WORSE (higher loss)", below="first is better (lower loss)")
+        paired.append(f"  {p['a']} - {p['b']}: {p['mean']:+.4f}{ci} ({p['relative_to_full_pct']:+.2f}%; {verdict})")
+    return results_table(title, columns, rows, "paired per-seed differences in bits/byte (mean, 95% t-interval over "
+                         "seeds; % of full's loss):", paired, "step speed-up: the full model's training-step time "
+                         "over the run's, the three trained models timed interleaved, one thread. Times to reach the "
+                         "full model's final validation loss count the training loop only (evaluations excluded), at "
+                         "the evaluation points.")
 
 
 def save_text_plot(results: dict, path: Path) -> str | None:
