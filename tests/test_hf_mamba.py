@@ -196,8 +196,22 @@ def test_a_base_model_is_cut_and_its_config_updated():
 
 
 @pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+def test_the_callers_config_object_is_left_as_it_was(kind):
+    # model.config is the object the model was built from; a model built from it after the cut must be
+    # full size, while the cut model (and every module sharing its configuration) states its new size.
+    model = _model(kind)
+    config = model.config
+    compress_selective_(model, calibration_inputs=_tokens(4, 16, 9), rank=4, optimizer=None)
+    assert config.state_size == 16 and model.config is not config
+    assert model.config.state_size == 4 and model.backbone.config is model.config
+    fresh = type(model)(config)
+    assert all(b.mixer.ssm_state_size == 16 for b in fresh.backbone.layers)
+
+
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
 def test_a_failed_swap_restores_model_config_and_optimizer(kind, monkeypatch):
     model = _model(kind)
+    config = model.config
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     _train(model, opt, 2, seed=20)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -216,6 +230,7 @@ def test_a_failed_swap_restores_model_config_and_optimizer(kind, monkeypatch):
     with pytest.raises(RuntimeError, match="injected"):
         compress_selective_(model, calibration_inputs=_tokens(4, 16, 8), rank=4, optimizer=opt)
     assert model.config.state_size == 16
+    assert model.config is config and model.backbone.config is config  # the caller's object, not a copy
     assert all(b.mixer.ssm_state_size == 16 for b in model.backbone.layers)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k

@@ -9,6 +9,8 @@ on any failure.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 
 import torch
@@ -222,6 +224,22 @@ def plan_layer(a: _Analysis, r: int, calib, held, *, ranking, min_shrink):
     return plan, report
 
 
+def _own_configs_(model, analyses, undo) -> dict:
+    """Give the model its own copies of the configurations a cut changes, so the caller's objects stay as they were.
+
+    A Hugging Face model keeps the configuration it was built from (``model.config is cfg``); setting
+    ``state_size`` on that object would also change every model the caller builds from ``cfg`` later. Every
+    module attribute ``config`` that refers to a changed configuration is pointed at one copy of it (undone
+    with the rest of the cut on failure). Returns ``id(original) -> copy``.
+    """
+    copies = {id(c): copy.deepcopy(c) for a in analyses for c in a.configs}
+    for module in model.modules():
+        cfg = getattr(module, "config", None)
+        if cfg is not None and id(cfg) in copies:
+            undo.attr(module, "config", copies[id(cfg)])
+    return copies
+
+
 def cut_layers_(model, analyses, plans, optimizer, optimizer_state) -> None:
     """Cut every planned layer (and ``optimizer``'s state) to its kept states; on any failure undo everything.
 
@@ -231,12 +249,13 @@ def cut_layers_(model, analyses, plans, optimizer, optimizer_state) -> None:
     undo = _Undo(optimizer)
     shapes = {}
     try:
+        own = _own_configs_(model, [a for a, keep in zip(analyses, plans) if keep is not None], undo)
         for a, keep in zip(analyses, plans):
             if keep is not None:
                 for pname, _, _ in a.kind.cut_spec(a.layer, keep)[0]:
                     p = a.layer.get_parameter(pname)
                     shapes[id(p)] = (p, tuple(p.shape))
-                _apply_cut(a.kind, a.layer, keep, a.configs, optimizer, optimizer_state, undo)
+                _apply_cut(a.kind, a.layer, keep, [own[id(c)] for c in a.configs], optimizer, optimizer_state, undo)
     except BaseException:
         undo.restore()
         raise
