@@ -197,6 +197,7 @@ def _measure_after(reports, cut, cut_layers, measured):
         rep.output_change = 0.0
     inputs, before, source = measured
     for i, u, y0, y1 in zip(cut, inputs, before, layer_outputs(cut_layers, inputs)):
+        reports[i]._no_input = u is None
         change = relative_change(y0, y1)
         reports[i].output_change = change
         reports[i].output_inputs = source if change is not None else ""

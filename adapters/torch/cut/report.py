@@ -326,6 +326,11 @@ def report_table(report) -> str:
         rows.append(f"out change: ||y_cut - y|| / ||y|| of each layer's output on its {' / '.join(sources)} "
                     "(measured)" + ("; out bound: the a-priori bound on it, 2 sum(dropped HSVs) ||u|| / ||y||"
                                     if bt else ""))
+    unmeasured = [repr(x.name or "<model>") for x in report.layers if getattr(x, "_no_input", False)]
+    if unmeasured:
+        rows.append(f"out change not measured for {', '.join(unmeasured)}: no input to measure on (a layer keeps its "
+                    "last input by calling adapters.torch.layers.remember_input_(self, u) in forward, as LRU, S5 and "
+                    "S4D do); pass calibration_inputs= to compress_ to measure it")
     if loose:
         rows.append("out bound > 1: on these inputs the a-priori bound does not exclude a change larger than the "
                     "output itself; out change is what the cut did")

@@ -20,6 +20,7 @@ integrations.
 * ``_base``: what LRU, S5 and S4D share (input checks, in-place loading, the checks of a system to load).
 """
 
+from ._base import remember_input_
 from .lru import LRU
 from .protocol import CompressibleLayer, compressible_layers, is_compressible
 from .resizing import ResizableStateMixin, resize_state_from_checkpoint_, set_parameter_
@@ -36,6 +37,7 @@ __all__ = [
     "ResizableStateMixin",
     "compressible_layers",
     "is_compressible",
+    "remember_input_",
     "resize_state_from_checkpoint_",
     "set_parameter_",
 ]
