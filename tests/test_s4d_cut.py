@@ -117,3 +117,19 @@ def test_a_briefly_trained_s4d_layer_shrinks_and_reports_each_channels_bound():
 
     errors = lr.hinf_norm(_difference(system, after))
     assert bool((errors.numpy() <= own * (1 + 1e-6)).all())
+
+
+def test_the_table_says_that_an_s4d_layers_energy_kept_is_its_worst_channels():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(at.S4D(4, 16))
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 30, 4)).sum().backward()
+    opt.step()
+    opt.zero_grad()
+    report = at.compress_(model, tol=0.1, optimizer=opt, progress=False)
+    assert report["0"].compressed and report["0"].channels == 4
+    assert "energy kept of a layer of independent channels (S4D): its worst channel's" in str(report)
+    torch.manual_seed(0)
+    lru = torch.nn.Sequential(at.LRU(4, 16))
+    text = str(at.compress_(lru, rank=4, optimizer=None, progress=False))
+    assert "worst channel" not in text

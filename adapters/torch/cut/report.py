@@ -326,6 +326,9 @@ def report_table(report) -> str:
         rows.append(f"out change: ||y_cut - y|| / ||y|| of each layer's output on its {' / '.join(sources)} "
                     "(measured)" + ("; out bound: the a-priori bound on it, 2 sum(dropped HSVs) ||u|| / ||y||"
                                     if bt else ""))
+    if any(x.compressed and getattr(x, "channels", 1) > 1 and x.method == "balanced_truncation" for x in report.layers):
+        rows.append("energy kept of a layer of independent channels (S4D): its worst channel's; the layer's order "
+                    "keeps 1 - tol of the channels' summed energy, so one channel may keep less")
     unmeasured = [repr(x.name or "<model>") for x in report.layers if getattr(x, "_no_input", False)]
     if unmeasured:
         rows.append(f"out change not measured for {', '.join(unmeasured)}: no input to measure on (a layer keeps its "
