@@ -31,7 +31,7 @@ def compress_(model: nn.Module, *, tol: float | None = None, rank: int | None = 
 
     The one entry point for every layer kind the library knows:
 
-    * *LTI layers* (the protocol of :mod:`adapters.torch.protocol`: :class:`adapters.torch.LRU`, S5- and
+    * *LTI layers* (the protocol of :mod:`adapters.torch.layers.protocol`: :class:`adapters.torch.LRU`, S5- and
       S4D-style layers, your own): each layer's linear core (``layer.to_system()``) is balanced with
       :func:`lti_reduce.balance` (one batched call per group of equal-shaped layers on the same device),
       cut to a new order, returned to modal form with

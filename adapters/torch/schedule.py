@@ -136,7 +136,7 @@ class CompressionSchedule:
 
         if not compressible_layers(model) and not _selective_layers(model):
             raise ValueError(f"CompressionSchedule: {type(model).__name__} has no compressible layer (nothing "
-                             "implements state_dim, to_system() and load_system_(), see adapters.torch.protocol, "
+                             "implements state_dim, to_system() and load_system_(), see adapters.torch.layers.protocol, "
                              "and no selective layer), so no cut could happen; schedule a model with SSM layers.")
         if _selective_layers(model) and self.compress_kwargs.get("calibration_inputs") is None:
             raise ValueError("CompressionSchedule: the model has selective layers (SelectiveSSM), which need "

@@ -117,7 +117,7 @@ def find_layers(model, optimizer, calibration_inputs):
               if id(m) not in selective_ids and not any(n.startswith(s + ".") for s, _ in selective if s)]
     if not layers and not selective:
         raise ValueError(f"{type(model).__name__} has no compressible layer: nothing implements state_dim, "
-                         "to_system() and load_system_() (see adapters.torch.protocol), and it has no selective "
+                         "to_system() and load_system_() (see adapters.torch.layers.protocol), and it has no selective "
                          "layer (adapters.torch.SelectiveSSM).")
     if selective and calibration_inputs is None:
         names = ", ".join(repr(n) for n, _ in selective[:4]) + (" ..." if len(selective) > 4 else "")

@@ -162,7 +162,7 @@ def compress_ddp_(ddp_model, *, optimizer=_REQUIRED, ddp_kwargs: dict | None = N
         Rank (in the wrapper's process group) whose result every rank adopts.
     compress_fn : callable, optional
         ``compress_fn(module, optimizer=..., **compress_kwargs) -> report``; default
-        :func:`adapters.torch.compress_`. :func:`adapters.torch.mamba.compress_selective_` works too (pass
+        :func:`adapters.torch.compress_`. :func:`adapters.torch.compress_selective_` works too (pass
         ``calibration_inputs=``; with ``rank=`` the ranks may even calibrate on different data: ``src``
         decides).
     **compress_kwargs
