@@ -387,11 +387,12 @@ def _torch_cholesky(P):
     good = info == 0
     with torch.no_grad():
         d = torch.sqrt(torch.clamp(torch.diagonal(P, dim1=-2, dim2=-1).real, min=torch.finfo(torch.float64).tiny))
-        Lh = torch.where(good[..., None, None], L, torch.eye(int(P.shape[-1]), dtype=L.dtype, device=L.device))
-        Lh = Lh / d[..., :, None].to(L.dtype)
-        eye = torch.eye(int(P.shape[-1]), dtype=L.dtype, device=L.device)
-        inv = torch.linalg.solve_triangular(Lh, eye, upper=False)
-        good = good & (torch.sum(torch.abs(inv) ** 2, dim=(-2, -1)) <= _CHOLESKY_MAX_INV_NORM)
+        Lg = L
+        if not bool(good.all()):  # a failed factor is replaced by I for the test (and then rejected)
+            Lg = torch.where(good[..., None, None], L, torch.eye(int(P.shape[-1]), dtype=L.dtype, device=L.device))
+        # Lh^{-1} = (D^{-1} L)^{-1} = L^{-1} D: one triangular solve with right-hand side D, no scaled copy of L
+        inv = torch.linalg.solve_triangular(Lg, torch.diag_embed(d.to(L.dtype)), upper=False)
+        good = good & (torch.linalg.matrix_norm(inv) ** 2 <= _CHOLESKY_MAX_INV_NORM)
     return L, good
 
 
