@@ -352,3 +352,27 @@ def test_a_batch_with_different_mode_counts_raises():
 def test_an_unstable_state_matrix_raises():
     with pytest.raises(lr.UnstableSystemError, match="spectral radius"):
         lr.modal_form(np.diag([1.01, 0.2]), np.ones((2, 1)), np.ones((1, 2)))
+
+
+@pytest.mark.parametrize("complex_data", [False, True], ids=["real", "complex"])
+def test_a_torch_batch_has_the_dense_frequency_responses_and_numpys_modes(torch, complex_data):
+    # A batch of torch systems runs eig and inv through torch's LAPACK. Reference: each member's dense frequency
+    # response, and numpy's eig of the same member (eigenvalues, condition number of the eigenvector matrix).
+    rng = np.random.default_rng(7)
+    count, r = 5, 12
+    A = rng.standard_normal((count, r, r)) + (1j * rng.standard_normal((count, r, r)) if complex_data else 0.0)
+    A *= 0.9 / np.max(np.abs(np.linalg.eigvals(A)), axis=-1)[:, None, None]
+    B, C, D = rng.standard_normal((count, r, 2)), rng.standard_normal((count, 1, r)), rng.standard_normal((count, 1, 2))
+    modal, cond = modal_quietly(*(torch.from_numpy(X) for X in (A, B, C, D)), pad=True)
+    assert isinstance(modal.lam, torch.Tensor) and modal.real_output is not complex_data
+    for k in range(count):
+        member = lr.DiagonalSystem(modal.lam[k], modal.B[k], modal.C[k], modal.D[k], real_output=modal.real_output)
+        mu, X = np.linalg.eig(A[k])
+        cond_ref = np.linalg.norm(X, 1) * np.linalg.norm(np.linalg.inv(X), 1)
+        assert float(cond[k]) == pytest.approx(cond_ref, rel=1e-8)
+        G = modal_response(member)
+        assert relative_response_error(G, ref.freqresp(A[k], B[k], C[k], D[k], GRID)) < 1e-12 * cond_ref
+        lam = ref.as_numpy(modal.lam[k])
+        kept = mu if complex_data else mu[mu.imag >= 0]
+        lam = lam[:kept.shape[0]]  # the zero modes that pad=True appends come last
+        assert np.max(np.abs(np.sort_complex(lam) - np.sort_complex(kept))) < 1e-12
