@@ -535,3 +535,20 @@ def test_reduce_conflicting_time_bases_are_one_line_errors(capsys, tmp_path, sta
         np.savez(src, dt=0.01, **dict(np.load(stable_npz)))
     code, _, err = run_cli(capsys, "reduce", src, "--rank", "2", *extra)
     assert_one_line_error(code, err, needle)
+
+
+def test_the_speed_target_is_judged_on_interleaved_step_times_not_wall_clocks():
+    pytest.importorskip("torch")
+    from adapters.torch.experiment.comparison import _speed_target
+
+    results = {"steps": 1000, "cut_steps": [100], "runs": {"compressed": {"compress_time_s": 0.5}},
+               "step_time_interleaved_ms": {"baseline": 30.0, "compressed": 20.0}}
+    # a wall clock of 3.8x (the baseline ran on a busier machine) decides nothing
+    t = _speed_target(results, wall_clock=3.8)
+    expected = 1000 * 30.0 / (100 * 30.0 + 900 * 20.0 + 500.0)
+    assert t["speedup"] == pytest.approx(expected) and t["met"] is False and t["decided"] is True
+    assert t["wall_clock_speedup"] == 3.8
+    results["step_time_interleaved_ms"]["compressed"] = 10.0
+    assert _speed_target(results, wall_clock=1.2)["met"] is True  # 30000 / (3000 + 9000 + 500) = 2.4
+    del results["step_time_interleaved_ms"]
+    assert _speed_target(results, wall_clock=3.8)["decided"] is False

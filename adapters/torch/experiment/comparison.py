@@ -176,6 +176,28 @@ def _run_comparison(config: ExperimentConfig, data: SequenceDataset | None, devi
     return results
 
 
+def _speed_target(results: dict, wall_clock: float) -> dict:
+    """Whether training (2) is at least 2x faster than (1), from the step times measured interleaved.
+
+    The whole run's speed-up is estimated as ``N t_1 / (s t_1 + (N - s) t_2 + t_cut)``: ``N`` steps, ``s`` of
+    them before the last cut (counted at full size, so the estimate is a lower bound when there are several
+    cuts), ``t_1`` and ``t_2`` the interleaved step times of (1) and of (2) at its final size, ``t_cut`` the
+    time spent in ``compress_``. The runs' own wall clocks, minutes apart on a shared machine, are kept as
+    ``wall_clock_speedup`` but decide nothing. Without interleaved times the target is not decided.
+    """
+    step_ms = results.get("step_time_interleaved_ms") or {}
+    if "baseline" not in step_ms or "compressed" not in step_ms:
+        return {"speedup": wall_clock, "met": wall_clock >= 2.0, "decided": False, "wall_clock_speedup": wall_clock,
+                "estimate": "wall clock only"}
+    n, cut_steps = results["steps"], results.get("cut_steps") or [0]
+    s = min(n, max(cut_steps))
+    t1, t2 = step_ms["baseline"], step_ms["compressed"]
+    t_cut = 1000.0 * results["runs"]["compressed"].get("compress_time_s", 0.0)
+    estimate = n * t1 / (s * t1 + (n - s) * t2 + t_cut)
+    return {"speedup": estimate, "met": estimate >= 2.0, "decided": True, "wall_clock_speedup": wall_clock,
+            "estimate": "interleaved step times"}
+
+
 def _targets(results: dict) -> dict:
     """The three checks of CompreSSM's claim; each says whether the test set can decide it.
 
@@ -194,8 +216,7 @@ def _targets(results: dict) -> dict:
                                                         "decided": (-100 * c["diff_ci95"][0] <= 1.0
                                                                     or -100 * c["diff_ci95"][1] > 1.0)}
     if "compressed" in runs and "baseline" in runs:
-        targets["compressed_2x_faster_than_baseline"] = {"speedup": speedup["compressed"],
-                                                         "met": speedup["compressed"] >= 2.0}
+        targets["compressed_2x_faster_than_baseline"] = _speed_target(results, speedup["compressed"])
     if "compressed-scratch" in comparisons:
         c = comparisons["compressed-scratch"]
         targets["compressed_beats_scratch"] = {"gain_points": 100.0 * c["diff"], "met": c["diff"] > 0.0,
