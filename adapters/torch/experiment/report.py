@@ -90,6 +90,19 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_axes(figsize=(6.4, 4.2)):
+    """``(figure, axes)`` of one panel on matplotlib's Agg canvas (no display, no global backend), or
+    ``None`` when matplotlib is not installed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
 _COLORS = {"baseline": "tab:blue", "compressed": "tab:red", "scratch": "tab:green"}
 
 

@@ -32,6 +32,7 @@ from .comparison import accuracy_record, describe_dataset, prepare_data, prepare
 from .config import ConfigError, ExperimentConfig, check_config, cut_steps, resolve_device, total_steps
 from .loop import predict, seed_everything, train_run
 from .models import build_model
+from .report import plot_axes
 from .stats import mean_std, paired_t_interval
 from .tables import format_sweep_table  # noqa: F401 (its public path)
 from .timing import environment, interleaved_step_times, loadavg
@@ -234,20 +235,22 @@ def _seed_runs(sweep, run, seed_timing) -> tuple[dict, dict]:
     return records, timing
 
 
-def _open_output(out, fingerprint: str, stamp: dict) -> tuple[Path, Path]:
-    """``out`` and its ``runs/`` folder, made if missing; refused if it holds a sweep of another configuration.
+def _open_output(out, fingerprint: str, stamp: dict, *, name: str = "sweep.json",
+                 held_what: str = "a sweep of another configuration") -> tuple[Path, Path]:
+    """``out`` and its ``runs/`` folder, made if missing; refused if it holds runs of another configuration.
 
-    The first call writes ``{"fingerprint": fingerprint, **stamp}`` to ``out/sweep.json``; later calls compare
-    the fingerprint held there with ``fingerprint`` (a resumed sweep must be the same sweep).
+    The first call writes ``{"fingerprint": fingerprint, **stamp}`` to ``out/<name>``; later calls compare
+    the fingerprint held there with ``fingerprint`` (a resumed sweep must be the same sweep). ``held_what``
+    names what a mismatching folder holds, in the error.
     """
     out = prepare_output(out)
     runs_dir = out / "runs"
     runs_dir.mkdir(exist_ok=True)
-    path = out / "sweep.json"
+    path = out / name
     if path.is_file():
         held = json.loads(path.read_text()).get("fingerprint")
         if held != fingerprint:
-            raise ConfigError(f"'{out}' holds a sweep of another configuration (fingerprint {held}, this one "
+            raise ConfigError(f"'{out}' holds {held_what} (fingerprint {held}, this one "
                               f"{fingerprint}); choose another --out, or delete '{out}' to start over.")
     else:
         path.write_text(json.dumps({"fingerprint": fingerprint, **stamp}, indent=1))
@@ -351,14 +354,10 @@ def save_sweep_plot(results: dict, path: Path) -> str | None:
 
     Returns the path written, or ``None`` without matplotlib.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
+    axes = plot_axes()
+    if axes is None:
         return None
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    fig, ax = axes
     rows = results["summary"]
     full = next((r for r in rows if r["method"] == "full"), None)
     if full is not None:

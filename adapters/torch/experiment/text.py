@@ -41,6 +41,7 @@ from torch.nn import functional as F
 
 from .config import ConfigError
 from .loop import seed_everything
+from .sweep import _open_output
 from .text_data import (
     TRAIN_FILES,
     VAL_FILES,
@@ -302,12 +303,6 @@ def text_step_times(models: dict, corpus: TextCorpus, config: TextConfig, *, rou
 
 
 # ----------------------------------------------------------------------------------------------- the runs
-def _prepare_out(out) -> Path:
-    from .comparison import prepare_output
-
-    return prepare_output(out)
-
-
 def _seed_runs(config: TextConfig, corpus: TextCorpus, seed: int, runs_dir: Path, log) -> tuple[dict, dict]:
     """The three runs of one seed (each cached in ``runs_dir``) and their interleaved step times."""
     records, models = {}, {}
@@ -370,21 +365,12 @@ def _run(config: TextConfig, seeds, log) -> dict:
     import transformers
 
     wall = time.perf_counter()
-    out = _prepare_out(config.out)
-    runs_dir = out / "runs"
-    runs_dir.mkdir(exist_ok=True)
     corpus = load_corpus()
     spec = {k: v for k, v in config.to_dict().items() if k not in ("seed", "out", "progress", "threads")}
     spec["sha256"] = corpus.sha256
     fingerprint = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    stamp = out / "text.json"
-    if stamp.is_file():
-        held = json.loads(stamp.read_text()).get("fingerprint")
-        if held != fingerprint:
-            raise ConfigError(f"'{out}' holds text runs of another configuration or corpus (fingerprint {held}, this "
-                              f"one {fingerprint}); choose another --out, or delete '{out}' to start over.")
-    else:
-        stamp.write_text(json.dumps({"fingerprint": fingerprint, "config": config.to_dict()}, indent=1))
+    out, runs_dir = _open_output(config.out, fingerprint, {"config": config.to_dict()}, name="text.json",
+                                 held_what="text runs of another configuration or corpus")
     per_seed = {s: _seed_runs(config, corpus, s, runs_dir, log) for s in seeds}
     env = environment(torch.device("cpu"))
     env["transformers"] = transformers.__version__

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .report import plot_axes
 from .stats import mean_std, paired_t_interval
 from .tables import interval_verdict, results_table
 
@@ -91,14 +92,10 @@ def format_text_table(results: dict) -> str:
 
 def save_text_plot(results: dict, path: Path) -> str | None:
     """Validation bits/byte against training wall-clock time, the three runs of every seed."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
+    axes = plot_axes()
+    if axes is None:
         return None
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    fig, ax = axes
     colors = {"full": "0.3", "compressed": "tab:red", "scratch": "tab:green"}
     sizes = {r["method"]: r["d_state"] for r in results["summary"]}
     labels = {"full": f"full (d_state {sizes['full']})",
