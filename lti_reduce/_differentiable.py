@@ -21,8 +21,9 @@ def hankel_singular_values_for_gradients(system):
 
     Parameters
     ----------
-    system : DiagonalSystem or tuple (A, B, C) of torch tensors, batch shape ``(...)``
-        A stable discrete-time system whose entries may require gradients.
+    system : DiagonalSystem of torch tensors, batch shape ``(...)``
+        A stable discrete-time system whose entries may require gradients (``to_system(differentiable=True)``
+        of an LRU, S5 or S4D layer gives one).
 
     Returns
     -------
@@ -32,22 +33,13 @@ def hankel_singular_values_for_gradients(system):
     import torch
 
     from .gramians import gramians
-
     from .systems import DiagonalSystem
 
     def wide(x):
-        if x is None:
-            return None
         return x.to(torch.complex128 if x.is_complex() else torch.float64)
 
-    if isinstance(system, DiagonalSystem):
-        out_dtype = system.B.real.dtype
-        P, Q = gramians(DiagonalSystem(wide(system.lam), wide(system.B), wide(system.C), None,
-                                       real_output=system.real_output))
-    else:
-        A, B, C = system
-        out_dtype = B.real.dtype
-        P, Q = gramians(wide(A), wide(B), wide(C))
+    P, Q = gramians(DiagonalSystem(wide(system.lam), wide(system.B), wide(system.C), None,
+                                   real_output=system.real_output))
     n = P.shape[-1]
     eye = torch.eye(n, dtype=P.dtype, device=P.device)
     eps = torch.finfo(torch.float64).eps
@@ -56,4 +48,4 @@ def hankel_singular_values_for_gradients(system):
         trace = G.diagonal(dim1=-2, dim2=-1).real.sum(-1).clamp_min(torch.finfo(torch.float64).tiny)
         return torch.linalg.cholesky(G + (n * eps * trace)[..., None, None] * eye)
 
-    return torch.linalg.svdvals(factor(Q).mH @ factor(P)).to(out_dtype)
+    return torch.linalg.svdvals(factor(Q).mH @ factor(P)).to(system.B.real.dtype)
