@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 import lti_reduce as lr  # noqa: E402
 from torch import nn  # noqa: E402
 
-from adapters.torch import LRU  # noqa: E402
+from adapters.torch import LRU, compressible_layers  # noqa: E402
 from adapters.torch.monitor import HSVTimedSchedule, Settled, kept_set_settled, save_hsv_trajectory_plot  # noqa: E402
 
 # tol 0.2 keeps r = 2 of these (8.6 of 10 >= 8): a gap of 2.6 between sigma_2 and sigma_3
@@ -279,3 +279,15 @@ def test_the_hf_callback_cuts_where_the_monitor_decides(tmp_path):
     assert sched.cut_step is not None and sched.cut_step <= 6
     assert [c["step"] for c in callback.cuts] == [sched.cut_step]
     assert sum(m.state_dim for m in model.net if isinstance(m, LRU)) < 24
+
+
+def test_layers_of_one_state_size_but_different_widths_are_watched_in_separate_batches():
+    # grouped by every shape (as the cut groups them), not by the state size alone: stacking an
+    # LRU(3, 8) with an LRU(5, 8) failed inside torch.stack
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(LRU(3, 8), torch.nn.Linear(3, 5), LRU(5, 8))
+    schedule = HSVTimedSchedule(model, 100, every=1, budget=None)
+    assert schedule.observe(1) == (False, False)
+    hsv = schedule.trace[-1]["hsv"]
+    for (_, layer), h in zip(compressible_layers(model), hsv):
+        np.testing.assert_allclose(h, lr.hankel_singular_values(layer.to_system()).numpy(), rtol=1e-6, atol=1e-9)

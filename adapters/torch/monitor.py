@@ -24,7 +24,7 @@ import torch.nn as nn
 from lti_reduce._watch import _diagonal_hankel_frobenius_norm, _diagonal_hsv_values
 
 from .cut.certify import _difference
-from .cut.compute import _stack, _working
+from .cut.compute import _stack, _working, group_indices
 from .cut.plan import _layer_order
 from .layers.protocol import compressible_layers
 from .schedule import CompressionSchedule
@@ -269,11 +269,9 @@ class HSVTimedSchedule(CompressionSchedule):
         if self._systems is not None and [tuple(s.lam.shape) for s in systems] != \
                 [tuple(s.lam.shape) for s in self._systems]:
             self._systems, self._hsvs, self._bounds = None, [], []  # the state sizes changed: start again
-        groups: dict = {}
-        for i, s in enumerate(systems):
-            groups.setdefault((tuple(s.lam.shape), s.lam.dtype, s.real_output), []).append(i)
+        groups = group_indices(systems)
         hsv = [None] * len(systems)
-        for idx in groups.values():
+        for idx in groups:
             h = _diagonal_hsv_values(_stack([systems[i] for i in idx])).cpu().numpy()
             for j, i in enumerate(idx):
                 hsv[i] = h[j]
@@ -281,7 +279,7 @@ class HSVTimedSchedule(CompressionSchedule):
         bound = [None] * len(systems)
         if self._systems is not None:
             could = [_could_certify(self._hsvs[-1][i], hsv[i], self.tol) for i in range(len(systems))]
-            for idx in groups.values():
+            for idx in groups:
                 if any(could[i] for i in idx):  # else the certified path fails anyway: skip the bound
                     b = _diagonal_hankel_frobenius_norm(_difference(_stack([self._systems[i] for i in idx]),
                                                                     _stack([systems[i] for i in idx])))
