@@ -170,28 +170,36 @@ def _modal_single(A, B, C, D, cond_warn):
                        np.asarray(C, dtype=np.float64), D, cond_warn)
 
 
-def _batched_eig_inv(A, use_torch: bool):
-    """``(mu, X, X_inv)`` of a float64/complex128 numpy stack ``A`` (count, r, r); ``X_inv`` None if singular.
+def _batched_eig(A, use_torch: bool):
+    """``(mu, X)`` of a float64/complex128 numpy stack ``A`` (count, r, r): eigenvalues and eigenvectors.
 
-    ``use_torch``: the caller's arrays are torch tensors, so torch is loaded; ``torch.linalg.eig`` and
-    ``torch.linalg.inv_ex`` run the same LAPACK routines (``xGEEV``, ``xGETRF``/``xGETRI``) over the
-    stack, on zero-copy views of the numpy arrays, in the LAPACK torch is built with (MKL in the
-    x86 wheels: 512 real matrices of order 55 took 0.27-0.30 s against numpy's 0.44-0.56 s, one
-    thread). Both return a conjugate pair consecutively, positive imaginary part first, and a real
-    eigenvalue with an exactly zero imaginary part (LAPACK's ``wr + i wi``).
+    ``use_torch``: the caller's arrays are torch tensors, so torch is loaded; ``torch.linalg.eig``
+    runs the same LAPACK routine (``xGEEV``) over the stack, on a zero-copy view of the numpy array, in
+    the LAPACK torch is built with (MKL in the x86 wheels: 512 real matrices of order 55 took 0.27-0.30 s
+    against numpy's 0.44-0.56 s, one thread). Both return a conjugate pair consecutively, positive
+    imaginary part first, a real eigenvalue with an exactly zero imaginary part (LAPACK's ``wr + i wi``),
+    and a pair's eigenvectors as LAPACK's real columns ``V_j +/- i V_{j+1}``.
     """
     if use_torch:
         import torch  # only reached for torch inputs
 
         mu, X = torch.linalg.eig(torch.from_numpy(np.require(A, requirements="CW")))
-        X_inv, info = torch.linalg.inv_ex(X)
-        return mu.numpy(), X.numpy(), (X_inv.numpy() if bool((info == 0).all()) else None)
+        return mu.numpy(), X.numpy()
     mu, X = np.linalg.eig(A)
-    mu, X = mu.astype(np.complex128), X.astype(np.complex128)
+    return mu.astype(np.complex128), X.astype(np.complex128)
+
+
+def _batched_inv(M, use_torch: bool):
+    """Inverses of a numpy stack ``M`` (count, r, r) by LU (``xGETRF``/``xGETRI``), or None if one is singular."""
+    if use_torch:
+        import torch
+
+        inv, info = torch.linalg.inv_ex(torch.from_numpy(np.require(M, requirements="CW")))
+        return inv.numpy() if bool((info == 0).all()) else None
     try:
-        return mu, X, np.linalg.inv(X)
+        return np.linalg.inv(M)
     except np.linalg.LinAlgError:
-        return mu, X, None
+        return None
 
 
 def _modal_batch(A, B, C, D, cond_warn, use_torch: bool = False):
@@ -203,42 +211,79 @@ def _modal_batch(A, B, C, D, cond_warn, use_torch: bool = False):
 
     Notes
     -----
-    ``use_torch`` (torch inputs): the LAPACK calls go through torch (:func:`_batched_eig_inv`).
-    ``numpy.linalg.eig`` of a real stack runs LAPACK ``dgeev`` on every matrix in C and returns the
-    complex eigenvectors with a conjugate pair stored consecutively (positive imaginary part first) and
-    a real eigenvalue's imaginary part exactly zero; for a real system the pair's second mode is
-    dropped and its first one's output column doubled, as in :func:`_modal_real`. The modes each
-    system keeps are moved to the front with one stable argsort over the batch (no loop over systems).
+    ``use_torch`` (torch inputs): the LAPACK calls go through torch (:func:`_batched_eig`).
+    A real stack stays in real arithmetic after its ``eig``, as :func:`_modal_real` does for one
+    system: LAPACK's real eigenvector matrix ``V`` is read back from the complex ``X`` (a pair's
+    ``x_j = V_j + i V_{j+1}``), and only the real inverse ``V^{-1}`` and the real products ``V^{-1} B``,
+    ``C V`` are formed (a quarter of the work of the complex ones); the pair's second mode is dropped
+    and its first one's output column doubled, and ``cond(X)`` is recovered exactly from ``V`` and
+    ``V^{-1}``. The modes each system keeps are moved to the front with one stable argsort over the
+    batch (no loop over systems).
     """
     real_output = not (np.iscomplexobj(A) or np.iscomplexobj(B) or np.iscomplexobj(C))
     if real_output:
         A, B, C = (np.asarray(M, dtype=np.float64) for M in (A, B, C))
-    mu, X, X_inv = _batched_eig_inv(np.ascontiguousarray(A), use_torch)
+    mu, X = _batched_eig(np.ascontiguousarray(A), use_torch)
     _check_radius(mu.reshape(-1))
-    if X_inv is None:  # a singular eigenvector matrix in the batch: defective
-        X_inv, cond = np.zeros_like(X), np.full(X.shape[0], np.inf)
-    else:
-        cond = np.abs(X).sum(-2).max(-1) * np.abs(X_inv).sum(-2).max(-1)
-    _check_defective(float(np.max(cond, initial=0.0)) if np.all(np.isfinite(cond)) else np.inf)
-    Bm, Cm = X_inv @ B, C @ X
     if real_output:
-        pair, real = mu.imag > 0, mu.imag == 0
-        keep = pair | real
-        Cm = np.where(pair[:, None, :], 2.0 * Cm, Cm)
-        # A real eigenvalue has a real eigenvector, so its B row and C column are real up to round-off.
-        Bm = np.where(real[:, :, None], Bm.real, Bm)
-        Cm = np.where(real[:, None, :], Cm.real, Cm)
+        lam, Bm, Cm, cond, keep = _real_modes(mu, X, B, C, use_torch)
     else:
-        keep = np.ones(mu.shape, dtype=bool)
+        X_inv = _batched_inv(X, use_torch)
+        if X_inv is None:  # a singular eigenvector matrix in the batch: defective
+            X_inv, cond = np.zeros_like(X), np.full(X.shape[0], np.inf)
+        else:
+            cond = np.abs(X).sum(-2).max(-1) * np.abs(X_inv).sum(-2).max(-1)
+        _check_defective(float(np.max(cond, initial=0.0)) if np.all(np.isfinite(cond)) else np.inf)
+        lam, Bm, Cm, keep = mu, X_inv @ B, C @ X, np.ones(mu.shape, dtype=bool)
     counts = keep.sum(-1)
     k = int(counts.max(initial=0))
     order = np.argsort(~keep, axis=-1, kind="stable")[:, :k]
     present = np.arange(k) < counts[:, None]
-    lam = np.where(present, np.take_along_axis(mu, order, -1), 0)
+    lam = np.where(present, np.take_along_axis(lam, order, -1), 0)
     Bk = np.where(present[:, :, None], np.take_along_axis(Bm, order[:, :, None], -2), 0)
     Ck = np.where(present[:, None, :], np.take_along_axis(Cm, order[:, None, :], -1), 0)
     _warn_conditioning(float(np.max(cond, initial=0.0)), cond_warn)
     return lam, Bk, Ck, D, counts, cond, real_output
+
+
+def _real_modes(mu, X, B, C, use_torch: bool):
+    """Modal ``B``, ``C`` of a real stack from its ``eig`` in real arithmetic; see :func:`_modal_batch`.
+
+    Parameters
+    ----------
+    mu : complex ndarray, shape (count, r)
+    X : complex ndarray, shape (count, r, r)
+        LAPACK's eigenvectors: a pair's ``x_j = V_j + i V_{j+1}``, ``x_{j+1} = conj(x_j)``.
+    B : float64 ndarray, shape (count, r, m)
+    C : float64 ndarray, shape (count, p, r)
+
+    Returns
+    -------
+    ``(mu, Bm, Cm, cond, keep)``: ``Bm`` (count, r, m) and ``Cm`` (count, p, r) complex, with a pair's
+    modal input row ``(Z_j - i Z_{j+1}) / 2`` (``Z = V^{-1} B``) and doubled output column
+    ``2 ((C V)_j + i (C V)_{j+1})`` in its first place; ``cond`` (count,) the 1-norm condition number of
+    ``X``; ``keep`` (count, r) the places that hold a mode (a pair's first, a real eigenvalue).
+    """
+    pair = mu.imag > 0
+    second = np.zeros_like(pair)
+    second[:, 1:] = pair[:, :-1]
+    V = np.where(second[:, None, :], np.roll(X.imag, 1, axis=-1), X.real)
+    V_inv = _batched_inv(V, use_torch)
+    if V_inv is None:  # a singular eigenvector matrix in the batch: defective
+        _check_defective(np.inf)
+    # ||X||_1: both columns of a pair have the moduli of x_j; ||X^{-1}||_1: a pair's rows
+    # (V_inv_j -/+ i V_inv_{j+1}) / 2 add up to |V_inv_jk + i V_inv_{j+1,k}| (see _modal_real).
+    col_pair = np.hypot(V, np.roll(V, -1, axis=-1)).sum(-2)
+    col = np.where(pair, col_pair, np.where(second, np.roll(col_pair, 1, axis=-1), np.abs(V).sum(-2)))
+    rows = np.where(pair[:, :, None], np.hypot(V_inv, np.roll(V_inv, -1, axis=-2)), np.abs(V_inv))
+    rows = np.where(second[:, :, None], 0.0, rows)
+    cond = col.max(-1) * rows.sum(-2).max(-1)
+    _check_defective(float(np.max(cond, initial=0.0)) if np.all(np.isfinite(cond)) else np.inf)
+    Z, CV = V_inv @ B, C @ V
+    # A real eigenvalue has a real eigenvector: its B row and C column are real.
+    Bm = np.where(pair[:, :, None], 0.5 * (Z - 1j * np.roll(Z, -1, axis=-2)), Z + 0j)
+    Cm = np.where(pair[:, None, :], 2.0 * (CV + 1j * np.roll(CV, -1, axis=-1)), CV + 0j)
+    return mu, Bm, Cm, cond, pair | ~second
 
 
 def modal_form(A, B, C, D=None, *, cond_warn: float = 1e8, pad: bool = False):
