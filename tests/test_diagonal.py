@@ -634,6 +634,36 @@ def test_torch_eigh_route_with_a_semidefinite_observability_gramian_matches_slic
         assert np.max(np.abs(G - G_ref)) <= 1e-8 * hsv_ref[0], np.max(np.abs(G - G_ref)) / hsv_ref[0]
 
 
+def test_torch_eigh_route_with_definite_gramians_and_small_hsvs_keeps_the_documented_accuracy(torch, slycot):
+    # SISO members whose Gramians both have well-conditioned Cholesky factors and whose HSVs fall below
+    # 1e-3 sigma_1 (down to ~1e-5): the torch path takes the eigh route (its round-off level is far below
+    # 1e-12 sigma_1^2) instead of the SVD of the factors; every HSV stays within the torch path's documented
+    # accuracy against SLICOT ab09ad, the kept states' reduced transfer functions match SLICOT's, and the numpy
+    # path still keeps every HSV to round-off.
+    from lti_reduce.systems import _closed_form_gramian, _diagonal_decompose, _torch_cholesky, _working
+
+    members = [build_diagonal_system(seed, 6, 1, 1, real_output=True, rho=0.9) for seed in (2, 7, 8, 14)]
+    stack = lambda name: np.stack([getattr(x, name) for x in members])  # noqa: E731
+    tsys = to_torch(torch, lr.DiagonalSystem(stack("lam"), stack("B"), stack("C"), real_output=True))
+    _, lam, B, C = _working(tsys)
+    good_p = _torch_cholesky(_closed_form_gramian(torch, lam, B, True))[1]
+    good_q = _torch_cholesky(_closed_form_gramian(torch, lam.conj(), C.mH, True))[1]
+    assert bool(good_p.all()) and bool(good_q.all())
+    dec = _diagonal_decompose(tsys)
+    hsv = ref.as_numpy(dec.s)
+    assert np.all(ref.as_numpy(dec.floor)[:, 0] > 16 * EPS * hsv[:, 0])  # the eigh route's noise floor
+    A, Bd, Cd, D = dense_matrices(tsys)
+    res = lr.balanced_truncation(tsys, rank=4)
+    omegas = ref.unit_circle_grid(256)
+    for k in range(4):
+        Ar, Br, Cr, Dr, hsv_ref = ref.balanced_truncation_ab09ad(A[k], Bd[k], Cd[k], D[k], rank=4)
+        assert hsv_ref[-1] < 1e-3 * hsv_ref[0]
+        assert_hsv_close_to_dense_path(hsv[k], hsv_ref, members[k])
+        np.testing.assert_allclose(lr.hankel_singular_values(members[k]), hsv_ref, rtol=0, atol=1e-12 * hsv_ref[0])
+        G = ref.freqresp(*(ref.as_numpy(X)[k] for X in (res.A, res.B, res.C, res.D)), omegas)
+        assert np.max(np.abs(G - ref.freqresp(Ar, Br, Cr, Dr, omegas))) <= 1e-8 * hsv_ref[0]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------------------------
