@@ -20,11 +20,16 @@ import warnings
 import numpy as np
 
 from . import _backend as be
+from ._blocks import cpu_workers, map_blocks
 from .errors import LTIInputError
 from .systems import DiagonalSystem
 from .validate import check_stable_eigenvalues, dense_system
 
 __all__ = ["modal_form", "ModalConditioningWarning"]
+
+# Matrices per LAPACK call of a torch batch's eig when blocks run side by side (lti_reduce._blocks).
+_EIG_BLOCK = 128
+
 
 class ModalConditioningWarning(UserWarning):
     """The eigenvector matrix of a modal conversion is ill-conditioned."""
@@ -178,15 +183,30 @@ def _batched_eig(A, use_torch: bool):
     the LAPACK torch is built with (MKL in the x86 wheels: 512 real matrices of order 55 took 0.27-0.30 s
     against numpy's 0.44-0.56 s, one thread). Both return a conjugate pair consecutively, positive
     imaginary part first, a real eigenvalue with an exactly zero imaginary part (LAPACK's ``wr + i wi``),
-    and a pair's eigenvectors as LAPACK's real columns ``V_j +/- i V_{j+1}``.
+    and a pair's eigenvectors as LAPACK's real columns ``V_j +/- i V_{j+1}`` (:func:`_torch_blocks`).
     """
     if use_torch:
         import torch  # only reached for torch inputs
 
-        mu, X = torch.linalg.eig(torch.from_numpy(np.require(A, requirements="CW")))
+        mu, X = _torch_blocks(torch.linalg.eig, A)
         return mu.numpy(), X.numpy()
     mu, X = np.linalg.eig(A)
     return mu.astype(np.complex128), X.astype(np.complex128)
+
+
+def _torch_blocks(fn, M):
+    """``fn`` (a batched torch function returning a tuple) of a numpy stack ``M``, on a zero-copy view.
+
+    With more than one torch thread, blocks of ``_EIG_BLOCK`` matrices run side by side
+    (:mod:`lti_reduce._blocks`); the results are concatenated.
+    """
+    import torch
+
+    Mt = torch.from_numpy(np.require(M, requirements="CW"))
+    workers, count = cpu_workers(Mt), int(Mt.shape[0])
+    block = _EIG_BLOCK if workers > 1 else max(count, 1)
+    parts = map_blocks(lambda i: fn(Mt[i:i + block]), range(0, max(count, 1), block), workers)
+    return parts[0] if len(parts) == 1 else tuple(torch.cat(X) for X in zip(*parts))
 
 
 def _batched_inv(M, use_torch: bool):
@@ -194,7 +214,7 @@ def _batched_inv(M, use_torch: bool):
     if use_torch:
         import torch
 
-        inv, info = torch.linalg.inv_ex(torch.from_numpy(np.require(M, requirements="CW")))
+        inv, info = _torch_blocks(torch.linalg.inv_ex, M)
         return inv.numpy() if bool((info == 0).all()) else None
     try:
         return np.linalg.inv(M)

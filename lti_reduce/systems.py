@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from . import _backend as be
+from ._blocks import cpu_workers, map_blocks
 from .errors import LTIInputError
 from .validate import (_Dense, _shape_str, broadcast_batch, check_finite, check_matrix, check_nonempty_batch,
                        check_stable_eigenvalues)
@@ -532,7 +533,8 @@ def _torch_chunked_decompose(xp, lam, B, C, real_output: bool):
     as the whole batch. On the CPU the flat batch is cut into blocks of ``_TORCH_CPU_BLOCK`` systems:
     the Gramians and the many elementwise passes over them are memory-bound, and a whole batch of
     thousands of channels (e.g. 6 layers x 512 channels) no longer fits the cache. Other devices
-    take the batch in one piece (their parallelism wants it whole).
+    take the batch in one piece (their parallelism wants it whole). With more than one torch thread the
+    blocks run side by side (:mod:`lti_reduce._blocks`); each block's result is the same either way.
     """
     import torch
 
@@ -542,19 +544,15 @@ def _torch_chunked_decompose(xp, lam, B, C, real_output: bool):
     B_f = B.reshape((count,) + tuple(B.shape[-2:]))
     C_f = C.reshape((count,) + tuple(C.shape[-2:]))
     block = _TORCH_CPU_BLOCK if lam.device.type == "cpu" else max(count, 1)
-    outs = None
-    for start in range(0, max(count, 1), block):
+
+    def one(start):
         part = slice(start, start + block)
         P = _closed_form_gramian(xp, lam_f[part], B_f[part], real_output)
         Q = _closed_form_gramian(xp, xp.conj(lam_f[part]), be.mH(C_f[part]), real_output)
-        res = _torch_diagonal_decompose(xp, P, Q)
-        if count <= block:
-            outs = res
-            break
-        if outs is None:
-            outs = [torch.empty((count,) + tuple(X.shape[1:]), dtype=X.dtype, device=X.device) for X in res]
-        for X, Y in zip(outs, res):
-            X[part] = Y
+        return _torch_diagonal_decompose(xp, P, Q)
+
+    results = map_blocks(one, range(0, max(count, 1), block), cpu_workers(lam))
+    outs = results[0] if len(results) == 1 else tuple(torch.cat(X) for X in zip(*results))
     return tuple(X.reshape(batch + tuple(X.shape[1:])) for X in outs)
 
 
