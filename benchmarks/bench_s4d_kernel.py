@@ -14,8 +14,9 @@ two alternates from round to round), on the same model and inputs:
 
 The previous kernel is an inline copy below (``previous_kernel``); it is swapped in for the ``old`` runs only.
 Reported: medians [s] of wall time and of the process's CPU time (with one thread, CPU time leaves out the
-time the process waited for a core on a shared machine) and the ratio new / old (below 1: the new kernel is faster), and the largest difference of
-the two kernels relative to the largest kernel entry.
+time the process waited for a core on a shared machine), the ratio new / old of the medians and the median of
+the per-round ratios (``paired``; below 1: the new kernel is faster), and the largest difference of the two
+kernels relative to the largest kernel entry.
 
     python benchmarks/bench_s4d_kernel.py [--quick] [--repeats 3] [--threads 1] [--tune-malloc]
 """
@@ -168,7 +169,7 @@ def main():
                 times["step", which].append(timed(lambda: step(which)))
                 times["cut", which].append(cut(which))
 
-    head = (f"{'part':<8} {'clock':<5} {'new [s]':>9} {'old [s]':>9} {'new/old':>8}   "
+    head = (f"{'part':<8} {'clock':<5} {'new [s]':>9} {'old [s]':>9} {'new/old':>8} {'paired':>7}   "
             f"per round new/old [s] (round order alternates)")
     print(head)
     print("-" * len(head))
@@ -176,8 +177,9 @@ def main():
         for i, clock in enumerate(("wall", "cpu")):
             new, old = ([t[i] for t in times[part, which]] for which in ("new", "old"))
             rounds = " ".join(f"{a:.3g}/{b:.3g}" for a, b in zip(new, old))
+            paired = statistics.median(a / b for a, b in zip(new, old))
             new, old = statistics.median(new), statistics.median(old)
-            print(f"{part:<8} {clock:<5} {new:>9.4f} {old:>9.4f} {new / old:>8.2f}   {rounds}")
+            print(f"{part:<8} {clock:<5} {new:>9.4f} {old:>9.4f} {new / old:>8.2f} {paired:>7.2f}   {rounds}")
     print(f"load at the end {os.getloadavg()[0]:.2f}")
     print(f"max |K_new - K_old| / max |K_old| = {difference:.2e} (float32 layer, one S4D({d_model}, {d_state}))")
     print("kernel: median of 5 calls per round; step: forward + backward + AdamW; "
