@@ -166,7 +166,7 @@ def main():
                 with torch.no_grad():
                     calls = [timed(lambda: layer.kernel(length)) for _ in range(5)]
                     times["kernel", which].append(tuple(statistics.median(c[i] for c in calls) for i in (0, 1)))
-                times["step", which].append(timed(lambda: step(which)))
+                times["step", which].append(timed(lambda w=which: step(w)))
                 times["cut", which].append(cut(which))
 
     head = (f"{'part':<8} {'clock':<5} {'new [s]':>9} {'old [s]':>9} {'new/old':>8} {'paired':>7}   "
