@@ -10,7 +10,9 @@ two alternates from round to round), on the same model and inputs:
   the S4D model of ``bench_compress.py``;
 * ``cut``: ``report = compress_(model, tol=0.05, optimizer=opt)`` + ``print(report)`` on a fresh copy of that
   model after 2 training steps (the copy is made outside the timed region), as in ``bench_compress.py``; one
-  untimed cut of each version comes first (the first cut in a process pays one-time costs).
+  untimed cut of each version comes first (the first cut in a process pays one-time costs);
+* ``step: in kernel``, ``cut: in kernel``: the wall time of those spent inside ``S4D.kernel`` calls (their
+  forward; a step's backward through the kernel is not in it), a direct measure of what the change saves.
 
 The previous kernel is an inline copy below (``previous_kernel``); it is swapped in for the ``old`` runs only.
 Reported: medians [s] of wall time and of the process's CPU time (with one thread, CPU time leaves out the
@@ -68,16 +70,33 @@ def previous_kernel(self, length: int) -> torch.Tensor:
 
 
 CURRENT_KERNEL = S4D.kernel
+IN_KERNEL = [0.0]  # wall time spent inside S4D.kernel calls (their forward) since the last reset
 
 
 @contextlib.contextmanager
 def kernel_version(which: str):
-    """Run the block with ``S4D.kernel`` set to the ``"new"`` (current) or ``"old"`` (previous) version."""
-    S4D.kernel = CURRENT_KERNEL if which == "new" else previous_kernel
+    """Run the block with ``S4D.kernel`` set to the ``"new"`` (current) or ``"old"`` (previous) version, timed."""
+    kernel = CURRENT_KERNEL if which == "new" else previous_kernel
+
+    def counted(self, length):
+        t = time.perf_counter()
+        try:
+            return kernel(self, length)
+        finally:
+            IN_KERNEL[0] += time.perf_counter() - t
+
+    S4D.kernel = counted
     try:
         yield
     finally:
         S4D.kernel = CURRENT_KERNEL
+
+
+def in_kernel(fn):
+    """``fn()``'s result and the wall time [s] its ``S4D.kernel`` calls took."""
+    IN_KERNEL[0] = 0.0
+    result = fn()
+    return result, IN_KERNEL[0]
 
 
 def tune_glibc_malloc() -> bool:
@@ -159,31 +178,37 @@ def main():
     for which in ("new", "old"):  # one untimed cut each: the first cut in a process pays one-time costs
         with kernel_version(which):
             cut(which)
-    times = {(part, which): [] for part in ("kernel", "step", "cut") for which in ("new", "old")}
+    parts = ("kernel", "step", "step: in kernel", "cut", "cut: in kernel")
+    times = {(part, which): [] for part in parts for which in ("new", "old")}
     for r in range(repeats):
         for which in (("new", "old") if r % 2 == 0 else ("old", "new")):
             with kernel_version(which):
                 with torch.no_grad():
                     calls = [timed(lambda: layer.kernel(length)) for _ in range(5)]
                     times["kernel", which].append(tuple(statistics.median(c[i] for c in calls) for i in (0, 1)))
-                times["step", which].append(timed(lambda w=which: step(w)))
-                times["cut", which].append(cut(which))
+                elapsed, inside = in_kernel(lambda w=which: timed(lambda: step(w)))
+                times["step", which].append(elapsed)
+                times["step: in kernel", which].append((inside, inside))
+                elapsed, inside = in_kernel(lambda w=which: cut(w))
+                times["cut", which].append(elapsed)
+                times["cut: in kernel", which].append((inside, inside))
 
-    head = (f"{'part':<8} {'clock':<5} {'new [s]':>9} {'old [s]':>9} {'new/old':>8} {'paired':>7}   "
+    head = (f"{'part':<16} {'clock':<5} {'new [s]':>9} {'old [s]':>9} {'new/old':>8} {'paired':>7}   "
             f"per round new/old [s] (round order alternates)")
     print(head)
     print("-" * len(head))
-    for part in ("kernel", "step", "cut"):
-        for i, clock in enumerate(("wall", "cpu")):
+    for part in parts:
+        for i, clock in enumerate(("wall", "cpu") if "in kernel" not in part else ("wall",)):
             new, old = ([t[i] for t in times[part, which]] for which in ("new", "old"))
             rounds = " ".join(f"{a:.3g}/{b:.3g}" for a, b in zip(new, old))
             paired = statistics.median(a / b for a, b in zip(new, old))
             new, old = statistics.median(new), statistics.median(old)
-            print(f"{part:<8} {clock:<5} {new:>9.4f} {old:>9.4f} {new / old:>8.2f} {paired:>7.2f}   {rounds}")
+            print(f"{part:<16} {clock:<5} {new:>9.4f} {old:>9.4f} {new / old:>8.2f} {paired:>7.2f}   {rounds}")
     print(f"load at the end {os.getloadavg()[0]:.2f}")
     print(f"max |K_new - K_old| / max |K_old| = {difference:.2e} (float32 layer, one S4D({d_model}, {d_state}))")
     print("kernel: median of 5 calls per round; step: forward + backward + AdamW; "
-          "cut: compress_(model, tol=0.05, optimizer=opt) + print(report)")
+          "cut: compress_(model, tol=0.05, optimizer=opt) + print(report); "
+          "in kernel: the part of step / cut inside S4D.kernel calls (forward only)")
 
 
 if __name__ == "__main__":
