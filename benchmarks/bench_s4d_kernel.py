@@ -5,7 +5,8 @@ real tensors; the previous version called ``torch.exp`` on complex tensors, whic
 element at a time. Both are timed in the same process, interleaved over ``--repeats`` rounds (the order of the
 two alternates from round to round), on the same model and inputs:
 
-* ``kernel``: ``layer.kernel(L)`` of one ``S4D(512, 32)`` (forward only, no autograd);
+* ``kernel``: ``layer.kernel(L)`` of one ``S4D(512, 32)`` (forward only, no autograd); ``kernel fwd+bwd``: the
+  same with autograd and the backward pass of ``(K * G).sum()`` for a fixed random ``G``;
 * ``step``: one training step (forward + backward + AdamW) of 6 x ``S4D(512, 32)`` at batch 16 x length 1024,
   the S4D model of ``bench_compress.py``;
 * ``cut``: ``report = compress_(model, tol=0.05, optimizer=opt)`` + ``print(report)`` on a fresh copy of that
@@ -178,7 +179,8 @@ def main():
     for which in ("new", "old"):  # one untimed cut each: the first cut in a process pays one-time costs
         with kernel_version(which):
             cut(which)
-    parts = ("kernel", "step", "step: in kernel", "cut", "cut: in kernel")
+    cotangent = torch.randn(d_model, length, generator=torch.Generator().manual_seed(1))
+    parts = ("kernel", "kernel fwd+bwd", "step", "step: in kernel", "cut", "cut: in kernel")
     times = {(part, which): [] for part in parts for which in ("new", "old")}
     for r in range(repeats):
         for which in (("new", "old") if r % 2 == 0 else ("old", "new")):
@@ -186,6 +188,9 @@ def main():
                 with torch.no_grad():
                     calls = [timed(lambda: layer.kernel(length)) for _ in range(5)]
                     times["kernel", which].append(tuple(statistics.median(c[i] for c in calls) for i in (0, 1)))
+                calls = [timed(lambda: (layer.kernel(length) * cotangent).sum().backward()) for _ in range(5)]
+                times["kernel fwd+bwd", which].append(tuple(statistics.median(c[i] for c in calls) for i in (0, 1)))
+                layer.zero_grad(set_to_none=True)  # the step starts from no gradients either way
                 elapsed, inside = in_kernel(lambda w=which: timed(lambda: step(w)))
                 times["step", which].append(elapsed)
                 times["step: in kernel", which].append((inside, inside))
@@ -206,7 +211,7 @@ def main():
             print(f"{part:<16} {clock:<5} {new:>9.4f} {old:>9.4f} {new / old:>8.2f} {paired:>7.2f}   {rounds}")
     print(f"load at the end {os.getloadavg()[0]:.2f}")
     print(f"max |K_new - K_old| / max |K_old| = {difference:.2e} (float32 layer, one S4D({d_model}, {d_state}))")
-    print("kernel: median of 5 calls per round; step: forward + backward + AdamW; "
+    print("kernel, kernel fwd+bwd: median of 5 calls per round; step: forward + backward + AdamW; "
           "cut: compress_(model, tol=0.05, optimizer=opt) + print(report); "
           "in kernel: the part of step / cut inside S4D.kernel calls (forward only)")
 
