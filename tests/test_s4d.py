@@ -117,6 +117,58 @@ def test_kernel_is_the_impulse_response_of_the_reported_systems():
         assert np.allclose(K[h], markov, rtol=0, atol=1e-12 * np.abs(markov).max())
 
 
+def direct_kernel(layer, length):
+    """``K_l = 2 Re sum_j C_j Bbar_j Abar_j^l`` in complex128 numpy by repeated multiplication, with the round-off
+    scale ``sum_j |C_j Bbar_j| |Abar_j|^l (1 + l)`` of each entry (``l``: the condition of ``Abar^l`` in ``Abar``).
+    """
+    K, scale = np.empty((layer.d_model, length)), np.empty((layer.d_model, length))
+    for h in range(layer.d_model):
+        lam, B, C, _ = channel_reference(layer, h)
+        term = C[0] / 2 * B[:, 0]  # channel_reference's C is the layer's 2 C
+        for k in range(length):
+            K[h, k] = 2 * term.sum().real
+            scale[h, k] = 2 * np.abs(term).sum() * (1 + k)
+            term = term * lam
+    return K, scale
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("discretization", DISCRETIZATIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_matches_a_direct_float64_evaluation_to_the_dtypes_round_off(dtype, discretization, device):
+    torch.manual_seed(13)
+    length = 300  # 18 blocks of 17: every block's start power and every in-block power is used
+    # Steps up to 1 with S4D-Lin: angles l Im(A dt) of many turns, and modes that decay within the kernel
+    layer = S4D(3, 8, discretization=discretization, dt_min=1e-3, dt_max=1.0, dtype=dtype, device=device)
+    with torch.no_grad():
+        got = layer.kernel(length)
+    assert got.dtype == dtype and got.device == layer.D.device and got.shape == (3, length)
+    expected, scale = direct_kernel(layer, length)
+    error = np.abs(got.cpu().double().numpy() - expected)
+    assert (error <= 8 * torch.finfo(dtype).eps * scale).all(), float((error / scale).max())
+
+
+@pytest.mark.parametrize("discretization", DISCRETIZATIONS)
+def test_kernel_gradients_match_finite_differences(discretization):
+    torch.manual_seed(14)
+    layer = S4D(2, 3, discretization=discretization, dt_min=0.05, dt_max=0.5, dtype=torch.float64)
+    names = [name for name, _ in layer.named_parameters()]
+    values = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
+
+    class Kernel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, length):
+            return self.layer.kernel(length)
+
+    def kernel(*values):  # length 20: blocks of 5, so both factors of the blocked product carry gradients
+        return torch.func.functional_call(Kernel(), {f"layer.{k}": v for k, v in zip(names, values)}, (20,))
+
+    assert torch.autograd.gradcheck(kernel, values)
+
+
 def test_float32_layer_matches_float64_to_1e_4():
     torch.manual_seed(2)
     layer64 = S4D(8, 16, dtype=torch.float64)

@@ -179,7 +179,9 @@ class S4D(DiagonalLayer):
     def kernel(self, length: int) -> torch.Tensor:
         """The convolution kernel ``K_l = 2 Re(sum_j C_j Bbar_j Abar_j^l)``, ``l < length``: shape (H, length).
 
-        ``Abar^l`` is ``exp(l log Abar)`` (no accumulation of rounding over ``l``); differentiable.
+        ``Abar^l`` is ``exp(l log Abar)`` (no accumulation of rounding over ``l``), evaluated in real arithmetic
+        as ``exp(l Re log Abar) (cos(l Im log Abar) + i sin(l Im log Abar))`` (vectorized real kernels; a
+        complex ``exp`` is scalar on some CPU builds); differentiable.
 
         With ``l = a T + b`` (``T ~ sqrt(length)``), ``K[a T + b] = 2 Re sum_j (w_j Abar_j^(a T)) Abar_j^b``
         is one real batched matrix product of ``(H, A, 2n)`` by ``(H, 2n, T)``: ``O(H n sqrt(L))``
@@ -189,13 +191,16 @@ class S4D(DiagonalLayer):
         weight = torch.complex(self.C_re, self.C_im) * Bbar  # (H, n)
         T = max(1, math.isqrt(max(length - 1, 0)) + 1)
         blocks = -(-length // T)
-        real = log_lam.real.dtype
-        inner = torch.exp(log_lam.unsqueeze(-1) * torch.arange(T, device=log_lam.device, dtype=real))  # (H, n, T)
-        outer = weight.unsqueeze(-2) * torch.exp(
-            log_lam.unsqueeze(-2) * (T * torch.arange(blocks, device=log_lam.device, dtype=real)).unsqueeze(-1))
-        # Re(P Q) = Re P Re Q - Im P Im Q, as one real product over the doubled inner dimension
-        left = torch.cat([outer.real, -outer.imag], dim=-1)  # (H, A, 2n)
-        right = torch.cat([inner.real, inner.imag], dim=-2)  # (H, 2n, T)
+        rate, angle = log_lam.real, log_lam.imag  # (H, n) real
+        steps = torch.arange(T, device=rate.device, dtype=rate.dtype)
+        inner_re, inner_im = _exp_i(rate.unsqueeze(-1) * steps, angle.unsqueeze(-1) * steps)  # (H, n, T)
+        starts = T * torch.arange(blocks, device=rate.device, dtype=rate.dtype).unsqueeze(-1)  # (A, 1)
+        power_re, power_im = _exp_i(rate.unsqueeze(-2) * starts, angle.unsqueeze(-2) * starts)  # (H, A, n)
+        w_re, w_im = weight.real.unsqueeze(-2), weight.imag.unsqueeze(-2)
+        # outer = w Abar^(a T); Re(P Q) = Re P Re Q - Im P Im Q, as one real product over the doubled inner dimension
+        outer_re, outer_im = w_re * power_re - w_im * power_im, w_re * power_im + w_im * power_re
+        left = torch.cat([outer_re, -outer_im], dim=-1)  # (H, A, 2n)
+        right = torch.cat([inner_re, inner_im], dim=-2)  # (H, 2n, T)
         return 2 * torch.matmul(left, right).flatten(-2)[..., :length]
 
     def to_system(self, differentiable: bool = False):
@@ -384,6 +389,12 @@ class S4D(DiagonalLayer):
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, state_dim={self.state_dim}, discretization={self.discretization!r}, "
                 f"mode={self.mode!r}")
+
+
+def _exp_i(rate: torch.Tensor, angle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Re`` and ``Im`` of ``exp(rate + i angle)`` for real tensors: ``e^rate cos(angle)``, ``e^rate sin(angle)``."""
+    modulus = torch.exp(rate)
+    return modulus * torch.cos(angle), modulus * torch.sin(angle)
 
 
 def _channel_feedthrough(D, batch: tuple, layer: str) -> torch.Tensor:
