@@ -227,10 +227,13 @@ def _closed_form_gramian(xp, lam, B, real_output: bool):
     h2r, h2i = Grr - Gii, Gir + Gri
     p1r, p1i = h1r * k1r - h1i * k1i, h1r * k1i + h1i * k1r
     p2r, p2i = h2r * k2r - h2i * k2i, h2r * k2i + h2i * k2r
-    Si = 0.5 * (p2i - p1i)
-    top = xp.concat([0.5 * (p1r + p2r), Si], axis=-1)
-    bot = xp.concat([Si.mT, 0.5 * (p1r - p2r)], axis=-1)
-    return xp.concat([top, bot], axis=-2)
+    # the four n x n blocks written in place (no concatenated copies)
+    P = xp.empty(tuple(G.shape[:-2]) + (2 * n, 2 * n), dtype=G.dtype, device=G.device if be.is_torch(G) else None)
+    P[..., :n, :n] = 0.5 * (p1r + p2r)
+    P[..., n:, n:] = 0.5 * (p1r - p2r)
+    P[..., :n, n:] = 0.5 * (p2i - p1i)
+    P[..., n:, :n] = P[..., :n, n:].mT
+    return P
 
 
 def _working(sys: DiagonalSystem):
