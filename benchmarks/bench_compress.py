@@ -23,9 +23,13 @@ Models (``--scale 1``, the paper-like sizes; ``--scale 0.5`` halves widths, stat
   state selection on ``calibration_inputs=`` (4 sequences), and their certificate is the measured output
   change.
 
+With ``--blocks`` each LTI layer sits in the residual block the LRU and S4D papers train,
+``x + GLU(W gelu(SSM(norm(x))))`` (``adapters.torch.experiment.models.SSMBlock``): the step then includes
+the block's linear mixing, as a paper-like model's does, while the cut is the same.
+
 Each model is trained for 2 steps before the first round, so layers have seen a batch.
 
-    python benchmarks/bench_compress.py [--quick] [--scale 0.5] [--models lru s5 s4d mamba] [--hinf]
+    python benchmarks/bench_compress.py [--quick] [--scale 0.5] [--models lru s5 s4d mamba] [--hinf] [--blocks]
 """
 
 from __future__ import annotations
@@ -59,25 +63,31 @@ def make_model(d_model, d_state, layers):
     return torch.nn.Sequential(*[at.LRU(d_model, d_state, r_min=0.5, r_max=0.999) for _ in range(layers)])
 
 
-def lti_case(kind, scale, layers=6):
+def lti_case(kind, scale, layers=6, blocks=False):
+    """One LTI row: bare layers, or (``blocks``) each layer inside the library's residual block."""
     d_model = max(8, int(512 * scale))
     length = max(16, int(1024 * scale))
     if kind == "lru":
-        d_state = max(4, int(384 * scale))
-        name = f"{layers} x LRU({d_model}, {d_state})"
-
-        def build():
-            return make_model(d_model, d_state, layers)
+        d_state, cls, kwargs = max(4, int(384 * scale)), at.LRU, {"r_min": 0.5, "r_max": 0.999}
     elif kind == "s5":
-        d_state, make = max(4, int(384 * scale)), lambda: at.S5(d_model, d_state)
-        name = f"{layers} x S5({d_model}, {d_state})"
+        d_state, cls, kwargs = max(4, int(384 * scale)), at.S5, {}
     else:
-        d_state, make = max(2, int(32 * scale)), lambda: at.S4D(d_model, d_state)
-        name = f"{layers} x S4D({d_model}, {d_state})"
-    if kind != "lru":
-        def build():
-            torch.manual_seed(0)
-            return torch.nn.Sequential(*[make() for _ in range(layers)])
+        d_state, cls, kwargs = max(2, int(32 * scale)), at.S4D, {}
+    name = f"{layers} x {cls.__name__}({d_model}, {d_state})"
+    if blocks:
+        from adapters.torch.experiment.models import SSMBlock
+
+        name = f"{layers} x block({cls.__name__}({d_model}, {d_state}))"
+
+        def make():
+            return SSMBlock(d_model, d_state, layer_cls=cls, **kwargs)
+    else:
+        def make():
+            return cls(d_model, d_state, **kwargs)
+
+    def build():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(*[make() for _ in range(layers)])
 
     def batch(g):
         return torch.randn(BATCH, length, d_model, generator=g)
@@ -154,6 +164,9 @@ def main():
     ap.add_argument("--models", nargs="+", default=["lru", "s5", "s4d", "mamba"], choices=["lru", "s5", "s4d", "mamba"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--hinf", action="store_true", help="also time report.certify_hinf() (slow on a CPU)")
+    ap.add_argument("--blocks", action="store_true",
+                    help="LTI layers inside the residual block x + GLU(W gelu(SSM(norm(x)))) (the LRU and S4D papers' "
+                         "block; adapters.torch.experiment.models.SSMBlock) instead of bare layers")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for every contender (default 1: steady on a shared machine; 0 = torch's default)")
     args = ap.parse_args()
@@ -167,7 +180,7 @@ def main():
     print(head)
     print("-" * len(head))
     for kind in args.models:
-        case = mamba_case(scale) if kind == "mamba" else lti_case(kind, scale)
+        case = mamba_case(scale) if kind == "mamba" else lti_case(kind, scale, blocks=args.blocks)
         name, length, med, report = measure(case, repeats, args.hinf)
         hinf = med["hinf"]
         hinf_txt = (f"{hinf:>9.3f} {hinf / med['step']:>9.2f}" if hinf is not None else f"{'-':>9} {'-':>9}")
