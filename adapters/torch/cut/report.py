@@ -102,6 +102,7 @@ class LayerReport:
 
     def __post_init__(self):
         self._gain, self._error, self._pending = None, None, None
+        self._no_input = False  # cut, but no input was known to measure output_change on (the table names it)
 
     def _resolve_lazy(self):
         if self._pending is not None and self._pending.auto:
@@ -329,7 +330,7 @@ def report_table(report) -> str:
     if any(x.compressed and getattr(x, "channels", 1) > 1 and x.method == "balanced_truncation" for x in report.layers):
         rows.append("energy kept of a layer of independent channels (S4D): its worst channel's; the layer's order "
                     "keeps 1 - tol of the channels' summed energy, so one channel may keep less")
-    unmeasured = [repr(x.name or "<model>") for x in report.layers if getattr(x, "_no_input", False)]
+    unmeasured = [repr(x.name or "<model>") for x in report.layers if x._no_input]
     if unmeasured:
         rows.append(f"out change not measured for {', '.join(unmeasured)}: no input to measure on (a layer keeps its "
                     "last input by calling adapters.torch.layers.remember_input_(self, u) in forward, as LRU, S5 and "
