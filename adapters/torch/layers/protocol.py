@@ -124,7 +124,11 @@ def compressible_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every compressible layer of ``model``, in ``named_modules`` order.
 
     A compressible layer nested inside another compressible layer is not listed
-    separately (the outer layer owns its state).
+    separately (the outer layer owns its state). These are the LTI layers of the
+    :class:`CompressibleLayer` protocol (LRU, S5, S4D, your own); selective layers
+    (:class:`adapters.torch.SelectiveSSM`, Hugging Face Mamba mixers) are not listed, as their
+    maps depend on the input: :func:`adapters.torch.compress_` cuts them by state selection
+    on ``calibration_inputs=`` (:func:`adapters.torch.compress_selective_`).
 
     Parameters
     ----------
