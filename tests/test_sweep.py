@@ -218,3 +218,24 @@ def test_one_test_set_comparison_counts_the_discordant_examples():
     assert c["diff_ci95"][0] < c["diff"] < c["diff_ci95"][1] and not c["significant"]
     with pytest.raises(ValueError, match="equal-length"):
         compare_on_one_test_set(a, b[:5])
+
+
+@pytest.mark.parametrize("kind", ["lru", "s4d", "s5"])
+def test_each_layers_recurrence_gets_the_ssm_learning_rate_and_no_weight_decay(kind):
+    # The LRU, S4D and S5 papers train the eigenvalues and steps at a smaller learning rate without weight
+    # decay; every other parameter of the layer stays in the groups a cut re-warms.
+    from adapters.torch.experiment.loop import param_groups
+    from adapters.torch.experiment.models import SSMClassifier
+
+    recurrence = {"lru": {"nu_log", "theta", "gamma_log"}, "s4d": {"log_A_real", "A_imag", "log_dt"},
+                  "s5": {"Lambda_re_log", "Lambda_im", "log_dt"}}[kind]
+    config = ExperimentConfig(model=kind, lr=3e-3, ssm_lr=1e-4, weight_decay=0.05)
+    model = SSMClassifier(3, 4, d_model=8, d_state=4, n_layers=2, layer_cls=layer_class(kind))
+    groups = {g["name"]: g for g in param_groups(model, config)}
+    names = {id(p): n.rsplit(".", 1)[-1] for n, p in model.named_parameters()}
+    recurrent = groups["lru_recurrent"]
+    assert {names[id(p)] for p in recurrent["params"]} == recurrence
+    assert recurrent["lr"] == 1e-4 and recurrent["weight_decay"] == 0.0
+    others = [names[id(p)] for g in ("lru", "lru_no_decay") for p in groups.get(g, {"params": []})["params"]]
+    assert others and not set(others) & recurrence
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))

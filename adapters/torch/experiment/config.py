@@ -59,7 +59,8 @@ class ExperimentConfig:
     epochs, steps
         Length of every run (``steps`` wins when given).
     batch_size, lr, ssm_lr, weight_decay, warmup_frac, grad_clip
-        AdamW; ``ssm_lr`` for the LRU's ``nu_log, theta, gamma_log`` (no weight decay);
+        AdamW; ``ssm_lr`` (no weight decay) for each layer's recurrence: the LRU's ``nu_log, theta,
+        gamma_log``, S4D's ``log_A_real, A_imag, log_dt``, S5's ``Lambda_re_log, Lambda_im, log_dt``;
         linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0.
     tol
         Fraction of each layer's HSV sum that one cut may drop (``compress_(tol=)``).

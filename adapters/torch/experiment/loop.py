@@ -21,7 +21,9 @@ __all__ = ["adamw", "equalize_mode_scales_", "evaluate", "lr_lambdas", "param_gr
            "train_step"]
 
 # The recurrence parameters of an LRU: a lower learning rate and no weight decay (Orvieto et al. 2023).
-_RECURRENT = ("nu_log", "theta", "gamma_log")
+# The recurrence of each layer (its eigenvalues and steps): the LRU's nu_log, theta, gamma_log; S4D's
+# log_A_real, A_imag, log_dt; S5's Lambda_re_log, Lambda_im, log_dt (the papers' "SSM" learning rate, no decay).
+_RECURRENT = ("nu_log", "theta", "gamma_log", "log_A_real", "A_imag", "Lambda_re_log", "Lambda_im", "log_dt")
 
 
 def param_groups(model: nn.Module, config: ExperimentConfig) -> list[dict]:
@@ -29,7 +31,9 @@ def param_groups(model: nn.Module, config: ExperimentConfig) -> list[dict]:
 
     The ``"lru*"`` groups hold the parameters of the compressible layers, which a cut
     re-bases; their learning rate is warmed up again after every cut (see :func:`lr_lambdas`).
-    ``nu_log, theta, gamma_log`` (the LRU's recurrence) get ``ssm_lr`` and no weight decay.
+    The recurrence of each layer (the LRU's ``nu_log, theta, gamma_log``; S4D's ``log_A_real, A_imag,
+    log_dt``; S5's ``Lambda_re_log, Lambda_im, log_dt``) gets ``ssm_lr`` and no weight decay, as in the
+    LRU, S4D and S5 papers' recipes.
     """
     groups = {"decay": [], "no_decay": [], "lru": [], "lru_no_decay": [], "lru_recurrent": []}
     lru_params = {id(p) for _, layer in compressible_layers(model) for p in layer.parameters()}
