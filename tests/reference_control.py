@@ -27,13 +27,20 @@ SLICOT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "slicot"
 
 
 def load_slicot_model(name: str):
-    """``(A, B, C, D)`` (float64, dense) of ``CDplayer`` or ``iss`` from the shared data folder, or None."""
+    """``(A, B, C, D)`` (float64, dense) of ``CDplayer`` or ``iss``.
+
+    From the original MATLAB file in the shared data folder when it is there, else the copy the library ships
+    (``lti_reduce.datasets``; ``tests/test_datasets.py`` checks it equals the original wherever both exist).
+    """
     import scipy.io
     import scipy.sparse
 
     path = SLICOT_DATA / f"{name}.mat"
     if not path.is_file():
-        return None
+        from lti_reduce import datasets
+
+        shipped = {"CDplayer": datasets.cd_player, "iss": datasets.iss}[name]()
+        return tuple(np.asarray(X, dtype=float) for X in shipped)
     raw = scipy.io.loadmat(path)
     mats = [raw[k].toarray() if scipy.sparse.issparse(raw[k]) else np.asarray(raw[k]) for k in "ABCD"]
     return tuple(np.asarray(X, dtype=float) for X in mats)  # CDplayer's D is uint8

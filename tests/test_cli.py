@@ -66,15 +66,28 @@ def stable_npz(tmp_path):
     return path
 
 
+def slicot_mat(name: str, tmp_path) -> Path:
+    """The original MATLAB file of ``CDplayer`` or ``iss`` in the shared data folder, else one written from the
+    copy the library ships (``lti_reduce.datasets``, checked equal to the original in ``test_datasets.py``)."""
+    path = SLICOT / f"{name}.mat"
+    if path.is_file():
+        return path
+    from lti_reduce import datasets
+
+    A, B, C, D = {"CDplayer": datasets.cd_player, "iss": datasets.iss}[name](sparse=True)
+    path = tmp_path / f"{name}.mat"
+    scipy.io.savemat(path, {"A": A, "B": B, "C": C, "D": D})
+    return path
+
+
 # --------------------------------------------------------------------------------------------------- reduce
-@pytest.mark.skipif(not (SLICOT / "CDplayer.mat").exists(), reason="SLICOT benchmark files not present")
 def test_reduce_cdplayer_with_dt_matches_the_library_call(capsys, tmp_path):
     out = tmp_path / "cd_r12.npz"
     plot = tmp_path / "cd.png"
-    code, stdout, _ = run_cli(capsys, "reduce", SLICOT / "CDplayer.mat", "--rank", 12, "--dt", 0.01, "--out", out,
-                              "--plot", plot)
+    path = slicot_mat("CDplayer", tmp_path)
+    code, stdout, _ = run_cli(capsys, "reduce", path, "--rank", 12, "--dt", 0.01, "--out", out, "--plot", plot)
     assert code == 0
-    mat = scipy.io.loadmat(SLICOT / "CDplayer.mat")
+    mat = scipy.io.loadmat(path)
     A = mat["A"].toarray() if hasattr(mat["A"], "toarray") else mat["A"]
     ref = lr.balanced_truncation(*lr.discretize(A, mat["B"], mat["C"], mat["D"], dt=0.01), rank=12)
     got = np.load(out)
@@ -88,13 +101,12 @@ def test_reduce_cdplayer_with_dt_matches_the_library_call(capsys, tmp_path):
     assert plot.read_bytes()[:8] == PNG_MAGIC and plot.stat().st_size > 1000
 
 
-@pytest.mark.skipif(not (SLICOT / "iss.mat").exists(), reason="SLICOT benchmark files not present")
 def test_reduce_iss_zoh_with_tol_matches_the_library_call(capsys, tmp_path):
     out = tmp_path / "iss.npz"
-    code, _, _ = run_cli(capsys, "reduce", SLICOT / "iss.mat", "--tol", 0.05, "--dt", 0.05, "--discretize", "zoh",
-                         "--out", out)
+    path = slicot_mat("iss", tmp_path)
+    code, _, _ = run_cli(capsys, "reduce", path, "--tol", 0.05, "--dt", 0.05, "--discretize", "zoh", "--out", out)
     assert code == 0
-    mat = scipy.io.loadmat(SLICOT / "iss.mat")
+    mat = scipy.io.loadmat(path)
     A, B, C, D = (mat[k].toarray() if hasattr(mat[k], "toarray") else mat[k] for k in "ABCD")
     ref = lr.balanced_truncation(*lr.discretize(A, B, C, D, dt=0.05, method="zoh"), tol=0.05)
     got = np.load(out)
@@ -168,9 +180,8 @@ def test_reduce_user_errors_are_one_line_with_a_fix(capsys, tmp_path, make, extr
     assert_one_line_error(code, err, *needles)
 
 
-@pytest.mark.skipif(not (SLICOT / "CDplayer.mat").exists(), reason="SLICOT benchmark files not present")
-def test_continuous_model_without_dt_is_an_error_that_suggests_dt(capsys):
-    code, _, err = run_cli(capsys, "reduce", SLICOT / "CDplayer.mat", "--rank", 10)
+def test_continuous_model_without_dt_is_an_error_that_suggests_dt(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "reduce", slicot_mat("CDplayer", tmp_path), "--rank", 10)
     assert_one_line_error(code, err, "Schur stable", "--dt")
 
 

@@ -254,10 +254,7 @@ MODELS = {"CDplayer": 20, "iss": 10}  # orders with a clear HSV gap (as in test_
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def slicot_model(request):
-    mats = rc.load_slicot_model(request.param)
-    if mats is None:
-        pytest.skip(f"SLICOT benchmark data not found in {rc.SLICOT_DATA}")
-    return request.param, mats
+    return request.param, rc.load_slicot_model(request.param)
 
 
 def test_benchmark_model_hsv_and_truncation_match_ab09ad(slycot, slicot_model):

@@ -64,7 +64,8 @@ def test_shipped_model_equals_the_original_matlab_file(name):
     load, filename, _, _, _ = MODELS[name]
     path = MAT / filename
     if not path.is_file():
-        pytest.skip(f"{path} not present (shared data folder)")
+        pytest.skip(f"{path} not present: the original MATLAB files sit in shared/data/slicot next to the repository "
+                    "(see that folder's README for their source); the other tests use the shipped copies")
     import scipy.io
 
     raw = scipy.io.loadmat(path)
