@@ -267,6 +267,17 @@ def test_train_quick_prints_the_comparison_table(quick_run):
     assert "test acc" in stdout and "speedup" in stdout and "phases of (2)" in stdout
 
 
+def test_train_logs_each_run_as_it_starts_and_ends_when_stderr_is_not_a_terminal(quick_run):
+    # No tqdm bar off a terminal: a line per run start and end, flushed, before the final table.
+    code, stdout, _, _ = quick_run
+    assert code == 0
+    table = stdout.index("test set: ")
+    for title in ("(1) baseline, full size", "(2) compressed in training", "(3) from scratch at (2)'s size"):
+        start, end = stdout.index(f"{title}: "), stdout.index(f"{title}: test accuracy ")
+        assert start < end < table
+        assert " steps, state " in stdout[start:stdout.index("\n", start)]
+
+
 def test_train_quick_writes_sane_results_json(quick_run):
     _, _, _, out = quick_run
     results = json.loads((out / "results.json").read_text())

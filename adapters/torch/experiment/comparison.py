@@ -20,6 +20,7 @@ set can decide. Timing covers the training loop (forward, backward, optimizer st
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -135,9 +136,14 @@ def _run_comparison(config: ExperimentConfig, data: SequenceDataset | None, devi
     models: dict[str, nn.Module] = {}
     correct: dict[str, torch.Tensor] = {}
 
+    # progress: tqdm bars on a terminal (train_run); otherwise a line when each run starts and ends
+    log = (lambda line: print(line, flush=True)) if config.progress and not sys.stderr.isatty() else (lambda line: None)
+
     def one_run(name: str, d_state, run_cuts):
         seed_everything(config.seed)
         model = build_model(config, data, d_state, device=device).to(device)
+        log(f"{RUN_TITLES[name]}: {steps} steps, state {sum(model.state_dims)}" +
+            (f", cuts at steps {run_cuts}" if run_cuts else "") + " ...")
         record = train_run(model, data, config, steps=steps, cuts=run_cuts, label=RUN_TITLES[name], device=device)
         logits, pred = predict(model, data.x_test)
         correct[name] = (pred == data.y_test).cpu()
@@ -147,6 +153,8 @@ def _run_comparison(config: ExperimentConfig, data: SequenceDataset | None, devi
                        "parameters": sum(p.numel() for p in model.parameters())})
         results["runs"][name] = record
         models[name] = model
+        log(f"{RUN_TITLES[name]}: test accuracy {100 * record['test_accuracy']:.2f}%, state {record['total_state']}, "
+            f"{record['train_time_s']:.0f}s")
         return model
 
     if "baseline" in config.runs:
