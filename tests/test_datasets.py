@@ -65,7 +65,7 @@ def test_shipped_model_equals_the_original_matlab_file(name):
     path = MAT / filename
     if not path.is_file():
         pytest.skip(f"{path} not present: the original MATLAB files sit in shared/data/slicot next to the repository "
-                    "(see that folder's README for their source); the other tests use the shipped copies")
+                    "(their source: lti_reduce.datasets.source()); the other tests use the shipped copies")
     import scipy.io
 
     raw = scipy.io.loadmat(path)
