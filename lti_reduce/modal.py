@@ -80,47 +80,15 @@ def _modal_real(A, B, C, D, cond_warn):
     pair's modal input row is ``(Z_j - i Z_{j+1}) / 2`` for ``Z = V^{-1} B`` and its output
     column ``(C V)_j + i (C V)_{j+1}``, doubled since the pair collapses into one mode.
     Only the real ``r x r`` LU/inverse and real products are formed; the 1-norm
-    condition number of the complex ``X`` is recovered exactly from ``V`` and ``V^{-1}``.
+    condition number of the complex ``X`` is recovered exactly from ``V`` and ``V^{-1}``
+    (:func:`_real_modes`, shared with the batched path).
     """
-    from scipy.linalg import lapack
-
     mu, V = _real_eig(A)
     _check_radius(mu)
-    lu, piv, info = lapack.dgetrf(V)
-    if info == 0:
-        lwork = max(int(lapack.dgetri_lwork(V.shape[0])[0]), 1)
-        V_inv, info = lapack.dgetri(lu, piv, lwork=lwork)
-    pair = mu.imag > 0  # first column of each pair: x_j = V[:, j] + i V[:, j+1]
-    second = np.zeros_like(pair)
-    second[1:] = pair[:-1]
-    real = ~(pair | second)
-    if info != 0:
-        cond = np.inf
-    else:
-        # ||X||_1 = max_j sum_i |x_ij| (both columns of a pair have the moduli of x_j);
-        # ||X^{-1}||_1 = max_k sum_i |(X^{-1})_ik|: a pair's rows (V_inv_j -/+ i V_inv_{j+1}) / 2
-        # add up to |V_inv_jk + i V_inv_{j+1,k}|.
-        jp = np.flatnonzero(pair)
-        col = np.abs(V).sum(axis=0)
-        col[jp] = col[jp + 1] = np.hypot(V[:, jp], V[:, jp + 1]).sum(axis=0)
-        rows = np.abs(V_inv)
-        rows[jp] = np.hypot(V_inv[jp], V_inv[jp + 1])
-        rows[jp + 1] = 0.0
-        cond = float(col.max() * rows.sum(axis=0).max())
-    _check_defective(cond)
-    Z = V_inv @ B
-    CV = C @ V
-    keep = pair | real
-    nxt = np.flatnonzero(keep) + 1  # the pair's second column (ignored for real eigenvalues)
-    nxt = np.minimum(nxt, V.shape[0] - 1)
-    is_pair = pair[keep]
-    Bm = Z[keep].astype(np.complex128)
-    Bm[is_pair] = 0.5 * (Z[keep][is_pair] - 1j * Z[nxt[is_pair]])
-    Cm = CV[:, keep].astype(np.complex128)
-    Cm[:, is_pair] = 2.0 * (CV[:, keep][:, is_pair] + 1j * CV[:, nxt[is_pair]])
-    mu = mu[keep]
+    _, Bm, Cm, cond, keep = _real_modes(mu[None], V[None], B[None], C[None], False)
+    keep, cond = keep[0], float(cond[0])
     _warn_conditioning(cond, cond_warn)
-    return mu, Bm, Cm, D, cond, True
+    return mu[keep], Bm[0][keep], Cm[0][:, keep], D, cond, True
 
 
 def _modal_complex(A, B, C, D, cond_warn):
@@ -246,7 +214,7 @@ def _modal_batch(A, B, C, D, cond_warn, use_torch: bool = False):
     mu, X = _batched_eig(np.ascontiguousarray(A), use_torch)
     _check_radius(mu.reshape(-1))
     if real_output:
-        lam, Bm, Cm, cond, keep = _real_modes(mu, X, B, C, use_torch)
+        lam, Bm, Cm, cond, keep = _real_modes(mu, _real_vectors(mu, X), B, C, use_torch)
     else:
         X_inv = _batched_inv(X, use_torch)
         if X_inv is None:  # a singular eigenvector matrix in the batch: defective
@@ -266,14 +234,26 @@ def _modal_batch(A, B, C, D, cond_warn, use_torch: bool = False):
     return lam, Bk, Ck, D, counts, cond, real_output
 
 
-def _real_modes(mu, X, B, C, use_torch: bool):
-    """Modal ``B``, ``C`` of a real stack from its ``eig`` in real arithmetic; see :func:`_modal_batch`.
+def _real_vectors(mu, X):
+    """LAPACK's real eigenvector matrices ``V`` (count, r, r) read back from the complex ``X`` of ``eig``.
+
+    A pair ``mu_j, mu_{j+1} = conj(mu_j)`` (positive imaginary part first) has ``x_j = V_j + i V_{j+1}``;
+    a real eigenvalue's eigenvector is real.
+    """
+    second = np.zeros(mu.shape, dtype=bool)
+    second[:, 1:] = mu.imag[:, :-1] > 0
+    return np.where(second[:, None, :], np.roll(X.imag, 1, axis=-1), X.real)
+
+
+def _real_modes(mu, V, B, C, use_torch: bool):
+    """Modal ``B``, ``C`` of a real stack from its real eigenvectors; see :func:`_modal_real`.
 
     Parameters
     ----------
     mu : complex ndarray, shape (count, r)
-    X : complex ndarray, shape (count, r, r)
-        LAPACK's eigenvectors: a pair's ``x_j = V_j + i V_{j+1}``, ``x_{j+1} = conj(x_j)``.
+        Eigenvalues in LAPACK's order: a conjugate pair consecutively, positive imaginary part first.
+    V : float64 ndarray, shape (count, r, r)
+        LAPACK's real eigenvectors: a pair's ``x_j = V_j + i V_{j+1}``, ``x_{j+1} = conj(x_j)``.
     B : float64 ndarray, shape (count, r, m)
     C : float64 ndarray, shape (count, p, r)
 
@@ -282,18 +262,22 @@ def _real_modes(mu, X, B, C, use_torch: bool):
     ``(mu, Bm, Cm, cond, keep)``: ``Bm`` (count, r, m) and ``Cm`` (count, p, r) complex, with a pair's
     modal input row ``(Z_j - i Z_{j+1}) / 2`` (``Z = V^{-1} B``) and doubled output column
     ``2 ((C V)_j + i (C V)_{j+1})`` in its first place; ``cond`` (count,) the 1-norm condition number of
-    ``X``; ``keep`` (count, r) the places that hold a mode (a pair's first, a real eigenvalue).
+    the complex ``X``; ``keep`` (count, r) the places that hold a mode (a pair's first, a real eigenvalue).
+
+    Raises
+    ------
+    LTIInputError
+        If some ``V`` is singular or ``cond`` exceeds ``1 / eps`` (numerically defective).
     """
     pair = mu.imag > 0
     second = np.zeros_like(pair)
     second[:, 1:] = pair[:, :-1]
-    V = np.where(second[:, None, :], np.roll(X.imag, 1, axis=-1), X.real)
     V_inv = _batched_inv(V, use_torch)
     if V_inv is None:  # a singular eigenvector matrix in the batch: defective
         _check_defective(np.inf)
     # ||X||_1: both columns of a pair have the moduli |x_j| = sqrt(V_j^2 + V_{j+1}^2) (the second column's
     # |V_{j+1}| is smaller and never the maximum); ||X^{-1}||_1: a pair's rows (V_inv_j -/+ i V_inv_{j+1}) / 2
-    # add up to |V_inv_jk + i V_inv_{j+1,k}| (see _modal_real). Squares in place: a few passes over the stack.
+    # add up to |V_inv_jk + i V_inv_{j+1,k}|. Squares in place: a few passes over the stack.
     col = V * V
     col[:, :, :-1] += np.where(pair[:, None, :-1], col[:, :, 1:], 0.0)
     rows = V_inv * V_inv
