@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import ctypes
 import io
 import math
 import os
@@ -51,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import adapters.torch as at  # noqa: E402
 from adapters.torch.layers.s4d import S4D  # noqa: E402
+from bench_lru_step import tune_glibc_malloc  # noqa: E402  (this folder)
 
 BATCH = 16
 
@@ -98,17 +98,6 @@ def in_kernel(fn):
     IN_KERNEL[0] = 0.0
     result = fn()
     return result, IN_KERNEL[0]
-
-
-def tune_glibc_malloc() -> bool:
-    """Never trim the heap and keep allocations up to 32 MiB on it (as ``bench_lru_step.py``). False if not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    return bool(libc.mallopt(m_trim_threshold, 1 << 40) and libc.mallopt(m_top_pad, 1 << 28)
-                and libc.mallopt(m_mmap_threshold, 1 << 25))
 
 
 def timed(fn) -> tuple[float, float]:
