@@ -554,8 +554,16 @@ def _torch_chunked_decompose(xp, lam, B, C, real_output: bool):
         Q = _closed_form_gramian(xp, xp.conj(lam_f[part]), be.mH(C_f[part]), real_output)
         return _torch_diagonal_decompose(xp, P, Q)
 
-    results = map_blocks(one, range(0, max(count, 1), block), cpu_workers(lam))
-    outs = results[0] if len(results) == 1 else tuple(torch.cat(X) for X in zip(*results))
+    outs = one(0)
+    if count > block:  # each block's results go into the outputs as it ends, and its temporaries are freed
+        first, outs = outs, [torch.empty((count,) + tuple(X.shape[1:]), dtype=X.dtype, device=X.device) for X in outs]
+
+        def store(start, res):
+            for X, Y in zip(outs, res):
+                X[start:start + block] = Y
+
+        store(0, first)
+        map_blocks(lambda start: store(start, one(start)), range(block, count, block), cpu_workers(lam))
     return tuple(X.reshape(batch + tuple(X.shape[1:])) for X in outs)
 
 
