@@ -85,7 +85,7 @@ def _modal_real(A, B, C, D, cond_warn):
     """
     mu, V = _real_eig(A)
     _check_radius(mu)
-    _, Bm, Cm, cond, keep = _real_modes(mu[None], V[None], B[None], C[None], False)
+    Bm, Cm, cond, keep = _real_modes(mu[None], V[None], B[None], C[None], False)
     keep, cond = keep[0], float(cond[0])
     _warn_conditioning(cond, cond_warn)
     return mu[keep], Bm[0][keep], Cm[0][:, keep], D, cond, True
@@ -214,20 +214,19 @@ def _modal_batch(A, B, C, D, cond_warn, use_torch: bool = False):
     mu, X = _batched_eig(np.ascontiguousarray(A), use_torch)
     _check_radius(mu.reshape(-1))
     if real_output:
-        lam, Bm, Cm, cond, keep = _real_modes(mu, _real_vectors(mu, X), B, C, use_torch)
+        Bm, Cm, cond, keep = _real_modes(mu, _real_vectors(mu, X), B, C, use_torch)
     else:
         X_inv = _batched_inv(X, use_torch)
         if X_inv is None:  # a singular eigenvector matrix in the batch: defective
-            X_inv, cond = np.zeros_like(X), np.full(X.shape[0], np.inf)
-        else:
-            cond = np.abs(X).sum(-2).max(-1) * np.abs(X_inv).sum(-2).max(-1)
+            _check_defective(np.inf)
+        cond = np.abs(X).sum(-2).max(-1) * np.abs(X_inv).sum(-2).max(-1)
         _check_defective(float(np.max(cond, initial=0.0)) if np.all(np.isfinite(cond)) else np.inf)
-        lam, Bm, Cm, keep = mu, X_inv @ B, C @ X, np.ones(mu.shape, dtype=bool)
+        Bm, Cm, keep = X_inv @ B, C @ X, np.ones(mu.shape, dtype=bool)
     counts = keep.sum(-1)
     k = int(counts.max(initial=0))
     order = np.argsort(~keep, axis=-1, kind="stable")[:, :k]
     present = np.arange(k) < counts[:, None]
-    lam = np.where(present, np.take_along_axis(lam, order, -1), 0)
+    lam = np.where(present, np.take_along_axis(mu, order, -1), 0)
     Bk = np.where(present[:, :, None], np.take_along_axis(Bm, order[:, :, None], -2), 0)
     Ck = np.where(present[:, None, :], np.take_along_axis(Cm, order[:, None, :], -1), 0)
     _warn_conditioning(float(np.max(cond, initial=0.0)), cond_warn)
@@ -240,9 +239,16 @@ def _real_vectors(mu, X):
     A pair ``mu_j, mu_{j+1} = conj(mu_j)`` (positive imaginary part first) has ``x_j = V_j + i V_{j+1}``;
     a real eigenvalue's eigenvector is real.
     """
-    second = np.zeros(mu.shape, dtype=bool)
-    second[:, 1:] = mu.imag[:, :-1] > 0
+    _, second = _pair_places(mu)
     return np.where(second[:, None, :], np.roll(X.imag, 1, axis=-1), X.real)
+
+
+def _pair_places(mu):
+    """``(pair, second)`` (count, r) boolean: a conjugate pair's first and second places in LAPACK's order."""
+    pair = mu.imag > 0
+    second = np.zeros_like(pair)
+    second[:, 1:] = pair[:, :-1]
+    return pair, second
 
 
 def _real_modes(mu, V, B, C, use_torch: bool):
@@ -259,7 +265,7 @@ def _real_modes(mu, V, B, C, use_torch: bool):
 
     Returns
     -------
-    ``(mu, Bm, Cm, cond, keep)``: ``Bm`` (count, r, m) and ``Cm`` (count, p, r) complex, with a pair's
+    ``(Bm, Cm, cond, keep)``: ``Bm`` (count, r, m) and ``Cm`` (count, p, r) complex, with a pair's
     modal input row ``(Z_j - i Z_{j+1}) / 2`` (``Z = V^{-1} B``) and doubled output column
     ``2 ((C V)_j + i (C V)_{j+1})`` in its first place; ``cond`` (count,) the 1-norm condition number of
     the complex ``X``; ``keep`` (count, r) the places that hold a mode (a pair's first, a real eigenvalue).
@@ -269,9 +275,7 @@ def _real_modes(mu, V, B, C, use_torch: bool):
     LTIInputError
         If some ``V`` is singular or ``cond`` exceeds ``1 / eps`` (numerically defective).
     """
-    pair = mu.imag > 0
-    second = np.zeros_like(pair)
-    second[:, 1:] = pair[:, :-1]
+    pair, second = _pair_places(mu)
     V_inv = _batched_inv(V, use_torch)
     if V_inv is None:  # a singular eigenvector matrix in the batch: defective
         _check_defective(np.inf)
@@ -290,7 +294,7 @@ def _real_modes(mu, V, B, C, use_torch: bool):
     Bm, Cm = Z.astype(np.complex128), CV.astype(np.complex128)
     Bm[:, :-1, :] = np.where(pair[:, :-1, None], 0.5 * (Z[:, :-1, :] - 1j * Z[:, 1:, :]), Bm[:, :-1, :])
     Cm[:, :, :-1] = np.where(pair[:, None, :-1], 2.0 * (CV[:, :, :-1] + 1j * CV[:, :, 1:]), Cm[:, :, :-1])
-    return mu, Bm, Cm, cond, pair | ~second
+    return Bm, Cm, cond, pair | ~second
 
 
 def modal_form(A, B, C, D=None, *, cond_warn: float = 1e8, pad: bool = False):
