@@ -20,7 +20,6 @@ set can decide. Timing covers the training loop (forward, backward, optimizer st
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +28,8 @@ from torch import nn
 
 from ..data import SequenceDataset, load_dataset
 from .config import RUN_TITLES, ConfigError, ExperimentConfig, check_config, cut_steps, resolve_device, total_steps
-from .loop import predict, seed_everything, train_run
+from ..cut.progress import _use_tqdm
+from .loop import finished_run_line, predict, seed_everything, train_run
 from .models import build_model
 from .report import save_plots
 from .stats import compare_on_one_test_set, wilson_interval
@@ -137,7 +137,7 @@ def _run_comparison(config: ExperimentConfig, data: SequenceDataset | None, devi
     correct: dict[str, torch.Tensor] = {}
 
     # progress: tqdm bars on a terminal (train_run); otherwise a line when each run starts and ends
-    log = (lambda line: print(line, flush=True)) if config.progress and not sys.stderr.isatty() else (lambda line: None)
+    log = (lambda line: print(line, flush=True)) if config.progress and not _use_tqdm() else (lambda line: None)
 
     def one_run(name: str, d_state, run_cuts):
         seed_everything(config.seed)
@@ -153,8 +153,7 @@ def _run_comparison(config: ExperimentConfig, data: SequenceDataset | None, devi
                        "parameters": sum(p.numel() for p in model.parameters())})
         results["runs"][name] = record
         models[name] = model
-        log(f"{RUN_TITLES[name]}: test accuracy {100 * record['test_accuracy']:.2f}%, state {record['total_state']}, "
-            f"{record['train_time_s']:.0f}s")
+        log(finished_run_line(RUN_TITLES[name], record))
         return model
 
     if "baseline" in config.runs:

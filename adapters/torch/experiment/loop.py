@@ -145,6 +145,12 @@ def equalize_mode_scales_(model: nn.Module) -> int:
     return count
 
 
+def finished_run_line(label: str, record: dict) -> str:
+    """One log line for a finished classification run: its test accuracy, final total state and training time."""
+    return (f"{label}: test accuracy {100 * record['test_accuracy']:.2f}%, state {record['total_state']}, "
+            f"{record['train_time_s']:.0f}s")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, numpy's and torch's global generators."""
     random.seed(seed)

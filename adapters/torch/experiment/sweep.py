@@ -30,7 +30,7 @@ import torch
 from ..data import SequenceDataset
 from .comparison import accuracy_record, describe_dataset, prepare_data, prepare_output
 from .config import ConfigError, ExperimentConfig, check_config, cut_steps, resolve_device, total_steps
-from .loop import predict, seed_everything, train_run
+from .loop import finished_run_line, predict, seed_everything, train_run
 from .models import build_model
 from .report import plot_axes
 from .stats import mean_std, paired_t_interval
@@ -183,8 +183,7 @@ def _run_sweep(sweep: SweepConfig, data, device, log) -> dict:
                        "loss": record["loss"][:: max(1, steps // 200)], "loadavg_end": loadavg()})
         torch.save(model.state_dict(), runs_dir / f"{key}.pt")
         _save_record(path, record)
-        log(f"{key}: test accuracy {100 * record['test_accuracy']:.2f}%, state {record['total_state']}, "
-            f"{record['train_time_s']:.0f}s")
+        log(finished_run_line(key, record))
         return record
 
     records, timing = _seed_runs(sweep, run, lambda seed, done: _seed_timing(sweep, data, device, runs_dir, seed, done))
