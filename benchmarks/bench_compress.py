@@ -55,12 +55,13 @@ import torch  # noqa: E402
 import adapters.torch as at  # noqa: E402
 
 BATCH = 16
+LRU_INIT = {"r_min": 0.5, "r_max": 0.999}  # the LRU rows' eigenvalue ring
 
 
 def make_model(d_model, d_state, layers):
     """``layers`` x ``LRU(d_model, d_state)`` (the LRU row's model; ``benchmarks/gpu_check.sh`` uses it too)."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(*[at.LRU(d_model, d_state, r_min=0.5, r_max=0.999) for _ in range(layers)])
+    return torch.nn.Sequential(*[at.LRU(d_model, d_state, **LRU_INIT) for _ in range(layers)])
 
 
 def lti_case(kind, scale, layers=6, blocks=False):
@@ -68,7 +69,7 @@ def lti_case(kind, scale, layers=6, blocks=False):
     d_model = max(8, int(512 * scale))
     length = max(16, int(1024 * scale))
     if kind == "lru":
-        d_state, cls, kwargs = max(4, int(384 * scale)), at.LRU, {"r_min": 0.5, "r_max": 0.999}
+        d_state, cls, kwargs = max(4, int(384 * scale)), at.LRU, LRU_INIT
     elif kind == "s5":
         d_state, cls, kwargs = max(4, int(384 * scale)), at.S5, {}
     else:
